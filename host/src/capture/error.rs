@@ -1,0 +1,104 @@
+//! Capture errors and their HTTP responses: each variant maps to its status explicitly.
+
+use crate::queue::QueueError;
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use thiserror::Error;
+
+/// Why a capture request was refused.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum CaptureError {
+    /// The body (or its decompressed form) is larger than allowed.
+    #[error("payload too large: more than {0} bytes")]
+    PayloadTooLarge(usize),
+    /// The body could not be read, decompressed or parsed.
+    #[error("invalid payload: {0}")]
+    InvalidPayload(String),
+    /// The payload holds no events.
+    #[error("the batch is empty")]
+    EmptyBatch,
+    /// A batch item is not an event object.
+    #[error("batch item {0} is not an event object")]
+    InvalidEvent(usize),
+    /// An event has no name.
+    #[error("event {0} has no `event` name")]
+    MissingEventName(usize),
+    /// An event has no usable distinct id.
+    #[error(
+        "event {0} has no distinct id (`distinct_id`, `$distinct_id` or `properties.distinct_id`)"
+    )]
+    MissingDistinctId(usize),
+    /// An event's `uuid` is not a UUID.
+    #[error("event {0} has an invalid `uuid`")]
+    InvalidUuid(usize),
+    /// An event's `properties`, `$set` or `$set_once` is not an object.
+    #[error("event {0}: `{1}` must be a JSON object")]
+    InvalidProperties(usize, &'static str),
+    /// No project token was given.
+    #[error("no project token (`api_key`, `token`, `$token` or `properties.token`)")]
+    MissingToken,
+    /// The token is malformed.
+    #[error("the project token is not valid ({0})")]
+    InvalidToken(&'static str),
+    /// The token belongs to no team.
+    #[error("unknown project token")]
+    UnknownToken,
+    /// Events of one request carry different tokens.
+    #[error("events in one request carry different project tokens")]
+    InconsistentToken,
+    /// The queue cannot take the events now.
+    #[error("unable to store the events, please retry: {0}")]
+    QueueFull(String),
+    /// The queue failed to store the events durably.
+    #[error("unable to store the events, please retry: {0}")]
+    QueueUnavailable(String),
+}
+
+impl CaptureError {
+    /// The HTTP status and stable machine-readable code.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            CaptureError::PayloadTooLarge(_) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            }
+            CaptureError::InvalidPayload(_) => (StatusCode::BAD_REQUEST, "invalid_payload"),
+            CaptureError::EmptyBatch => (StatusCode::BAD_REQUEST, "empty_batch"),
+            CaptureError::InvalidEvent(_) => (StatusCode::BAD_REQUEST, "invalid_event"),
+            CaptureError::MissingEventName(_) => (StatusCode::BAD_REQUEST, "missing_event_name"),
+            CaptureError::MissingDistinctId(_) => (StatusCode::BAD_REQUEST, "missing_distinct_id"),
+            CaptureError::InvalidUuid(_) => (StatusCode::BAD_REQUEST, "invalid_uuid"),
+            CaptureError::InvalidProperties(..) => (StatusCode::BAD_REQUEST, "invalid_properties"),
+            CaptureError::MissingToken => (StatusCode::UNAUTHORIZED, "missing_token"),
+            CaptureError::InvalidToken(_) => (StatusCode::UNAUTHORIZED, "invalid_token"),
+            CaptureError::UnknownToken => (StatusCode::UNAUTHORIZED, "unknown_token"),
+            CaptureError::InconsistentToken => (StatusCode::UNAUTHORIZED, "inconsistent_token"),
+            CaptureError::QueueFull(_) => (StatusCode::SERVICE_UNAVAILABLE, "queue_full"),
+            CaptureError::QueueUnavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable")
+            }
+        }
+    }
+}
+
+impl From<QueueError> for CaptureError {
+    fn from(error: QueueError) -> Self {
+        match error {
+            QueueError::Full(_) => CaptureError::QueueFull(error.to_string()),
+            QueueError::Unavailable(_) => CaptureError::QueueUnavailable(error.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for CaptureError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        metrics::counter!("sluice_capture_errors_total", "code" => code).increment(1);
+        (
+            status,
+            Json(json!({ "code": code, "detail": self.to_string() })),
+        )
+            .into_response()
+    }
+}

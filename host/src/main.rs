@@ -1,0 +1,137 @@
+//! The `sluice` command.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use sluice::config::Config;
+use sluice::{server, store, telemetry};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// sluice: capture analytics events (PostHog-compatible), run them through sandboxed WebAssembly
+/// plugins, and store them.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the capture API, the plugin chains and storage until Ctrl-C (or SIGTERM).
+    ///
+    /// Prints `listening on http://ADDR` on stdout once requests are accepted. The listen address
+    /// and data folder can be overridden with SLUICE_LISTEN and SLUICE_DATA_DIR.
+    Serve {
+        /// The sluice.toml to use.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Print stored events as JSON lines, oldest first.
+    Events {
+        /// The sluice.toml whose data folder to read.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only events of this team id.
+        #[arg(long)]
+        team: Option<u64>,
+        /// How many of the newest events to print.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Print events that plugins failed on (installations with `on_error = "dead_letter"`).
+    DeadLetters {
+        /// The sluice.toml whose data folder to read.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only dead letters of this team id.
+        #[arg(long)]
+        team: Option<u64>,
+        /// How many of the newest to print.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    telemetry::init_logging();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn load(path: &Path) -> anyhow::Result<Config> {
+    Ok(Config::load(path, &|key| std::env::var(key).ok())?)
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { config } => {
+            let config = load(&config)?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(server::serve(config, shutdown_signal(), |addr| {
+                println!("listening on http://{addr}");
+                let _ = std::io::stdout().flush();
+            }))
+        }
+        Command::Events {
+            config,
+            team,
+            limit,
+        } => {
+            let conn = open_existing(&load(&config)?)?;
+            print_lines(store::recent_events(&conn, team, limit)?)
+        }
+        Command::DeadLetters {
+            config,
+            team,
+            limit,
+        } => {
+            let conn = open_existing(&load(&config)?)?;
+            print_lines(store::recent_dead_letters(&conn, team, limit)?)
+        }
+    }
+}
+
+fn open_existing(config: &Config) -> anyhow::Result<rusqlite::Connection> {
+    let db = config.server.data_dir.join(store::DB_FILE);
+    anyhow::ensure!(
+        db.is_file(),
+        "no database at {} (has `sluice serve --config {}` run yet?)",
+        db.display(),
+        config.path.display()
+    );
+    store::open(&config.server.data_dir).with_context(|| format!("cannot open {}", db.display()))
+}
+
+fn print_lines<T: serde::Serialize>(items: Vec<T>) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    for item in items {
+        serde_json::to_writer(&mut out, &item)?;
+        writeln!(out)?;
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,11 @@
+//! Host bindings generated once from the WIT contract (`wit/v0.1.0`).
+#![allow(missing_docs)]
+
+wasmtime::component::bindgen!({
+    world: "transformer",
+    path: "../wit/v0.1.0",
+    imports: { default: tracing },
+});
+
+pub use exports::sluice::plugin::{lifecycle, transform};
+pub use sluice::plugin::types;

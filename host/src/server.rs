@@ -1,0 +1,123 @@
+//! `sluice serve`: wires config, runtime, chains, queue, worker and the HTTP API together.
+
+use crate::capture::{self, CaptureState};
+use crate::chain;
+use crate::config::{Config, ConfigError};
+use crate::queue::{Queue, Signal};
+use crate::runtime::{Runtime, RuntimeSettings};
+use crate::telemetry;
+use crate::worker::{self, WorkerSettings};
+use axum::Router;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// Runs sluice until `shutdown` resolves, then stops accepting, lets the queue commit what it
+/// was given, lets the worker finish its round, and tears plugins down. `on_listening` is called
+/// with the bound address once requests are accepted.
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_listening: impl FnOnce(SocketAddr),
+) -> anyhow::Result<()> {
+    let prometheus = telemetry::prometheus();
+    let lanes = config.workers();
+    let installations: usize = config.teams.iter().map(|t| t.plugins.len()).sum();
+    let max_memory_mb = config
+        .teams
+        .iter()
+        .flat_map(|t| &t.plugins)
+        .map(|p| p.memory_mb)
+        .max()
+        .unwrap_or(64);
+    let runtime = Runtime::new(&RuntimeSettings {
+        // One instance per installation and lane, plus the ones used while loading.
+        max_instances: u32::try_from(installations * lanes + 2).unwrap_or(u32::MAX),
+        max_memory_bytes: (max_memory_mb as usize) << 20,
+        cache_dir: Some(config.server.data_dir.join("compiled")),
+    })?;
+    let chains = chain::build(&runtime, &config).map_err(|problems| ConfigError {
+        path: config.path.clone(),
+        problems,
+    })?;
+    tracing::info!(
+        installations = chains.installations(),
+        lanes,
+        "plugins loaded"
+    );
+
+    let depth = Arc::new(AtomicU64::new(0));
+    let signal = Arc::new(Signal::default());
+    let (queue, writer) = Queue::start(
+        &config.server.data_dir,
+        config.queue.max_depth_events,
+        depth.clone(),
+        signal.clone(),
+    )?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = worker::start(WorkerSettings {
+        data_dir: config.server.data_dir.clone(),
+        chains: Arc::new(chains),
+        lanes,
+        batch_events: config.queue.batch_events,
+        depth: depth.clone(),
+        signal: signal.clone(),
+        stop: stop.clone(),
+    })?;
+
+    let teams = config
+        .teams
+        .iter()
+        .map(|t| (t.token.clone(), t.id))
+        .collect();
+    let capture_state = Arc::new(CaptureState::new(teams, queue, config.capture.clone()));
+    let app =
+        Router::new()
+            .merge(capture::routes(capture_state))
+            .route(
+                "/health",
+                get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
+            )
+            .route(
+                "/ready",
+                get(move || {
+                    let depth = depth.load(Ordering::SeqCst);
+                    async move {
+                        axum::Json(serde_json::json!({ "status": "ready", "queue_depth": depth }))
+                    }
+                }),
+            )
+            .route(
+                "/metrics",
+                get(move || async move {
+                    (
+                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        prometheus.render(),
+                    )
+                        .into_response()
+                }),
+            );
+    let listener = tokio::net::TcpListener::bind(config.server.listen).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, data_dir = %config.server.data_dir.display(), "sluice is listening");
+    on_listening(addr);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await?;
+
+    tracing::info!("shutting down: committing the queue and finishing the current round");
+    // The router (and with it every queue handle) is gone once serve returns.
+    writer.join();
+    stop.store(true, Ordering::SeqCst);
+    signal.notify();
+    let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+    drop(runtime);
+    Ok(())
+}

@@ -1,0 +1,293 @@
+//! Plugin manifests and the validation of operator config against a manifest's schema.
+
+use serde_json::{Map, Value};
+use std::collections::HashSet;
+use std::fmt;
+
+/// The type of a configuration value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigType {
+    /// Any text.
+    Text,
+    /// A whole number.
+    Integer,
+    /// A number, whole or fractional.
+    Number,
+    /// `true` or `false`.
+    Boolean,
+    /// One of the field's choices.
+    Choice,
+    /// Any JSON value.
+    Json,
+}
+
+impl ConfigType {
+    fn describe(self) -> &'static str {
+        match self {
+            ConfigType::Text => "a string",
+            ConfigType::Integer => "an integer",
+            ConfigType::Number => "a number",
+            ConfigType::Boolean => "a boolean",
+            ConfigType::Choice => "one of the choices",
+            ConfigType::Json => "any JSON value",
+        }
+    }
+}
+
+/// One field of a plugin's configuration schema.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigField {
+    /// Key in the installation's `config` table.
+    pub key: String,
+    /// One line for operators.
+    pub description: String,
+    /// Type of the value.
+    pub kind: ConfigType,
+    /// Value used when none is given.
+    pub default: Option<Value>,
+    /// Whether a value must be given (ignored when there is a default).
+    pub required: bool,
+    /// Whether the value must never be printed.
+    pub secret: bool,
+    /// Allowed values of a `Choice` field.
+    pub choices: Vec<String>,
+}
+
+/// What a plugin declares about itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Manifest {
+    /// Plugin name.
+    pub name: String,
+    /// Plugin version.
+    pub version: String,
+    /// One line for operators.
+    pub description: String,
+    /// Configuration schema.
+    pub config: Vec<ConfigField>,
+}
+
+/// One problem found in a manifest or a config, with the key it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The config key (or manifest field) concerned.
+    pub key: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}`: {}", self.key, self.reason)
+    }
+}
+
+fn problem(key: &str, reason: impl Into<String>) -> Problem {
+    Problem {
+        key: key.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+impl Manifest {
+    /// Checks that the manifest itself is coherent: a name, unique keys, choices where needed, and
+    /// defaults of the declared type. Reports every problem at once.
+    pub fn validate(&self) -> Result<(), Vec<Problem>> {
+        let mut problems = Vec::new();
+        if self.name.trim().is_empty() {
+            problems.push(problem("name", "is empty"));
+        }
+        let mut seen = HashSet::new();
+        for field in &self.config {
+            if field.key.is_empty() {
+                problems.push(problem("config", "a field has an empty key"));
+            }
+            if !seen.insert(field.key.as_str()) {
+                problems.push(problem(&field.key, "is declared twice"));
+            }
+            if (field.kind == ConfigType::Choice) == field.choices.is_empty() {
+                problems.push(problem(
+                    &field.key,
+                    "choices must be given for, and only for, a choice field",
+                ));
+            }
+            if let Some(default) = &field.default
+                && let Err(reason) = check_value(field, default)
+            {
+                problems.push(problem(&field.key, format!("default {reason}")));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Checks operator-given values against the schema and fills in defaults.
+    ///
+    /// Unknown keys, missing required keys and values of the wrong type are all reported at once.
+    pub fn resolve_config(
+        &self,
+        given: &Map<String, Value>,
+    ) -> Result<Map<String, Value>, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let mut resolved = Map::new();
+        for key in given.keys() {
+            if !self.config.iter().any(|f| &f.key == key) {
+                let known: Vec<_> = self.config.iter().map(|f| f.key.as_str()).collect();
+                problems.push(problem(
+                    key,
+                    format!("unknown key (this plugin accepts: {})", known.join(", ")),
+                ));
+            }
+        }
+        for field in &self.config {
+            match given.get(&field.key).or(field.default.as_ref()) {
+                Some(value) => match check_value(field, value) {
+                    Ok(()) => {
+                        resolved.insert(field.key.clone(), value.clone());
+                    }
+                    Err(reason) => problems.push(problem(&field.key, reason)),
+                },
+                None if field.required => problems.push(problem(&field.key, "is required")),
+                None => {}
+            }
+        }
+        if problems.is_empty() {
+            Ok(resolved)
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+fn check_value(field: &ConfigField, value: &Value) -> Result<(), String> {
+    let ok = match field.kind {
+        ConfigType::Text => value.is_string(),
+        ConfigType::Integer => value.is_i64(),
+        ConfigType::Number => value.is_number(),
+        ConfigType::Boolean => value.is_boolean(),
+        ConfigType::Json => true,
+        ConfigType::Choice => {
+            return match value.as_str() {
+                Some(v) if field.choices.iter().any(|c| c == v) => Ok(()),
+                _ => Err(format!(
+                    "must be one of {}, got {}",
+                    field
+                        .choices
+                        .iter()
+                        .map(|c| format!("\"{c}\""))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    shown(field, value)
+                )),
+            };
+        }
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be {}, got {}",
+            field.kind.describe(),
+            shown(field, value)
+        ))
+    }
+}
+
+/// A value as it may appear in an error message: secrets are never echoed.
+fn shown(field: &ConfigField, value: &Value) -> String {
+    if field.secret {
+        "a value of another type".to_owned()
+    } else {
+        value.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn manifest() -> Manifest {
+        Manifest {
+            name: "demo".into(),
+            version: "1.0.0".into(),
+            description: String::new(),
+            config: vec![
+                ConfigField {
+                    key: "percentage".into(),
+                    description: String::new(),
+                    kind: ConfigType::Number,
+                    default: Some(json!(100)),
+                    required: false,
+                    secret: false,
+                    choices: vec![],
+                },
+                ConfigField {
+                    key: "method".into(),
+                    description: String::new(),
+                    kind: ConfigType::Choice,
+                    default: None,
+                    required: true,
+                    secret: false,
+                    choices: vec!["a".into(), "b".into()],
+                },
+                ConfigField {
+                    key: "token".into(),
+                    description: String::new(),
+                    kind: ConfigType::Text,
+                    default: None,
+                    required: false,
+                    secret: true,
+                    choices: vec![],
+                },
+            ],
+        }
+    }
+
+    fn map(value: Value) -> Map<String, Value> {
+        value.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn defaults_are_filled_in() {
+        let resolved = manifest()
+            .resolve_config(&map(json!({"method": "b"})))
+            .unwrap();
+        assert_eq!(
+            Value::Object(resolved),
+            json!({"percentage": 100, "method": "b"})
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_and_secrets_are_not_echoed() {
+        let problems = manifest()
+            .resolve_config(&map(
+                json!({"percentage": "50", "colour": 1, "token": 12345}),
+            ))
+            .unwrap_err();
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "`colour`: unknown key (this plugin accepts: percentage, method, token)",
+                "`percentage`: must be a number, got \"50\"",
+                "`method`: is required",
+                "`token`: must be a string, got a value of another type",
+            ]
+        );
+    }
+
+    #[test]
+    fn incoherent_manifests_are_rejected() {
+        let mut bad = manifest();
+        bad.config[0].default = Some(json!("x"));
+        bad.config[1].choices.clear();
+        bad.config.push(bad.config[2].clone());
+        let problems = bad.validate().unwrap_err();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(manifest().validate().is_ok());
+    }
+}

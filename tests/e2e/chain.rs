@@ -1,0 +1,138 @@
+//! Plugin chains through the running binary: the quickstart example, plugin state, config errors.
+
+use crate::support::{Sluice, plugin, team_with_plugin};
+use serde_json::json;
+use sluice_plugin_downsample::hash_fraction;
+use std::collections::BTreeSet;
+use std::process::Command;
+
+#[test]
+fn the_quickstart_example_downsamples_exactly_like_the_native_logic() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/quickstart.toml");
+    std::fs::copy(example, dir.path().join("sluice.toml")).unwrap();
+    std::fs::create_dir(dir.path().join("plugins")).unwrap();
+    std::fs::copy(
+        plugin("downsample"),
+        dir.path().join("plugins/downsample.wasm"),
+    )
+    .unwrap();
+    let sluice = Sluice::start_in(dir);
+
+    let ids: Vec<String> = (0..300).map(|i| format!("user-{i}")).collect();
+    let batch: Vec<_> = ids
+        .iter()
+        .map(|id| json!({"event": "$pageview", "distinct_id": id}))
+        .collect();
+    let (status, _) = sluice.post_json(
+        "/batch",
+        &json!({"api_key": "phc_quickstart", "batch": batch}),
+    );
+    assert_eq!(status, 200);
+    sluice.drain();
+
+    // Two lanes store users in parallel, so compare as sets; per-user order has its own test.
+    let stored: BTreeSet<String> = sluice
+        .events(1)
+        .iter()
+        .map(|e| e["distinct_id"].as_str().unwrap().to_owned())
+        .collect();
+    let expected: BTreeSet<String> = ids
+        .iter()
+        .filter(|id| hash_fraction(id) <= 0.5)
+        .cloned()
+        .collect();
+    assert_eq!(stored, expected);
+    assert!(
+        (120..180).contains(&stored.len()),
+        "{} of 300 kept at 50%",
+        stored.len()
+    );
+    assert!(
+        sluice
+            .events(1)
+            .iter()
+            .all(|e| e["properties"]["$sample_rate"] == 0.5)
+    );
+}
+
+#[test]
+fn plugin_state_persists_between_batches_in_one_instance() {
+    let config = team_with_plugin(1, "phc_one", "adversary", "config = { mode = \"drop\" }");
+    let sluice = Sluice::start(&config);
+    for _ in 0..3 {
+        sluice.post_json(
+            "/e",
+            &json!({"event": "normal", "distinct_id": "u", "token": "phc_one"}),
+        );
+        sluice.drain();
+    }
+    let seqs: Vec<_> = sluice
+        .events(1)
+        .iter()
+        .map(|e| e["properties"]["seq"].clone())
+        .collect();
+    assert_eq!(seqs, [json!(1), json!(2), json!(3)]);
+}
+
+fn serve_fails(config: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sluice.toml");
+    std::fs::write(
+        &path,
+        format!("[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n{config}"),
+    )
+    .unwrap();
+    let output = Command::new(crate::support::sluice_bin())
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "sluice serve should refuse this config"
+    );
+    String::from_utf8(output.stderr).unwrap()
+}
+
+#[test]
+fn plugin_config_is_checked_against_the_manifest_before_serving() {
+    let stderr = serve_fails(&team_with_plugin(
+        1,
+        "phc_one",
+        "downsample",
+        "config = { percentage = \"half\", colour = 1 }",
+    ));
+    assert!(
+        stderr.contains("teams[0].plugins[0].config.percentage: must be a number, got \"half\""),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("teams[0].plugins[0].config.colour: unknown key"),
+        "{stderr}"
+    );
+
+    let stderr = serve_fails(&team_with_plugin(
+        1,
+        "phc_one",
+        "downsample",
+        "config = { percentage = 150 }",
+    ));
+    assert!(
+        stderr.contains("teams[0].plugins[0]: plugin `downsample` failed to start"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("percentage must be between 0 and 100, got 150"),
+        "{stderr}"
+    );
+
+    let stderr = serve_fails(&team_with_plugin(
+        1,
+        "phc_one",
+        "adversary",
+        "config = { mode = \"drop\", fail_setup = true }",
+    ));
+    assert!(stderr.contains("setup refused on purpose"), "{stderr}");
+}

@@ -1,0 +1,61 @@
+//! The command line: help texts and config errors.
+
+use crate::support::sluice_bin;
+use std::process::Command;
+
+fn run(args: &[&str]) -> (Option<i32>, String, String) {
+    let output = Command::new(sluice_bin()).args(args).output().unwrap();
+    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+    (
+        output.status.code(),
+        text(output.stdout),
+        text(output.stderr),
+    )
+}
+
+#[test]
+fn help_explains_each_command() {
+    let (code, help, _) = run(&["--help"]);
+    assert_eq!(code, Some(0));
+    for command in ["serve", "events", "dead-letters"] {
+        assert!(help.contains(command), "{help}");
+    }
+    let (_, serve, _) = run(&["serve", "--help"]);
+    assert!(
+        serve.contains("SLUICE_LISTEN") && serve.contains("--config"),
+        "{serve}"
+    );
+    let (_, events, _) = run(&["events", "--help"]);
+    assert!(
+        events.contains("--team") && events.contains("--limit"),
+        "{events}"
+    );
+}
+
+#[test]
+fn config_problems_are_all_reported_with_file_key_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[server]\nworkers = 0\nport = 1\n[[teams]]\nid = 1\ntoken = \"\"\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = run(&["serve", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("bad.toml: server.port: unknown field `port`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("bad.toml: teams[0].token: not a usable project token (empty)"),
+        "{stderr}"
+    );
+
+    let (code, _, stderr) = run(&["serve", "--config", "/nonexistent/sluice.toml"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("/nonexistent/sluice.toml") && stderr.contains("cannot read"),
+        "{stderr}"
+    );
+}

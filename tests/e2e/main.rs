@@ -1,0 +1,12 @@
+//! End-to-end tests: the real `sluice` binary on a free port, real HTTP, storage read back with
+//! the real CLI, and real wasm plugins built by `plugins/build.sh` (see `tests/run.sh`).
+
+// A failed step of a test should panic with its error; that is what `unwrap` does here.
+#![allow(clippy::unwrap_used)]
+
+mod adversary;
+mod capture;
+mod chain;
+mod cli;
+mod durability;
+mod support;

@@ -1,0 +1,245 @@
+//! Running the real `sluice` binary for tests: config in a temp folder, a free port, HTTP, and
+//! the `sluice events` / `sluice dead-letters` commands to read storage back.
+
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The sluice binary cargo built for these tests.
+pub fn sluice_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sluice")
+}
+
+/// Path of a wasm plugin built by `plugins/build.sh` (e.g. `downsample`, `adversary`).
+///
+/// Fails the test, never skips it, when the plugins were not built.
+pub fn plugin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("SLUICE_PLUGIN_DIR").unwrap_or_else(|| {
+        panic!("SLUICE_PLUGIN_DIR is not set: run the tests with tests/run.sh, which builds the wasm plugins")
+    });
+    let path = Path::new(&dir).join(format!("{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "{} is missing: run plugins/build.sh {}",
+        path.display(),
+        Path::new(&dir).display()
+    );
+    path
+}
+
+/// A running `sluice serve` with its own data folder, killed when dropped.
+pub struct Sluice {
+    child: Option<Child>,
+    /// The temp folder holding `sluice.toml` and `data/`.
+    pub dir: tempfile::TempDir,
+    /// Base URL, e.g. `http://127.0.0.1:40123`.
+    pub url: String,
+    client: reqwest::blocking::Client,
+}
+
+impl Sluice {
+    /// Writes `config` (TOML; `[server]` is added) to a temp folder and starts sluice on it.
+    pub fn start(config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nworkers = 1\n{config}"
+        );
+        std::fs::write(dir.path().join("sluice.toml"), text).unwrap();
+        Self::start_in(dir)
+    }
+
+    /// Starts sluice on the `sluice.toml` already in `dir`.
+    pub fn start_in(dir: tempfile::TempDir) -> Self {
+        let mut sluice = Self {
+            child: None,
+            dir,
+            url: String::new(),
+            client: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+        };
+        sluice.launch();
+        sluice
+    }
+
+    fn launch(&mut self) {
+        let mut child = Command::new(sluice_bin())
+            .args(["serve", "--config"])
+            .arg(self.config_path())
+            .env("SLUICE_LISTEN", "127.0.0.1:0")
+            .env("RUST_LOG", "warn,sluice::plugin=info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(addr.to_owned());
+                }
+            }
+        });
+        // Keep stderr drained so a chatty plugin can never block the server on a full pipe.
+        let log = self.dir.path().join("stderr.log");
+        std::thread::spawn(move || {
+            let mut file = std::fs::File::create(log).unwrap();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = writeln!(file, "{line}");
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(url) => self.url = url,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("sluice did not start; stderr:\n{}", self.stderr());
+            }
+        }
+        self.child = Some(child);
+    }
+
+    /// The config file.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("sluice.toml")
+    }
+
+    /// What the server wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    /// Kills the process without letting it shut down (SIGKILL), like a crash.
+    pub fn crash(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// Starts the process again on the same config and data.
+    pub fn restart(&mut self) {
+        self.crash();
+        self.launch();
+    }
+
+    /// POSTs `body` to `path` with extra headers; returns status and JSON body.
+    pub fn post(&self, path: &str, body: Vec<u8>, headers: &[(&str, &str)]) -> (u16, Value) {
+        let mut request = self.client.post(format!("{}{path}", self.url)).body(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// POSTs JSON to `path`.
+    pub fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.post(
+            path,
+            body.to_string().into_bytes(),
+            &[("content-type", "application/json")],
+        )
+    }
+
+    /// GETs `path` as text.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.url))
+            .send()
+            .unwrap();
+        (response.status().as_u16(), response.text().unwrap())
+    }
+
+    /// Stored events (via `sluice events`), oldest first.
+    pub fn events(&self, team: u64) -> Vec<Value> {
+        self.cli(&["events", "--team", &team.to_string(), "--limit", "100000"])
+    }
+
+    /// Dead letters (via `sluice dead-letters`), oldest first.
+    pub fn dead_letters(&self, team: u64) -> Vec<Value> {
+        self.cli(&[
+            "dead-letters",
+            "--team",
+            &team.to_string(),
+            "--limit",
+            "100000",
+        ])
+    }
+
+    fn cli(&self, args: &[&str]) -> Vec<Value> {
+        let output = Command::new(sluice_bin())
+            .args(args)
+            .arg("--config")
+            .arg(self.config_path())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "sluice {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+
+    /// Waits until the queue is empty (everything captured has been processed).
+    pub fn drain(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, body) = self.get("/ready");
+            let ready: Value = serde_json::from_str(&body).unwrap_or_default();
+            if status == 200 && ready["queue_depth"] == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "queue did not drain: {body}\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Sluice {
+    fn drop(&mut self) {
+        self.crash();
+    }
+}
+
+/// Gzips bytes.
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
+    encoder.write_all(bytes).unwrap();
+    encoder.finish().unwrap()
+}
+
+/// A `[[teams]]` table with one plugin installation.
+pub fn team_with_plugin(team: u64, token: &str, plugin: &str, extra: &str) -> String {
+    format!(
+        "[[teams]]\nid = {team}\ntoken = \"{token}\"\n[[teams.plugins]]\nid = \"p\"\nplugin = \"{}\"\n{extra}\n",
+        crate::support::plugin(plugin).display()
+    )
+}
+
+/// A `[[teams]]` table without plugins.
+pub fn plain_team(team: u64, token: &str) -> String {
+    format!("[[teams]]\nid = {team}\ntoken = \"{token}\"\n")
+}
