@@ -1,1 +1,347 @@
-fn main() {}
+//! sluice benchmarks, printed as a table.
+//!
+//! Run: `plugins/build.sh target/plugins && cargo bench -p sluice --bench pipeline`
+//! (`SLUICE_PLUGIN_DIR` points elsewhere if the plugins were built into another folder).
+//!
+//! (a) Events through a transform: the same plugin code natively (the SDK's batch path, no
+//!     boundary) and as wasm in the host, for a plugin that only keeps (the boundary alone) and
+//!     for downsampling; plus the full chain runner with an empty chain and the downsampling chain.
+//! (b) End to end: HTTP `/batch` of 100 gzip events → durable queue → downsampling chain → SQLite,
+//!     with the load generator in the same process on the same cores.
+
+#![allow(clippy::unwrap_used)]
+
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use serde_json::{Value, json};
+use sluice::chain::{ChainOutput, ChainRunner, Installation};
+use sluice::config::{Config, OnError};
+use sluice::runtime::{Instance, InstanceSettings, Runtime, RuntimeSettings};
+use sluice_abi::wire::{BatchWriter, EventFields};
+use sluice_guest_passthrough::Passthrough;
+use sluice_plugin_downsample::Downsample;
+use sluice_sdk::testing::Harness;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const EVENTS: usize = 100_000;
+const BATCH: usize = 1_000;
+
+fn main() {
+    sluice::telemetry::init_logging();
+    sluice::telemetry::prometheus();
+    let plugins = plugin_dir();
+    println!(
+        "sluice pipeline benchmark ({} cores)\n",
+        std::thread::available_parallelism().map_or(1, usize::from)
+    );
+    let events = encoded_events(EVENTS);
+    let avg = events.iter().map(Vec::len).sum::<usize>() / events.len();
+    println!("(a) transform throughput, {EVENTS} events of ~{avg} bytes in batches of {BATCH}");
+    transforms(&plugins, &events);
+    println!(
+        "\n(b) end to end: HTTP /batch of 100 gzip events -> queue -> downsample 50% -> SQLite"
+    );
+    end_to_end(&plugins);
+}
+
+fn plugin_dir() -> PathBuf {
+    let dir = std::env::var_os("SLUICE_PLUGIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target"))
+                });
+            target.join("plugins")
+        });
+    assert!(
+        dir.join("downsample.wasm").is_file() && dir.join("passthrough.wasm").is_file(),
+        "no plugins in {}: run `plugins/build.sh {}` first",
+        dir.display(),
+        dir.display()
+    );
+    dir
+}
+
+fn properties(i: usize) -> Value {
+    json!({
+        "$current_url": format!("https://example.com/products/{}", i % 500),
+        "$browser": "Chrome", "$os": "Mac OS X", "$lib": "web", "$lib_version": "1.434.18",
+        "$screen_width": 1920, "plan": "pro", "value": 12.5,
+    })
+}
+
+fn encoded_events(count: usize) -> Vec<Vec<u8>> {
+    (0..count)
+        .map(|i| {
+            let properties = properties(i).to_string();
+            let distinct_id = format!("user-{}", i % 10_000);
+            let mut uuid = [0u8; 16];
+            uuid[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            EventFields {
+                uuid,
+                team_id: 1,
+                timestamp_ms: 1_700_000_000_000 + i as i64,
+                event: "$pageview",
+                distinct_id: &distinct_id,
+                ip: Some("89.160.20.115"),
+                properties: &properties,
+                set: None,
+                set_once: None,
+            }
+            .encode()
+            .unwrap()
+        })
+        .collect()
+}
+
+fn batches(events: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    events
+        .chunks(BATCH)
+        .map(|chunk| {
+            let mut batch = BatchWriter::default();
+            chunk.iter().for_each(|e| batch.push_encoded(e));
+            batch.finish()
+        })
+        .collect()
+}
+
+/// Best of three runs of `f` over all events; returns nanoseconds per event.
+fn measure(mut f: impl FnMut()) -> f64 {
+    f(); // warm-up: first calls, lazy instances, caches
+    (0..3)
+        .map(|_| {
+            let started = Instant::now();
+            f();
+            started.elapsed().as_nanos() as f64 / EVENTS as f64
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+fn report(name: &str, ns: f64) {
+    println!(
+        "  {name:<52} {:>10.0} events/s {ns:>9.1} ns/event",
+        1e9 / ns
+    );
+}
+
+fn instance(
+    runtime: &Runtime,
+    plugins: &std::path::Path,
+    name: &str,
+    config: Value,
+) -> (Arc<sluice::runtime::Plugin>, InstanceSettings) {
+    let plugin = runtime.load(&plugins.join(format!("{name}.wasm"))).unwrap();
+    let resolved = plugin
+        .manifest
+        .resolve_config(config.as_object().unwrap())
+        .unwrap();
+    let settings = InstanceSettings {
+        installation: Arc::from(format!("bench/{name}")),
+        config: Value::Object(resolved),
+        timeout: Duration::from_secs(10),
+        memory_bytes: 256 << 20,
+    };
+    (plugin, settings)
+}
+
+fn transforms(plugins: &std::path::Path, events: &[Vec<u8>]) {
+    let batches = batches(events);
+    let downsample_config = json!({"percentage": 50});
+    let runtime = Runtime::new(&RuntimeSettings {
+        max_instances: 8,
+        max_memory_bytes: 256 << 20,
+        cache_dir: None,
+    })
+    .unwrap();
+
+    let mut native_pass = Harness::<Passthrough>::new(json!({})).unwrap();
+    let native_pass_ns = measure(|| {
+        for batch in &batches {
+            sluice_sdk::process_batch(native_pass.plugin(), batch).unwrap();
+        }
+    });
+    report("native keep-all (SDK batch decode/encode)", native_pass_ns);
+
+    let (plugin, settings) = instance(&runtime, plugins, "passthrough", json!({}));
+    let mut wasm_pass = Instance::start(&plugin, &settings).unwrap();
+    let wasm_pass_ns = measure(|| {
+        for batch in &batches {
+            wasm_pass.transform(batch).unwrap();
+        }
+    });
+    report("wasm keep-all (one call per batch)", wasm_pass_ns);
+
+    let mut native_logic = Harness::<Downsample>::new(downsample_config.clone()).unwrap();
+    let ids: Vec<String> = (0..EVENTS)
+        .map(|i| format!("user-{}", i % 10_000))
+        .collect();
+    let logic_ns = measure(|| {
+        for id in &ids {
+            std::hint::black_box(native_logic.plugin().keeps(id));
+        }
+    });
+    report("native downsample logic alone (sha256 per event)", logic_ns);
+
+    let mut native_down = Harness::<Downsample>::new(downsample_config.clone()).unwrap();
+    let native_down_ns = measure(|| {
+        for batch in &batches {
+            sluice_sdk::process_batch(native_down.plugin(), batch).unwrap();
+        }
+    });
+    report("native downsample (SDK batch path)", native_down_ns);
+
+    let (plugin, settings) = instance(&runtime, plugins, "downsample", downsample_config);
+    let mut wasm_down = Instance::start(&plugin, &settings).unwrap();
+    let wasm_down_ns = measure(|| {
+        for batch in &batches {
+            wasm_down.transform(batch).unwrap();
+        }
+    });
+    report("wasm downsample (one call per batch)", wasm_down_ns);
+
+    let mut runner = ChainRunner::default();
+    let empty_ns = measure(|| {
+        for chunk in events.chunks(BATCH) {
+            let mut out = ChainOutput::default();
+            runner.run(&[], chunk.to_vec(), &mut out);
+        }
+    });
+    report("chain runner, empty chain", empty_ns);
+
+    let installation = Arc::new(Installation {
+        id: settings.installation.clone(),
+        team_id: 1,
+        plugin,
+        settings,
+        on_error: OnError::Skip,
+    });
+    let chain = [installation];
+    let chain_ns = measure(|| {
+        for chunk in events.chunks(BATCH) {
+            let mut out = ChainOutput::default();
+            runner.run(&chain, chunk.to_vec(), &mut out);
+        }
+    });
+    report("chain runner, [downsample] in wasm", chain_ns);
+
+    println!();
+    println!(
+        "  boundary overhead per event (wasm keep-all - native keep-all): {:.1} ns (target <= 150)",
+        wasm_pass_ns - native_pass_ns
+    );
+    println!(
+        "  wasm downsample / native downsample speed: {:.2}x (target >= 0.6)",
+        native_down_ns / wasm_down_ns
+    );
+    println!(
+        "  wasm chain / native logic speed (incl. host bookkeeping): {:.2}x",
+        (native_down_ns + empty_ns) / chain_ns
+    );
+    teardown([wasm_pass, wasm_down]);
+}
+
+fn teardown(instances: [Instance; 2]) {
+    instances.into_iter().for_each(Instance::teardown);
+}
+
+fn end_to_end(plugins: &std::path::Path) {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = plugins.join("downsample.wasm");
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nworkers = 2\n\
+         [[teams]]\nid = 1\ntoken = \"phc_bench\"\n\
+         [[teams.plugins]]\nid = \"downsample\"\nplugin = \"{}\"\nconfig = {{ percentage = 50 }}\n",
+        plugin.display()
+    );
+    let path = dir.path().join("sluice.toml");
+    std::fs::write(&path, text).unwrap();
+    let config = Config::load(&path, &|_| None).unwrap();
+    let data_dir = config.server.data_dir.clone();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let server = runtime.spawn(sluice::server::serve(
+        config,
+        async move {
+            let _ = stopped.await;
+        },
+        move |addr| addr_tx.send(addr).unwrap(),
+    ));
+    let addr = addr_rx.recv_timeout(Duration::from_secs(60)).unwrap();
+
+    const REQUESTS: usize = 2_000;
+    const CONCURRENCY: usize = 32;
+    let bodies: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..20)
+            .map(|b| {
+                let batch: Vec<Value> = (0..100)
+                    .map(|i| json!({"event": "$pageview", "distinct_id": format!("user-{b}-{i}"), "properties": properties(i)}))
+                    .collect();
+                let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+                gz.write_all(json!({"api_key": "phc_bench", "batch": batch}).to_string().as_bytes()).unwrap();
+                gz.finish().unwrap()
+            })
+            .collect(),
+    );
+    let url = format!("http://{addr}/batch");
+    let started = Instant::now();
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let tasks: Vec<_> = (0..CONCURRENCY)
+            .map(|t| {
+                let (client, url, bodies) = (client.clone(), url.clone(), bodies.clone());
+                tokio::spawn(async move {
+                    for r in (t..REQUESTS).step_by(CONCURRENCY) {
+                        let response = client
+                            .post(&url)
+                            .header("content-encoding", "gzip")
+                            .body(bodies[r % bodies.len()].clone())
+                            .send()
+                            .await
+                            .unwrap();
+                        let status = response.status();
+                        assert_eq!(status, 200, "{}", response.text().await.unwrap_or_default());
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+    });
+    let accepted = started.elapsed();
+    let conn = sluice::store::open(&data_dir).unwrap();
+    while sluice::store::queue_depth(&conn).unwrap() > 0 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let stored_in = started.elapsed();
+    let events = (REQUESTS * 100) as f64;
+    let stored: i64 = conn
+        .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+        .unwrap();
+    println!(
+        "  {REQUESTS} requests x 100 events, {CONCURRENCY} concurrent clients in the same process"
+    );
+    println!(
+        "  accepted (durable, 200 sent):  {:>10.0} events/s  ({:.2} s)",
+        events / accepted.as_secs_f64(),
+        accepted.as_secs_f64()
+    );
+    println!(
+        "  processed and stored:          {:>10.0} events/s  ({:.2} s, {stored} kept of {events})",
+        events / stored_in.as_secs_f64(),
+        stored_in.as_secs_f64()
+    );
+    let _ = stop.send(());
+    runtime.block_on(server).unwrap().unwrap();
+}

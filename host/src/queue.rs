@@ -112,9 +112,10 @@ impl Queue {
         let conn = store::open(data_dir)?;
         depth.store(store::queue_depth(&conn)?, Ordering::SeqCst);
         let (sender, receiver) = mpsc::sync_channel(PENDING_REQUESTS);
+        let writer_depth = depth.clone();
         let thread = std::thread::Builder::new()
             .name("sluice-queue".into())
-            .spawn(move || write_loop(conn, receiver, signal))
+            .spawn(move || write_loop(conn, receiver, &writer_depth, &signal))
             .map_err(|e| {
                 rusqlite::Error::InvalidParameterName(format!("cannot start queue writer: {e}"))
             })?;
@@ -154,17 +155,18 @@ impl Queue {
                 return Err(QueueError::Unavailable("the queue is shutting down".into()));
             }
         }
-        let result = result
-            .await
-            .unwrap_or_else(|_| Err(QueueError::Unavailable("the queue writer stopped".into())));
-        if result.is_ok() {
-            self.depth.fetch_add(events, Ordering::SeqCst);
-        }
         result
+            .await
+            .unwrap_or_else(|_| Err(QueueError::Unavailable("the queue writer stopped".into())))
     }
 }
 
-fn write_loop(mut conn: Connection, receiver: Receiver<Append>, signal: Arc<Signal>) {
+fn write_loop(
+    mut conn: Connection,
+    receiver: Receiver<Append>,
+    depth: &AtomicU64,
+    signal: &Signal,
+) {
     while let Ok(first) = receiver.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -174,8 +176,14 @@ fn write_loop(mut conn: Connection, receiver: Receiver<Append>, signal: Arc<Sign
             }
         }
         let result = commit(&mut conn, &group).map_err(|e| QueueError::Unavailable(e.to_string()));
-        if let Err(error) = &result {
-            tracing::error!(%error, requests = group.len(), "queue write failed; answering 503");
+        match &result {
+            // Counted before the worker is woken, so the worker never subtracts events first.
+            Ok(()) => {
+                depth.fetch_add(group.iter().map(|a| a.events).sum(), Ordering::SeqCst);
+            }
+            Err(error) => {
+                tracing::error!(%error, requests = group.len(), "queue write failed; answering 503");
+            }
         }
         for append in group {
             let _ = append.done.send(result.clone());

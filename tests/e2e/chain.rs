@@ -136,3 +136,19 @@ fn plugin_config_is_checked_against_the_manifest_before_serving() {
     ));
     assert!(stderr.contains("setup refused on purpose"), "{stderr}");
 }
+
+#[test]
+fn a_keep_everything_plugin_stores_events_unchanged() {
+    let sluice = Sluice::start(&crate::support::team_with_plugin(
+        1,
+        "phc_one",
+        "passthrough",
+        "",
+    ));
+    let event = json!({"event": "e", "distinct_id": "u", "token": "phc_one", "properties": {"a": [1, {"b": null}]}});
+    assert_eq!(sluice.post_json("/e", &event).0, 200);
+    sluice.drain();
+    let events = sluice.events(1);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["properties"], json!({"a": [1, {"b": null}]}));
+}

@@ -7,5 +7,5 @@ wasmtime::component::bindgen!({
     imports: { default: tracing },
 });
 
-pub use exports::sluice::plugin::{lifecycle, transform};
-pub use sluice::plugin::types;
+pub use self::exports::sluice::plugin::{lifecycle, transform};
+pub use self::sluice::plugin::types;

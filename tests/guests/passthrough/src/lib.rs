@@ -1,0 +1,31 @@
+//! Keeps every event without reading it. The smallest possible transform: what it costs is the
+//! cost of crossing the host/plugin boundary.
+
+use sluice_sdk::{Config, Event, Manifest, Outcome, Plugin, PluginError, Transform};
+
+/// The passthrough plugin.
+#[derive(Debug)]
+pub struct Passthrough;
+
+impl Plugin for Passthrough {
+    fn manifest() -> Manifest {
+        Manifest {
+            name: "passthrough".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description: "Keeps every event".into(),
+            config: vec![],
+        }
+    }
+
+    fn setup(_config: &Config) -> Result<Self, PluginError> {
+        Ok(Self)
+    }
+}
+
+impl Transform for Passthrough {
+    fn transform(&mut self, _event: &Event<'_>) -> Outcome {
+        Outcome::Keep
+    }
+}
+
+sluice_sdk::export_transform!(Passthrough);

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs every test of sluice on a fresh Debian machine (as root) or a developer's machine:
+#   tests/run.sh
+# 1. makes sure the Rust toolchain pinned in rust-toolchain.toml and its wasm32-wasip2 target
+#    are installed (rustup installs them from the pin),
+# 2. builds every wasm plugin and test guest once (plugins/build.sh),
+# 3. checks formatting and lints, then runs all unit, SDK and end-to-end tests.
+# Reuses CARGO_TARGET_DIR when it is set (CI keeps one outside the clone); works from nothing.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+if ! command -v cargo >/dev/null || ! command -v rustup >/dev/null; then
+  echo "tests/run.sh: cargo and rustup are required (install Rust with rustup first)" >&2
+  exit 1
+fi
+if ! command -v cc >/dev/null; then
+  echo "tests/run.sh: installing a C compiler (needed to build SQLite and zstd)" >&2
+  apt-get update -qq && apt-get install -y -qq build-essential >/dev/null
+fi
+rustup show active-toolchain >/dev/null # installs the pinned toolchain if missing
+rustup target add wasm32-wasip2 >/dev/null
+rustup component add rustfmt clippy >/dev/null
+
+target=${CARGO_TARGET_DIR:-$root/target}
+export SLUICE_PLUGIN_DIR="$target/plugins"
+plugins/build.sh "$SLUICE_PLUGIN_DIR"
+
+cargo fmt --all -- --check
+cargo clippy --locked --workspace --all-targets -- -D warnings
+cargo test --locked --workspace
