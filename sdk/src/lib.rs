@@ -115,11 +115,40 @@ pub trait Transform: Plugin {
 
 /// Exports a [`Transform`] plugin from a crate built for `wasm32-wasip2`.
 ///
-/// ```ignore
-/// struct MyPlugin;
-/// impl sluice_sdk::Plugin for MyPlugin { /* ... */ }
-/// impl sluice_sdk::Transform for MyPlugin { /* ... */ }
-/// sluice_sdk::export_transform!(MyPlugin);
+/// ```
+/// use sluice_sdk::{Config, Event, Manifest, Outcome, Plugin, PluginError, Transform};
+///
+/// struct KeepAll;
+///
+/// impl Plugin for KeepAll {
+///     fn manifest() -> Manifest {
+///         Manifest {
+///             name: "keep-all".into(),
+///             version: "0.1.0".into(),
+///             description: String::new(),
+///             config: vec![],
+///         }
+///     }
+///
+///     fn setup(_config: &Config) -> Result<Self, PluginError> {
+///         Ok(KeepAll)
+///     }
+/// }
+///
+/// impl Transform for KeepAll {
+///     fn transform(&mut self, _event: &Event<'_>) -> Outcome {
+///         Outcome::Keep
+///     }
+/// }
+///
+/// sluice_sdk::export_transform!(KeepAll);
+/// ```
+///
+/// A type that is not a [`Transform`] is a compile error at the macro's argument:
+///
+/// ```compile_fail
+/// struct NotAPlugin;
+/// sluice_sdk::export_transform!(NotAPlugin);
 /// ```
 ///
 /// Natively (for `cargo test`) the macro only checks the trait bounds.

@@ -4,11 +4,7 @@
 //! and runs events through the same batch encoding the host uses, so what passes here behaves
 //! the same inside sluice.
 //!
-//! ```ignore
-//! let mut harness = Harness::<MyPlugin>::new(json!({"percentage": 50}))?;
-//! let outcome = harness.transform(TestEvent::new("$pageview").distinct_id("user-1"));
-//! assert_eq!(outcome, Outcome::Keep);
-//! ```
+//! `sdk/README.md` shows it in use; `sdk/examples/tagger.rs` is that code, compiled and tested.
 
 use crate::event::format_uuid;
 use crate::host::Level;
