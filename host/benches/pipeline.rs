@@ -19,7 +19,7 @@ use sluice::config::{Config, OnError};
 use sluice::runtime::{Instance, InstanceSettings, Runtime, RuntimeSettings};
 use sluice_abi::wire::{BatchWriter, EventFields};
 use sluice_guest_passthrough::Passthrough;
-use sluice_plugin_downsample::Downsample;
+use sluice_plugin_downsample::{Downsample, hash_fraction};
 use sluice_sdk::testing::Harness;
 use std::io::Write;
 use std::path::PathBuf;
@@ -28,6 +28,8 @@ use std::time::{Duration, Instant};
 
 const EVENTS: usize = 100_000;
 const BATCH: usize = 1_000;
+/// Distinct users in the main event set: ten events per user, a modest session.
+const USERS: usize = 10_000;
 
 fn main() {
     sluice::telemetry::init_logging();
@@ -37,10 +39,16 @@ fn main() {
         "sluice pipeline benchmark ({} cores)\n",
         std::thread::available_parallelism().map_or(1, usize::from)
     );
-    let events = encoded_events(EVENTS);
+    let events = encoded_events(EVENTS, USERS);
     let avg = events.iter().map(Vec::len).sum::<usize>() / events.len();
-    println!("(a) transform throughput, {EVENTS} events of ~{avg} bytes in batches of {BATCH}");
+    println!(
+        "(a) transform throughput, {EVENTS} events of ~{avg} bytes from {USERS} users, in batches of {BATCH}"
+    );
     transforms(&plugins, &events);
+    println!(
+        "\n(a') worst case for downsampling: every event from a different user (nothing to remember)"
+    );
+    worst_case(&plugins, &encoded_events(EVENTS, EVENTS));
     println!(
         "\n(b) end to end: HTTP /batch of 100 gzip events -> queue -> downsample 50% -> SQLite"
     );
@@ -75,11 +83,11 @@ fn properties(i: usize) -> Value {
     })
 }
 
-fn encoded_events(count: usize) -> Vec<Vec<u8>> {
+fn encoded_events(count: usize, users: usize) -> Vec<Vec<u8>> {
     (0..count)
         .map(|i| {
             let properties = properties(i).to_string();
-            let distinct_id = format!("user-{}", i % 10_000);
+            let distinct_id = format!("user-{}", i % users);
             let mut uuid = [0u8; 16];
             uuid[..8].copy_from_slice(&(i as u64).to_le_bytes());
             EventFields {
@@ -176,16 +184,13 @@ fn transforms(plugins: &std::path::Path, events: &[Vec<u8>]) {
     });
     report("wasm keep-all (one call per batch)", wasm_pass_ns);
 
-    let mut native_logic = Harness::<Downsample>::new(downsample_config.clone()).unwrap();
-    let ids: Vec<String> = (0..EVENTS)
-        .map(|i| format!("user-{}", i % 10_000))
-        .collect();
-    let logic_ns = measure(|| {
+    let ids: Vec<String> = (0..EVENTS).map(|i| format!("user-{}", i % USERS)).collect();
+    let hash_ns = measure(|| {
         for id in &ids {
-            std::hint::black_box(native_logic.plugin().keeps(id));
+            std::hint::black_box(hash_fraction(id) <= 0.5);
         }
     });
-    report("native downsample logic alone (sha256 per event)", logic_ns);
+    report("native sha256 decision alone (nothing remembered)", hash_ns);
 
     let mut native_down = Harness::<Downsample>::new(downsample_config.clone()).unwrap();
     let native_down_ns = measure(|| {
@@ -243,6 +248,37 @@ fn transforms(plugins: &std::path::Path, events: &[Vec<u8>]) {
         (native_down_ns + empty_ns) / chain_ns
     );
     teardown([wasm_pass, wasm_down]);
+}
+
+fn worst_case(plugins: &std::path::Path, events: &[Vec<u8>]) {
+    let batches = batches(events);
+    let config = json!({"percentage": 50});
+    let mut native = Harness::<Downsample>::new(config.clone()).unwrap();
+    let native_ns = measure(|| {
+        for batch in &batches {
+            sluice_sdk::process_batch(native.plugin(), batch).unwrap();
+        }
+    });
+    report("native downsample (SDK batch path)", native_ns);
+    let runtime = Runtime::new(&RuntimeSettings {
+        max_instances: 2,
+        max_memory_bytes: 256 << 20,
+        cache_dir: None,
+    })
+    .unwrap();
+    let (plugin, settings) = instance(&runtime, plugins, "downsample", config);
+    let mut wasm = Instance::start(&plugin, &settings).unwrap();
+    let wasm_ns = measure(|| {
+        for batch in &batches {
+            wasm.transform(batch).unwrap();
+        }
+    });
+    report("wasm downsample (one call per batch)", wasm_ns);
+    println!(
+        "  wasm downsample / native downsample speed: {:.2}x",
+        native_ns / wasm_ns
+    );
+    wasm.teardown();
 }
 
 fn teardown(instances: [Instance; 2]) {

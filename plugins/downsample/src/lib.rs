@@ -8,6 +8,10 @@
 //!   compared an integer 0..99 with the percentage, which kept ~1% at 0%; this one is exact.)
 //! - `set_sample_rate` (off by default) sets `$sample_rate` to the kept fraction on kept events so
 //!   analytics can re-weight counts; PostHog added no such marker.
+//!
+//! A user's decision never changes while the instance lives (the percentage is fixed at setup),
+//! so the instance remembers recent decisions instead of hashing every event again: most traffic
+//! comes from users who send many events. The memory is bounded by [`MAX_REMEMBERED`].
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -15,6 +19,7 @@ use sha2::{Digest, Sha256};
 use sluice_sdk::{
     Config, ConfigField, ConfigType, Event, Manifest, Outcome, Plugin, PluginError, Transform, json,
 };
+use std::collections::HashMap;
 
 /// How events are chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +30,9 @@ pub enum Method {
     Random,
 }
 
+/// Distinct ids whose decision is remembered; past this the memory is cleared and refilled.
+pub const MAX_REMEMBERED: usize = 65_536;
+
 /// The downsampling plugin.
 #[derive(Debug)]
 pub struct Downsample {
@@ -32,6 +40,7 @@ pub struct Downsample {
     method: Method,
     set_sample_rate: bool,
     rng: SmallRng,
+    decisions: HashMap<String, bool>,
 }
 
 /// Where a distinct id falls in `[0, 1]`: the first 15 hex digits of its SHA-256, as a fraction.
@@ -48,8 +57,18 @@ impl Downsample {
     /// Whether to keep an event by `distinct_id`.
     pub fn keeps(&mut self, distinct_id: &str) -> bool {
         match self.method {
-            Method::DistinctId => hash_fraction(distinct_id) <= self.fraction,
             Method::Random => self.rng.random::<f64>() < self.fraction,
+            Method::DistinctId => {
+                if let Some(keep) = self.decisions.get(distinct_id) {
+                    return *keep;
+                }
+                if self.decisions.len() >= MAX_REMEMBERED {
+                    self.decisions.clear();
+                }
+                let keep = hash_fraction(distinct_id) <= self.fraction;
+                self.decisions.insert(distinct_id.to_owned(), keep);
+                keep
+            }
         }
     }
 }
@@ -109,6 +128,7 @@ impl Plugin for Downsample {
             method,
             set_sample_rate: config.boolean("set_sample_rate")?,
             rng: SmallRng::from_os_rng(),
+            decisions: HashMap::new(),
         })
     }
 }
@@ -184,6 +204,22 @@ mod tests {
             previous = count;
         }
         assert_eq!(previous, 500);
+    }
+
+    #[test]
+    fn remembered_decisions_stay_correct_past_the_memory_bound() {
+        let mut h = harness(json!({ "percentage": 37 }));
+        for round in 0..2 {
+            for i in 0..MAX_REMEMBERED + 500 {
+                let id = format!("u{i}");
+                assert_eq!(
+                    h.plugin().keeps(&id),
+                    hash_fraction(&id) <= 0.37,
+                    "{id} in round {round}"
+                );
+            }
+        }
+        assert!(h.plugin().decisions.len() <= MAX_REMEMBERED);
     }
 
     #[test]
