@@ -4,7 +4,9 @@
 # 1. makes sure the Rust toolchain pinned in rust-toolchain.toml and its wasm32-wasip2 target
 #    are installed (rustup installs them from the pin),
 # 2. builds every wasm plugin and test guest once (plugins/build.sh),
-# 3. checks formatting and lints, then runs all unit, SDK and end-to-end tests.
+# 3. installs the real PostHog SDKs the compatibility tests drive (posthog-python from PyPI,
+#    posthog-node, posthog-js and playwright-core from npm, Debian's chromium), pinned,
+# 4. checks formatting and lints, then runs all unit, SDK and end-to-end tests.
 # Reuses CARGO_TARGET_DIR when it is set (CI keeps one outside the clone); works from nothing.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -25,6 +27,24 @@ rustup component add rustfmt clippy >/dev/null
 target=${CARGO_TARGET_DIR:-$root/target}
 export SLUICE_PLUGIN_DIR="$target/plugins"
 plugins/build.sh "$SLUICE_PLUGIN_DIR"
+
+# The real SDKs, installed outside the clone and reused while their pins are unchanged.
+sdk="$target/sdk-clients"
+need() { command -v "$1" >/dev/null || { echo "tests/run.sh: installing $2" >&2; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $2 >/dev/null; }; }
+need node "nodejs npm"
+need python3 "python3 python3-pip"
+[ -x /usr/bin/chromium ] || need chromium chromium
+if ! cmp -s tests/sdk/requirements.txt "$sdk/python/.installed" 2>/dev/null; then
+  rm -rf "$sdk/python"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$sdk/python" -r tests/sdk/requirements.txt
+  cp tests/sdk/requirements.txt "$sdk/python/.installed"
+fi
+if ! cmp -s tests/sdk/package-lock.json "$sdk/node/package-lock.json" 2>/dev/null || [ ! -d "$sdk/node/node_modules" ]; then
+  rm -rf "$sdk/node" && mkdir -p "$sdk/node"
+  cp tests/sdk/package.json tests/sdk/package-lock.json "$sdk/node/"
+  (cd "$sdk/node" && npm ci --no-audit --no-fund --loglevel=error)
+fi
+export SLUICE_SDK_DIR="$sdk"
 
 cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings

@@ -142,6 +142,8 @@ pub struct ChainOutput {
     pub events: Vec<Vec<u8>>,
     /// Events plugins failed on, under a `dead_letter` policy.
     pub dead_letters: Vec<DeadLetter>,
+    /// Session-recording events, which skip chains.
+    pub recordings: Vec<Vec<u8>>,
 }
 
 /// One worker's live instances, one per installation.

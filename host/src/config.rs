@@ -56,8 +56,12 @@ pub struct CaptureConfig {
     /// Largest request body for single-event paths (`/e`, `/capture`, `/i/v0/e`...), in bytes,
     /// before and after decompression.
     pub max_event_body_bytes: usize,
-    /// Largest request body for `/batch`, in bytes, before and after decompression.
+    /// Largest request body for `/batch` and `/i/v1/analytics/events`, in bytes, before and
+    /// after decompression.
     pub max_batch_body_bytes: usize,
+    /// Largest request body for session recordings (`/s`), in bytes, before and after
+    /// decompression.
+    pub max_recording_body_bytes: usize,
     /// Take the client IP from the first `X-Forwarded-For` entry (only behind a trusted proxy).
     pub trust_forwarded_for: bool,
 }
@@ -67,6 +71,7 @@ impl Default for CaptureConfig {
         Self {
             max_event_body_bytes: 2 * 1024 * 1024,
             max_batch_body_bytes: 20 * 1024 * 1024,
+            max_recording_body_bytes: 25 * 1024 * 1024,
             trust_forwarded_for: false,
         }
     }
@@ -253,7 +258,10 @@ impl Config {
         let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
             fail("(syntax)", e.to_string().trim().replace('\n', " "))
         })?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        // Relative paths in the file are relative to the file, wherever sluice runs from.
+        let absolute = std::path::absolute(path)
+            .map_err(|e| fail("(file)", format!("cannot resolve: {e}")))?;
+        let base = absolute.parent().unwrap_or(Path::new("/"));
         Self::from_table(path, base, &table, env)
     }
 
@@ -287,6 +295,7 @@ impl Config {
         if let Some(dir) = env("SLUICE_DATA_DIR") {
             server.data_dir = PathBuf::from(dir);
         }
+        // An environment override that is relative is relative to the config file too.
         server.data_dir = base.join(&server.data_dir);
         if server.workers == Some(0) {
             c.add("server.workers", "must be at least 1");

@@ -40,6 +40,21 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
+    /// Print stored session-recording events (`$snapshot`), oldest first.
+    Recordings {
+        /// The sluice.toml whose data folder to read.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only recordings of this team id.
+        #[arg(long)]
+        team: Option<u64>,
+        /// Only this `$session_id`.
+        #[arg(long)]
+        session: Option<String>,
+        /// How many of the newest to print.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
     /// Print events that plugins failed on (installations with `on_error = "dead_letter"`).
     DeadLetters {
         /// The sluice.toml whose data folder to read.
@@ -86,6 +101,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let conn = open_existing(&load(&config)?)?;
             print_lines(store::recent_events(&conn, team, limit)?)
+        }
+        Command::Recordings {
+            config,
+            team,
+            session,
+            limit,
+        } => {
+            let conn = open_existing(&load(&config)?)?;
+            print_lines(store::recent_recordings(
+                &conn,
+                team,
+                session.as_deref(),
+                limit,
+            )?)
         }
         Command::DeadLetters {
             config,

@@ -1,4 +1,5 @@
-//! The embedded SQLite database: durable ingest queue, stored events, dead letters.
+//! The embedded SQLite database: durable ingest queue, stored events, session recordings, dead
+//! letters.
 //!
 //! One file (`<data_dir>/sluice.db`) in WAL mode with `synchronous = FULL`, so a committed
 //! transaction survives a crash of the process or the machine. Moving events from the queue to
@@ -36,6 +37,18 @@ CREATE TABLE IF NOT EXISTS events (
     stored_at_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_team ON events (team_id, seq);
+CREATE TABLE IF NOT EXISTS recordings (
+    seq INTEGER PRIMARY KEY,
+    uuid BLOB NOT NULL UNIQUE,
+    team_id INTEGER NOT NULL,
+    session_id TEXT NOT NULL,
+    window_id TEXT,
+    distinct_id TEXT NOT NULL,
+    timestamp_ms INTEGER NOT NULL,
+    properties TEXT NOT NULL,
+    stored_at_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS recordings_by_session ON recordings (team_id, session_id, window_id, timestamp_ms);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY,
     team_id INTEGER NOT NULL,
@@ -119,6 +132,93 @@ pub fn commit_processed(
     }
     tx.execute("DELETE FROM queue WHERE id <= ?1", [last_queue_id])?;
     Ok(inserted)
+}
+
+/// The name of session-recording events, which are stored apart and skip plugin chains.
+pub const SNAPSHOT_EVENT: &str = "$snapshot";
+
+/// Stores `$snapshot` events in the recordings table (skipping uuids already stored), keyed by
+/// team, `$session_id`, `$window_id` and time. Returns how many were new.
+pub fn insert_recordings(tx: &Transaction<'_>, recordings: &[Vec<u8>]) -> rusqlite::Result<usize> {
+    let now = now_ms();
+    let mut insert = tx.prepare_cached(
+        "INSERT OR IGNORE INTO recordings (uuid, team_id, session_id, window_id, distinct_id, \
+         timestamp_ms, properties, stored_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    let mut inserted = 0;
+    for encoded in recordings {
+        let fields = decode(encoded)?;
+        let properties: Value = serde_json::from_str(fields.properties).unwrap_or_default();
+        let text = |key: &str| {
+            properties
+                .get(key)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        inserted += insert.execute(params![
+            &fields.uuid[..],
+            fields.team_id as i64,
+            text("$session_id").unwrap_or_default(),
+            text("$window_id"),
+            fields.distinct_id,
+            fields.timestamp_ms,
+            fields.properties,
+            now,
+        ])?;
+    }
+    Ok(inserted)
+}
+
+/// A stored recording event as `sluice recordings` prints it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StoredRecording {
+    /// Event UUID.
+    pub uuid: String,
+    /// Team id.
+    pub team_id: u64,
+    /// `$session_id`.
+    pub session_id: String,
+    /// `$window_id`.
+    pub window_id: Option<String>,
+    /// Distinct id.
+    pub distinct_id: String,
+    /// Event time, RFC 3339 UTC with milliseconds.
+    pub timestamp: String,
+    /// The event's properties (`$snapshot_data` and the rest).
+    pub properties: Value,
+}
+
+/// The newest `limit` recording events (of `team` and `session`, if given), in session order.
+pub fn recent_recordings(
+    conn: &Connection,
+    team: Option<u64>,
+    session: Option<&str>,
+    limit: usize,
+) -> rusqlite::Result<Vec<StoredRecording>> {
+    let mut stmt = conn.prepare(
+        "SELECT uuid, team_id, session_id, window_id, distinct_id, timestamp_ms, properties FROM recordings \
+         WHERE (?1 IS NULL OR team_id = ?1) AND (?2 IS NULL OR session_id = ?2) \
+         ORDER BY seq DESC LIMIT ?3",
+    )?;
+    let mut recordings = stmt
+        .query_map(
+            params![team.map(|t| t as i64), session, limit as i64],
+            |row| {
+                let uuid: Vec<u8> = row.get(0)?;
+                Ok(StoredRecording {
+                    uuid: uuid_text(&uuid),
+                    team_id: row.get::<_, i64>(1)? as u64,
+                    session_id: row.get(2)?,
+                    window_id: row.get(3)?,
+                    distinct_id: row.get(4)?,
+                    timestamp: rfc3339(row.get(5)?),
+                    properties: json(row.get::<_, String>(6)?),
+                })
+            },
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    recordings.reverse();
+    Ok(recordings)
 }
 
 fn decode(encoded: &[u8]) -> rusqlite::Result<EventFields<'_>> {

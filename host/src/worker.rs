@@ -132,8 +132,9 @@ fn next_rows(conn: &Connection, batch_events: usize) -> rusqlite::Result<Vec<Row
 /// Splits rows into lanes and runs every lane's events through their teams' chains in parallel.
 fn process(chains: &Chains, lanes: &mut [ChainRunner], rows: Vec<Row>) -> ChainOutput {
     let lane_count = lanes.len();
-    // Per lane: events grouped by team, in arrival order.
+    // Per lane: events grouped by team, in arrival order. Recordings skip the chains.
     let mut work: Vec<Vec<(u64, Vec<Vec<u8>>)>> = (0..lane_count).map(|_| Vec::new()).collect();
+    let mut recordings = Vec::new();
     for row in &rows {
         let reader = match BatchReader::new(&row.payload) {
             Ok(reader) => reader,
@@ -150,14 +151,15 @@ fn process(chains: &Chains, lanes: &mut [ChainRunner], rows: Vec<Row>) -> ChainO
                     break;
                 }
             };
-            let lane = lane_of(
-                row.team_id,
-                raw.text(Field::DistinctId).ok().flatten().unwrap_or(""),
-                lane_count,
-            );
             let mut encoded = Vec::with_capacity(raw.body().len() + 4);
             encoded.extend_from_slice(&(raw.body().len() as u32).to_le_bytes());
             encoded.extend_from_slice(raw.body());
+            if raw.text(Field::Event).ok().flatten() == Some(store::SNAPSHOT_EVENT) {
+                recordings.push(encoded);
+                continue;
+            }
+            let distinct_id = raw.text(Field::DistinctId).ok().flatten().unwrap_or("");
+            let lane = lane_of(row.team_id, distinct_id, lane_count);
             let groups = &mut work[lane];
             match groups.iter_mut().find(|(team, _)| *team == row.team_id) {
                 Some((_, events)) => events.push(encoded),
@@ -182,7 +184,10 @@ fn process(chains: &Chains, lanes: &mut [ChainRunner], rows: Vec<Row>) -> ChainO
             .collect();
         handles.into_iter().filter_map(|h| h.join().ok()).collect()
     });
-    let mut merged = ChainOutput::default();
+    let mut merged = ChainOutput {
+        recordings,
+        ..ChainOutput::default()
+    };
     for out in outputs {
         merged.events.extend(out.events);
         merged.dead_letters.extend(out.dead_letters);
@@ -204,6 +209,7 @@ fn lane_of(team_id: u64, distinct_id: &str, lanes: usize) -> usize {
 
 fn commit(conn: &mut Connection, output: &ChainOutput, last_id: i64) -> rusqlite::Result<usize> {
     let tx = conn.transaction()?;
+    store::insert_recordings(&tx, &output.recordings)?;
     let stored = store::commit_processed(&tx, &output.events, &output.dead_letters, last_id)?;
     tx.commit()?;
     Ok(stored)

@@ -59,3 +59,38 @@ fn config_problems_are_all_reported_with_file_key_and_reason() {
         "{stderr}"
     );
 }
+
+#[test]
+fn serve_works_with_a_relative_config_path_from_any_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("conf")).unwrap();
+    std::fs::write(
+        dir.path().join("conf/sluice.toml"),
+        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n[[teams]]\nid = 1\ntoken = \"phc_rel\"\n",
+    )
+    .unwrap();
+    let mut child = Command::new(sluice_bin())
+        .args(["serve", "--config", "conf/sluice.toml"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    child.kill().unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        line.starts_with("listening on http://127.0.0.1:"),
+        "{line}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        dir.path().join("conf/data/sluice.db").is_file(),
+        "data lives beside the config file"
+    );
+}

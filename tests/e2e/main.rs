@@ -8,5 +8,7 @@ mod adversary;
 mod capture;
 mod chain;
 mod cli;
+mod compat;
 mod durability;
+mod sdk;
 mod support;

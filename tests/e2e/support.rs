@@ -169,6 +169,16 @@ impl Sluice {
         self.cli(&["events", "--team", &team.to_string(), "--limit", "100000"])
     }
 
+    /// Stored session-recording events (via `sluice recordings`), oldest first.
+    pub fn recordings(&self, team: u64, session: Option<&str>) -> Vec<Value> {
+        let team = team.to_string();
+        let mut args = vec!["recordings", "--team", &team, "--limit", "100000"];
+        if let Some(session) = session {
+            args.extend(["--session", session]);
+        }
+        self.cli(&args)
+    }
+
     /// Dead letters (via `sluice dead-letters`), oldest first.
     pub fn dead_letters(&self, team: u64) -> Vec<Value> {
         self.cli(&[

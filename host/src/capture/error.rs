@@ -36,6 +36,9 @@ pub enum CaptureError {
     /// An event's `properties`, `$set` or `$set_once` is not an object.
     #[error("event {0}: `{1}` must be a JSON object")]
     InvalidProperties(usize, &'static str),
+    /// A session-recording event has no `$session_id`.
+    #[error("event {0} is a `$snapshot` without `properties.$session_id`")]
+    MissingSessionId(usize),
     /// No project token was given.
     #[error("no project token (`api_key`, `token`, `$token` or `properties.token`)")]
     MissingToken,
@@ -70,6 +73,7 @@ impl CaptureError {
             CaptureError::MissingDistinctId(_) => (StatusCode::BAD_REQUEST, "missing_distinct_id"),
             CaptureError::InvalidUuid(_) => (StatusCode::BAD_REQUEST, "invalid_uuid"),
             CaptureError::InvalidProperties(..) => (StatusCode::BAD_REQUEST, "invalid_properties"),
+            CaptureError::MissingSessionId(_) => (StatusCode::BAD_REQUEST, "missing_session_id"),
             CaptureError::MissingToken => (StatusCode::UNAUTHORIZED, "missing_token"),
             CaptureError::InvalidToken(_) => (StatusCode::UNAUTHORIZED, "invalid_token"),
             CaptureError::UnknownToken => (StatusCode::UNAUTHORIZED, "unknown_token"),

@@ -9,17 +9,19 @@ use uuid::Uuid;
 /// Longest distinct id kept; longer ones are cut, as PostHog does.
 pub const MAX_DISTINCT_ID_CHARS: usize = 200;
 
-/// What the request itself says, apart from its body.
+/// What the request itself says, apart from its JSON payload.
 #[derive(Debug, Clone, Default)]
 pub struct RequestContext {
     /// Server receive time, epoch milliseconds.
     pub now_ms: i64,
-    /// Token from the query string (`token`, then `api_key`).
-    pub query_token: Option<String>,
-    /// `sent_at` from the query string (`_`).
-    pub query_sent_at: Option<i64>,
+    /// Token from outside the payload: query `token`/`api_key`, then form `api_key`/`token`.
+    pub outer_token: Option<String>,
+    /// `sent_at` from outside the payload: query `_`, then form `sent_at`.
+    pub outer_sent_at: Option<i64>,
     /// Client IP.
     pub ip: Option<String>,
+    /// `/engage`: a single event there is a `$identify`.
+    pub engage: bool,
 }
 
 /// Events of one request, all of one token.
@@ -96,7 +98,12 @@ pub fn normalize(payload: Value, ctx: &RequestContext) -> Result<Normalized, Cap
                     "`batch` must be an array".into(),
                 ));
             }
-            None => (vec![Value::Object(object)], Map::new()),
+            None => {
+                if ctx.engage {
+                    object.insert("event".into(), Value::String("$identify".into()));
+                }
+                (vec![Value::Object(object)], Map::new())
+            }
         },
         _ => {
             return Err(CaptureError::InvalidPayload(
@@ -121,7 +128,7 @@ pub fn normalize(payload: Value, ctx: &RequestContext) -> Result<Normalized, Cap
     let events = items
         .into_iter()
         .enumerate()
-        .map(|(i, item)| event(i, item, ctx, ctx.query_sent_at.or(batch_sent_at)))
+        .map(|(i, item)| event(i, item, ctx, ctx.outer_sent_at.or(batch_sent_at)))
         .collect::<Result<_, _>>()?;
     Ok(Normalized { token, events })
 }
@@ -133,7 +140,7 @@ fn find_token(
 ) -> Result<String, CaptureError> {
     let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
     let outer = ctx
-        .query_token
+        .outer_token
         .clone()
         .or_else(|| text(envelope.get("api_key")))
         .or_else(|| text(envelope.get("token")));
@@ -165,7 +172,9 @@ fn find_token(
     }
 }
 
-fn event(
+/// Normalizes event `i` of a request: name, distinct id, uuid, properties, `$set`/`$set_once`,
+/// and time (`sent_at` is the request's, used when the event has none of its own).
+pub fn event(
     i: usize,
     mut item: Map<String, Value>,
     ctx: &RequestContext,
@@ -180,6 +189,11 @@ fn event(
         Some(Value::Object(properties)) => properties,
         Some(_) => return Err(CaptureError::InvalidProperties(i, "properties")),
     };
+    let has_session =
+        matches!(properties.get("$session_id"), Some(Value::String(id)) if !id.is_empty());
+    if name == crate::store::SNAPSHOT_EVENT && !has_session {
+        return Err(CaptureError::MissingSessionId(i));
+    }
     let distinct_id = [
         item.get("$distinct_id"),
         properties.get("distinct_id"),
@@ -305,7 +319,7 @@ mod tests {
             CaptureError::InconsistentToken
         );
         let query = RequestContext {
-            query_token: Some("phc_q".into()),
+            outer_token: Some("phc_q".into()),
             ..ctx()
         };
         assert_eq!(normalize(two, &query).unwrap().token, "phc_q");
@@ -355,6 +369,18 @@ mod tests {
                 "{payload}"
             );
         }
+    }
+
+    #[test]
+    fn a_single_event_on_engage_becomes_identify() {
+        let engage = RequestContext {
+            engage: true,
+            ..ctx()
+        };
+        let payload = json!({"distinct_id": "u", "token": "phc_x", "$set": {"email": "a@b.c"}});
+        let event = &normalize(payload, &engage).unwrap().events[0];
+        assert_eq!(event.event, "$identify");
+        assert_eq!(event.set.as_deref(), Some(r#"{"email":"a@b.c"}"#));
     }
 
     #[test]
