@@ -8,6 +8,8 @@
 //!     for downsampling; plus the full chain runner with an empty chain and the downsampling chain.
 //! (b) End to end: HTTP `/batch` of 100 gzip events → durable queue → downsampling chain → SQLite,
 //!     with the load generator in the same process on the same cores.
+//! (c) The capture decoder alone: plain, gzip and base64 (form beacon) batches of 100 events
+//!     through decoding and normalization, in MB/s of request body and events/s.
 
 #![allow(clippy::unwrap_used)]
 

@@ -1,7 +1,7 @@
 //! The `sluice` command.
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use sluice::config::Config;
 use sluice::{server, store, telemetry};
 use std::io::Write;
@@ -29,44 +29,37 @@ enum Command {
         config: PathBuf,
     },
     /// Print stored events as JSON lines, oldest first.
-    Events {
-        /// The sluice.toml whose data folder to read.
-        #[arg(long, short)]
-        config: PathBuf,
-        /// Only events of this team id.
-        #[arg(long)]
-        team: Option<u64>,
-        /// How many of the newest events to print.
-        #[arg(long, default_value_t = 20)]
-        limit: usize,
-    },
+    Events(#[command(flatten)] Read),
     /// Print stored session-recording events (`$snapshot`), oldest first.
     Recordings {
-        /// The sluice.toml whose data folder to read.
-        #[arg(long, short)]
-        config: PathBuf,
-        /// Only recordings of this team id.
-        #[arg(long)]
-        team: Option<u64>,
+        #[command(flatten)]
+        read: Read,
         /// Only this `$session_id`.
         #[arg(long)]
         session: Option<String>,
-        /// How many of the newest to print.
-        #[arg(long, default_value_t = 20)]
-        limit: usize,
     },
     /// Print events that plugins failed on (installations with `on_error = "dead_letter"`).
-    DeadLetters {
-        /// The sluice.toml whose data folder to read.
-        #[arg(long, short)]
-        config: PathBuf,
-        /// Only dead letters of this team id.
-        #[arg(long)]
-        team: Option<u64>,
-        /// How many of the newest to print.
-        #[arg(long, default_value_t = 20)]
-        limit: usize,
-    },
+    DeadLetters(#[command(flatten)] Read),
+}
+
+/// What every command that reads storage takes.
+#[derive(Args)]
+struct Read {
+    /// The sluice.toml whose data folder to read.
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Only this team id.
+    #[arg(long)]
+    team: Option<u64>,
+    /// How many of the newest to print.
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
+}
+
+impl Read {
+    fn open(&self) -> anyhow::Result<rusqlite::Connection> {
+        open_existing(&load(&self.config)?)
+    }
 }
 
 fn main() -> ExitCode {
@@ -94,36 +87,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let _ = std::io::stdout().flush();
             }))
         }
-        Command::Events {
-            config,
-            team,
-            limit,
-        } => {
-            let conn = open_existing(&load(&config)?)?;
-            print_lines(store::recent_events(&conn, team, limit)?)
+        Command::Events(read) => {
+            print_lines(store::recent_events(&read.open()?, read.team, read.limit)?)
         }
-        Command::Recordings {
-            config,
-            team,
-            session,
-            limit,
-        } => {
-            let conn = open_existing(&load(&config)?)?;
-            print_lines(store::recent_recordings(
-                &conn,
-                team,
-                session.as_deref(),
-                limit,
-            )?)
-        }
-        Command::DeadLetters {
-            config,
-            team,
-            limit,
-        } => {
-            let conn = open_existing(&load(&config)?)?;
-            print_lines(store::recent_dead_letters(&conn, team, limit)?)
-        }
+        Command::Recordings { read, session } => print_lines(store::recent_recordings(
+            &read.open()?,
+            read.team,
+            session.as_deref(),
+            read.limit,
+        )?),
+        Command::DeadLetters(read) => print_lines(store::recent_dead_letters(
+            &read.open()?,
+            read.team,
+            read.limit,
+        )?),
     }
 }
 

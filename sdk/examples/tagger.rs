@@ -20,24 +20,12 @@ impl Plugin for Tagger {
             version: env!("CARGO_PKG_VERSION").into(),
             description: "Adds a `tag` property".into(),
             config: vec![
-                ConfigField {
-                    key: "tag".into(),
-                    description: "Value of the `tag` property".into(),
-                    kind: ConfigType::Text,
-                    default: None,
-                    required: true,
-                    secret: false,
-                    choices: vec![],
-                },
-                ConfigField {
-                    key: "only_event".into(),
-                    description: "Tag only events with this name".into(),
-                    kind: ConfigType::Text,
-                    default: None,
-                    required: false,
-                    secret: false,
-                    choices: vec![],
-                },
+                ConfigField::new("tag", ConfigType::Text, "Value of the `tag` property").required(),
+                ConfigField::new(
+                    "only_event",
+                    ConfigType::Text,
+                    "Tag only events with this name",
+                ),
             ],
         }
     }

@@ -12,8 +12,9 @@ mod normalize;
 mod time;
 mod v1;
 
+pub use decode::{Decoded, Input, decode};
 pub use error::CaptureError;
-pub use normalize::{NewEvent, RequestContext, normalize};
+pub use normalize::{NewEvent, RequestContext, encode, normalize};
 
 use crate::config::CaptureConfig;
 use crate::queue::Queue;

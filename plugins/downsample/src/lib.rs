@@ -17,7 +17,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 use sluice_sdk::{
-    Config, ConfigField, ConfigType, Event, Manifest, Outcome, Plugin, PluginError, Transform, json,
+    Config, ConfigField, ConfigType, Event, Manifest, Outcome, Plugin, PluginError, Transform,
 };
 use std::collections::HashMap;
 
@@ -80,34 +80,24 @@ impl Plugin for Downsample {
             version: env!("CARGO_PKG_VERSION").into(),
             description: "Keeps a percentage of events, per user or at random".into(),
             config: vec![
-                ConfigField {
-                    key: "percentage".into(),
-                    description: "Percentage of events to keep, from 0 to 100".into(),
-                    kind: ConfigType::Number,
-                    default: Some(json!(100)),
-                    required: false,
-                    secret: false,
-                    choices: vec![],
-                },
-                ConfigField {
-                    key: "sampling_method".into(),
-                    description: "`distinct_id`: keep whole users (stable); `random`: per event"
-                        .into(),
-                    kind: ConfigType::Choice,
-                    default: Some(json!("distinct_id")),
-                    required: false,
-                    secret: false,
-                    choices: vec!["distinct_id".into(), "random".into()],
-                },
-                ConfigField {
-                    key: "set_sample_rate".into(),
-                    description: "Set `$sample_rate` (the kept fraction) on kept events".into(),
-                    kind: ConfigType::Boolean,
-                    default: Some(json!(false)),
-                    required: false,
-                    secret: false,
-                    choices: vec![],
-                },
+                ConfigField::new(
+                    "percentage",
+                    ConfigType::Number,
+                    "Percentage of events to keep, from 0 to 100",
+                )
+                .with_default(100),
+                ConfigField::choice(
+                    "sampling_method",
+                    "`distinct_id`: keep whole users (stable); `random`: per event",
+                    &["distinct_id", "random"],
+                )
+                .with_default("distinct_id"),
+                ConfigField::new(
+                    "set_sample_rate",
+                    ConfigType::Boolean,
+                    "Set `$sample_rate` (the kept fraction) on kept events",
+                )
+                .with_default(false),
             ],
         }
     }
@@ -153,6 +143,7 @@ sluice_sdk::export_transform!(Downsample);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_sdk::json;
     use sluice_sdk::testing::{Harness, TestEvent};
 
     fn harness(config: sluice_sdk::Value) -> Harness<Downsample> {

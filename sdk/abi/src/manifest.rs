@@ -53,6 +53,51 @@ pub struct ConfigField {
     pub choices: Vec<String>,
 }
 
+impl ConfigField {
+    /// An optional field of type `kind`, without default.
+    pub fn new(key: impl Into<String>, kind: ConfigType, description: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            description: description.into(),
+            kind,
+            default: None,
+            required: false,
+            secret: false,
+            choices: Vec::new(),
+        }
+    }
+
+    /// An optional `choice` field allowing `choices`.
+    pub fn choice(
+        key: impl Into<String>,
+        description: impl Into<String>,
+        choices: &[&str],
+    ) -> Self {
+        Self {
+            choices: choices.iter().map(|c| (*c).to_owned()).collect(),
+            ..Self::new(key, ConfigType::Choice, description)
+        }
+    }
+
+    /// Sets the value used when the operator gives none.
+    pub fn with_default(mut self, value: impl Into<Value>) -> Self {
+        self.default = Some(value.into());
+        self
+    }
+
+    /// Makes the field required.
+    pub fn required(mut self) -> Self {
+        self.required = true;
+        self
+    }
+
+    /// Marks the value as a secret that is never printed.
+    pub fn secret(mut self) -> Self {
+        self.secret = true;
+        self
+    }
+}
+
 /// What a plugin declares about itself.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Manifest {
@@ -215,33 +260,9 @@ mod tests {
             version: "1.0.0".into(),
             description: String::new(),
             config: vec![
-                ConfigField {
-                    key: "percentage".into(),
-                    description: String::new(),
-                    kind: ConfigType::Number,
-                    default: Some(json!(100)),
-                    required: false,
-                    secret: false,
-                    choices: vec![],
-                },
-                ConfigField {
-                    key: "method".into(),
-                    description: String::new(),
-                    kind: ConfigType::Choice,
-                    default: None,
-                    required: true,
-                    secret: false,
-                    choices: vec!["a".into(), "b".into()],
-                },
-                ConfigField {
-                    key: "token".into(),
-                    description: String::new(),
-                    kind: ConfigType::Text,
-                    default: None,
-                    required: false,
-                    secret: true,
-                    choices: vec![],
-                },
+                ConfigField::new("percentage", ConfigType::Number, "").with_default(100),
+                ConfigField::choice("method", "", &["a", "b"]).required(),
+                ConfigField::new("token", ConfigType::Text, "").secret(),
             ],
         }
     }
