@@ -82,7 +82,15 @@ fn run(settings: WorkerSettings) {
         let started = Instant::now();
         let last_id = rows.last().map_or(0, |r| r.id);
         let taken: u64 = rows.iter().map(|r| r.events).sum();
-        let output = process(&settings.chains, &mut lanes, rows);
+        let Some(output) = process(&settings.chains, &mut lanes, rows) else {
+            // A lane panicked (a host bug): its events were not processed, so nothing of this
+            // round is committed and the same rows are taken again, by fresh plugin instances.
+            tracing::error!("a worker lane panicked; retrying the round with fresh instances");
+            metrics::counter!("sluice_worker_lane_panics_total").increment(1);
+            lanes = (0..lanes.len()).map(|_| ChainRunner::default()).collect();
+            std::thread::sleep(Duration::from_secs(1));
+            continue;
+        };
         match commit(&mut conn, &output, last_id) {
             Ok(stored) => {
                 settings.depth.fetch_sub(taken, Ordering::SeqCst);
@@ -130,7 +138,8 @@ fn next_rows(conn: &Connection, batch_events: usize) -> rusqlite::Result<Vec<Row
 }
 
 /// Splits rows into lanes and runs every lane's events through their teams' chains in parallel.
-fn process(chains: &Chains, lanes: &mut [ChainRunner], rows: Vec<Row>) -> ChainOutput {
+/// Returns `None` if a lane panicked, in which case nothing of the round may be committed.
+fn process(chains: &Chains, lanes: &mut [ChainRunner], rows: Vec<Row>) -> Option<ChainOutput> {
     let lane_count = lanes.len();
     // Per lane: events grouped by team, in arrival order. Recordings skip the chains.
     let mut work: Vec<Vec<(u64, Vec<Vec<u8>>)>> = (0..lane_count).map(|_| Vec::new()).collect();
@@ -182,8 +191,11 @@ fn process(chains: &Chains, lanes: &mut [ChainRunner], rows: Vec<Row>) -> ChainO
                 })
             })
             .collect();
-        handles.into_iter().filter_map(|h| h.join().ok()).collect()
-    });
+        handles
+            .into_iter()
+            .map(|h| h.join().ok())
+            .collect::<Option<Vec<_>>>()
+    })?;
     let mut merged = ChainOutput {
         recordings,
         ..ChainOutput::default()
@@ -192,7 +204,7 @@ fn process(chains: &Chains, lanes: &mut [ChainRunner], rows: Vec<Row>) -> ChainO
         merged.events.extend(out.events);
         merged.dead_letters.extend(out.dead_letters);
     }
-    merged
+    Some(merged)
 }
 
 fn corrupt_row(row: &Row, error: &sluice_abi::wire::WireError) {
