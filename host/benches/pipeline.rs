@@ -55,6 +55,79 @@ fn main() {
         "\n(b) end to end: HTTP /batch of 100 gzip events -> queue -> downsample 50% -> SQLite"
     );
     end_to_end(&plugins);
+    println!("\n(c) capture decoder: batches of 100 events, decode + normalize + encode");
+    decoder();
+}
+
+fn decoder() {
+    use base64::Engine;
+    use sluice::capture::{Input, RequestContext, decode, encode, normalize};
+    let batch: Vec<Value> = (0..100)
+        .map(|i| json!({"event": "$pageview", "distinct_id": format!("user-{i}"), "properties": properties(i)}))
+        .collect();
+    let plain = json!({"api_key": "phc_bench", "batch": batch})
+        .to_string()
+        .into_bytes();
+    let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+    gz.write_all(&plain).unwrap();
+    let gz = gz.finish().unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&plain);
+    let form = serde_urlencoded::to_string([("data", b64.as_str())])
+        .unwrap()
+        .into_bytes();
+    let ctx = RequestContext {
+        now_ms: 1_700_000_000_000,
+        ..RequestContext::default()
+    };
+    let form_type = Some("application/x-www-form-urlencoded");
+    let cases = [
+        (
+            "plain JSON",
+            Input {
+                body: &plain,
+                ..Input::default()
+            },
+        ),
+        (
+            "gzip",
+            Input {
+                body: &gz,
+                query_compression: Some("gzip"),
+                ..Input::default()
+            },
+        ),
+        (
+            "base64 form (beacon)",
+            Input {
+                body: &form,
+                query_compression: Some("base64"),
+                content_type: form_type,
+                ..Input::default()
+            },
+        ),
+    ];
+    const ROUNDS: usize = 2_000;
+    for (name, input) in cases {
+        let seconds = (0..3)
+            .map(|_| {
+                let started = Instant::now();
+                for _ in 0..ROUNDS {
+                    let decoded = decode(&input, 20 << 20).unwrap();
+                    let events = normalize(decoded.payload, &ctx).unwrap().events;
+                    std::hint::black_box(encode(&events, 1).unwrap());
+                }
+                started.elapsed().as_secs_f64()
+            })
+            .fold(f64::INFINITY, f64::min);
+        let rate = |bytes: usize| (bytes * ROUNDS) as f64 / seconds / 1e6;
+        println!(
+            "  {name:<22} {:>6} B/request {:>7.1} MB/s of body {:>7.1} MB/s of JSON {:>9.0} events/s",
+            input.body.len(),
+            rate(input.body.len()),
+            rate(plain.len()),
+            (100 * ROUNDS) as f64 / seconds
+        );
+    }
 }
 
 fn plugin_dir() -> PathBuf {
