@@ -228,6 +228,7 @@ fn instance(
         config: Value::Object(resolved),
         timeout: Duration::from_secs(10),
         memory_bytes: 256 << 20,
+        logs: None,
     };
     (plugin, settings)
 }

@@ -5,6 +5,7 @@
 //! problem at once. A [`ChainRunner`] belongs to one worker and keeps one long-lived instance per
 //! installation; a trap discards only that instance, which is rebuilt for the next batch.
 
+use crate::capabilities::log::LogSink;
 use crate::config::{Config, OnError, Problem};
 use crate::runtime::{CallError, Instance, InstanceSettings, Plugin, Runtime, TrapKind};
 use crate::store::DeadLetter;
@@ -51,8 +52,12 @@ impl Chains {
     }
 }
 
-/// Loads and checks every installation of `config`.
-pub fn build(runtime: &Runtime, config: &Config) -> Result<Chains, Vec<Problem>> {
+/// Loads and checks every installation of `config`; their log lines go to `logs`.
+pub fn build(
+    runtime: &Runtime,
+    config: &Config,
+    logs: Option<&LogSink>,
+) -> Result<Chains, Vec<Problem>> {
     let mut problems = Vec::new();
     let mut plugins: HashMap<PathBuf, Option<Arc<Plugin>>> = HashMap::new();
     let mut chains = Chains::default();
@@ -108,6 +113,7 @@ pub fn build(runtime: &Runtime, config: &Config) -> Result<Chains, Vec<Problem>>
                 config: Value::Object(resolved),
                 timeout: Duration::from_millis(installation.timeout_ms),
                 memory_bytes: (installation.memory_mb as usize) << 20,
+                logs: logs.cloned(),
             };
             match Instance::start(&plugin, &settings) {
                 Ok(instance) => instance.teardown(),

@@ -38,6 +38,17 @@ enum Command {
         #[arg(long)]
         session: Option<String>,
     },
+    /// Print what plugins logged (their `log` calls, stdout and stderr), oldest first.
+    Logs {
+        #[command(flatten)]
+        read: Read,
+        /// Only this installation, e.g. `team-1/downsample`.
+        #[arg(long)]
+        installation: Option<String>,
+        /// Keep printing new lines as they are stored, until interrupted.
+        #[arg(long)]
+        follow: bool,
+    },
     /// Print events that plugins failed on (installations with `on_error = "dead_letter"`).
     DeadLetters(#[command(flatten)] Read),
 }
@@ -96,11 +107,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             session.as_deref(),
             read.limit,
         )?),
+        Command::Logs {
+            read,
+            installation,
+            follow,
+        } => print_logs(&read, installation.as_deref(), follow),
         Command::DeadLetters(read) => print_lines(store::recent_dead_letters(
             &read.open()?,
             read.team,
             read.limit,
         )?),
+    }
+}
+
+fn print_logs(read: &Read, installation: Option<&str>, follow: bool) -> anyhow::Result<()> {
+    let conn = read.open()?;
+    // Following starts after the newest line stored now, whatever `--limit` printed.
+    let mut last = store::last_plugin_log_id(&conn)?;
+    let mut lines = store::plugin_logs(&conn, read.team, installation, None, read.limit)?;
+    loop {
+        last = lines.last().map_or(last, |line| line.id.max(last));
+        print_lines(lines)?;
+        if !follow {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        lines = store::plugin_logs(&conn, read.team, installation, Some(last), 10_000)?;
     }
 }
 

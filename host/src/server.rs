@@ -1,5 +1,6 @@
 //! `sluice serve`: wires config, runtime, chains, queue, worker and the HTTP API together.
 
+use crate::capabilities::log::LogSink;
 use crate::capture::{self, CaptureState};
 use crate::chain;
 use crate::config::{Config, ConfigError};
@@ -40,7 +41,8 @@ pub async fn serve(
         max_memory_bytes: (max_memory_mb as usize) << 20,
         cache_dir: Some(config.server.data_dir.join("compiled")),
     })?;
-    let chains = chain::build(&runtime, &config).map_err(|problems| ConfigError {
+    let (logs, log_writer) = LogSink::start(&config.server.data_dir)?;
+    let chains = chain::build(&runtime, &config, Some(&logs)).map_err(|problems| ConfigError {
         path: config.path.clone(),
         problems,
     })?;
@@ -119,5 +121,8 @@ pub async fn serve(
     signal.notify();
     let _ = tokio::task::spawn_blocking(move || worker.join()).await;
     drop(runtime);
+    // Every installation (and its sink) went with the worker; the writer stores what is left.
+    drop(logs);
+    let _ = tokio::task::spawn_blocking(move || log_writer.join()).await;
     Ok(())
 }

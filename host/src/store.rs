@@ -49,6 +49,14 @@ CREATE TABLE IF NOT EXISTS recordings (
     stored_at_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS recordings_by_session ON recordings (team_id, session_id, window_id, timestamp_ms);
+CREATE TABLE IF NOT EXISTS plugin_logs (
+    id INTEGER PRIMARY KEY,
+    installation TEXT NOT NULL,
+    level TEXT NOT NULL,
+    message TEXT NOT NULL,
+    time_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS plugin_logs_by_installation ON plugin_logs (installation, id);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY,
     team_id INTEGER NOT NULL,
@@ -331,6 +339,81 @@ pub fn recent_dead_letters(
         .collect::<rusqlite::Result<Vec<_>>>()?;
     letters.reverse();
     Ok(letters)
+}
+
+/// One line a plugin logged (through `log`, or on stdout/stderr).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PluginLog {
+    /// Row id; lines are numbered in the order they were stored.
+    #[serde(skip)]
+    pub id: i64,
+    /// When it was logged, RFC 3339 UTC with milliseconds.
+    pub time: String,
+    /// The installation, `team-<id>/<installation id>`.
+    pub installation: String,
+    /// `trace`, `debug`, `info`, `warn` or `error`.
+    pub level: String,
+    /// The line.
+    pub message: String,
+}
+
+/// Stores plugin log lines: (installation, level, message, time in epoch ms).
+pub fn insert_plugin_logs(
+    tx: &Transaction<'_>,
+    lines: &[(String, &'static str, String, i64)],
+) -> rusqlite::Result<()> {
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO plugin_logs (installation, level, message, time_ms) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for (installation, level, message, time_ms) in lines {
+        insert.execute(params![installation, level, message, time_ms])?;
+    }
+    Ok(())
+}
+
+/// Plugin log lines with an id above `after` (of `team` and `installation`, if given), oldest
+/// first; with `after = None`, the newest `limit` lines.
+pub fn plugin_logs(
+    conn: &Connection,
+    team: Option<u64>,
+    installation: Option<&str>,
+    after: Option<i64>,
+    limit: usize,
+) -> rusqlite::Result<Vec<PluginLog>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, installation, level, message, time_ms FROM plugin_logs \
+         WHERE (?1 IS NULL OR installation = ?1) AND id > ?2 \
+         AND (?5 IS NULL OR installation LIKE 'team-' || ?5 || '/%') \
+         ORDER BY CASE WHEN ?3 THEN id END ASC, id DESC LIMIT ?4",
+    )?;
+    let team = team.map(|t| t as i64);
+    let params = params![
+        installation,
+        after.unwrap_or(0),
+        after.is_some(),
+        limit as i64,
+        team
+    ];
+    let mut lines = stmt
+        .query_map(params, |row| {
+            Ok(PluginLog {
+                id: row.get(0)?,
+                installation: row.get(1)?,
+                level: row.get(2)?,
+                message: row.get(3)?,
+                time: rfc3339(row.get(4)?),
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    lines.sort_by_key(|line| line.id);
+    Ok(lines)
+}
+
+/// The id of the newest plugin log line (0 when there is none).
+pub fn last_plugin_log_id(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("SELECT COALESCE(MAX(id), 0) FROM plugin_logs", [], |row| {
+        row.get(0)
+    })
 }
 
 /// Number of events waiting in the queue.

@@ -207,8 +207,102 @@ fn a_stdout_flood_is_capped_and_the_plugin_keeps_working() {
         stderr.contains("bytes of stdout/stderr dropped"),
         "{stderr}"
     );
+    let flood_lines = stderr.lines().filter(|l| l.contains("flood line")).count();
     assert!(
-        stderr.lines().filter(|l| l.contains("flood line")).count() <= 100,
-        "flood reached the log"
+        (1..=100).contains(&flood_lines),
+        "{flood_lines} flood lines reached the log"
     );
+
+    // The same lines are stored for `sluice logs`, with the notices about what was cut.
+    let sluice = &outcome.sluice;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let logs = loop {
+        let logs = sluice.logs(&["--installation", "team-1/p"]);
+        if logs.iter().any(|l| {
+            l["message"]
+                .as_str()
+                .unwrap()
+                .contains("log lines suppressed")
+        }) {
+            break logs;
+        }
+        assert!(Instant::now() < deadline, "notices never stored: {logs:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stored_flood = logs
+        .iter()
+        .filter(|l| l["message"].as_str().unwrap().starts_with("flood line"))
+        .count();
+    assert_eq!(stored_flood, flood_lines);
+    assert!(logs.iter().any(|l| {
+        l["level"] == "warn"
+            && l["message"]
+                .as_str()
+                .unwrap()
+                .contains("bytes of stdout/stderr dropped")
+    }));
+    assert_eq!(logs[0]["installation"], "team-1/p");
+    assert!(sluice.logs(&["--team", "2"]).is_empty());
+    assert_eq!(sluice.logs(&["--team", "1"]).len(), logs.len());
+}
+
+/// Sends an attack event and waits until its log lines (and the notices that end them) are stored;
+/// returns how many lines are stored in all.
+fn attack_and_wait_for_logs(sluice: &Sluice) -> usize {
+    let before = sluice.logs(&[]).len();
+    sluice.post_json(
+        "/e",
+        &json!({"event": "attack", "distinct_id": "u", "token": "phc_one"}),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let logs = sluice.logs(&[]);
+        let notices = logs[before.min(logs.len())..]
+            .iter()
+            .filter(|l| l["level"] == "warn")
+            .count();
+        if notices == 2 {
+            return logs.len();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "log lines never stored: {logs:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn logs_follow_prints_only_lines_stored_after_it_started() {
+    let config = team_with_plugin(
+        1,
+        "phc_one",
+        "adversary",
+        "config = { mode = \"stdout_flood\" }",
+    );
+    let sluice = Sluice::start(&config);
+    let first = attack_and_wait_for_logs(&sluice);
+    let mut follow = std::process::Command::new(crate::support::sluice_bin())
+        .args(["logs", "--follow", "--limit", "0", "--config"])
+        .arg(sluice.config_path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    std::thread::sleep(Duration::from_millis(700)); // let it take its starting point
+    let total = attack_and_wait_for_logs(&sluice);
+    let mut printed = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(2)) {
+        printed.push(serde_json::from_str::<Value>(&line).unwrap());
+    }
+    follow.kill().unwrap();
+    let _ = follow.wait();
+    assert_eq!(printed.len(), total - first, "{printed:?}");
+    assert_eq!(printed[0]["message"], "flood line 0");
 }

@@ -179,6 +179,11 @@ impl Sluice {
         self.cli(&args)
     }
 
+    /// Stored plugin log lines (via `sluice logs` with `args`), oldest first.
+    pub fn logs(&self, args: &[&str]) -> Vec<Value> {
+        self.cli(&[&["logs", "--limit", "100000"], args].concat())
+    }
+
     /// Dead letters (via `sluice dead-letters`), oldest first.
     pub fn dead_letters(&self, team: u64) -> Vec<Value> {
         self.cli(&[

@@ -11,7 +11,8 @@ pub mod bindings;
 mod limits;
 mod stdio;
 
-use crate::capabilities::{self, log::LogState, metrics::MetricsState};
+use crate::capabilities::log::{LogSink, LogState};
+use crate::capabilities::{self, metrics::MetricsState};
 use bindings::sluice::plugin::log::Level;
 use bindings::{lifecycle, transform, types};
 use limits::MemoryLimiter;
@@ -173,7 +174,7 @@ impl WasiView for HostState {
 }
 
 impl HostState {
-    fn new(installation: Arc<str>, memory_bytes: usize) -> Self {
+    fn new(installation: Arc<str>, memory_bytes: usize, logs: Option<LogSink>) -> Self {
         let output = CapturedOutput::default();
         // No preopened directories, no environment, no sockets: only captured stdout/stderr.
         let wasi = WasiCtx::builder()
@@ -186,7 +187,7 @@ impl HostState {
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(memory_bytes),
             output,
-            log: LogState::new(installation.clone()),
+            log: LogState::new(installation.clone(), logs),
             metrics: MetricsState::new(installation),
         }
     }
@@ -324,7 +325,7 @@ impl Runtime {
             path: path.to_owned(),
             reason,
         };
-        let mut instance = Instance::instantiate(&plugin, Arc::from("loading"), 1 << 30)
+        let mut instance = Instance::instantiate(&plugin, Arc::from("loading"), 1 << 30, None)
             .map_err(|e| manifest_error(e.to_string()))?;
         instance
             .store
@@ -385,6 +386,8 @@ pub struct InstanceSettings {
     pub timeout: Duration,
     /// Memory cap of the instance.
     pub memory_bytes: usize,
+    /// Where the plugin's log lines are stored, besides the process log.
+    pub logs: Option<LogSink>,
 }
 
 /// A live plugin instance with its own store.
@@ -400,10 +403,11 @@ impl Instance {
         plugin: &Plugin,
         installation: Arc<str>,
         memory_bytes: usize,
+        logs: Option<LogSink>,
     ) -> Result<Self, CallError> {
         let mut store = Store::new(
             plugin.pre.engine(),
-            HostState::new(installation, memory_bytes),
+            HostState::new(installation, memory_bytes, logs),
         );
         store.limiter(|state| &mut state.limiter);
         store.epoch_deadline_trap();
@@ -432,8 +436,12 @@ impl Instance {
 
     /// Instantiates `plugin` and runs its `setup` with the installation's config.
     pub fn start(plugin: &Plugin, settings: &InstanceSettings) -> Result<Self, CallError> {
-        let mut instance =
-            Self::instantiate(plugin, settings.installation.clone(), settings.memory_bytes)?;
+        let mut instance = Self::instantiate(
+            plugin,
+            settings.installation.clone(),
+            settings.memory_bytes,
+            settings.logs.clone(),
+        )?;
         instance.timeout = settings.timeout;
         let config = settings.config.to_string();
         instance.call(|lifecycle, _, store| lifecycle.call_setup(store, &config))?;
