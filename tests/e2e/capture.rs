@@ -155,3 +155,13 @@ fn health_ready_and_metrics_answer() {
     );
     assert!(metrics.contains("sluice_store_events_total 1"), "{metrics}");
 }
+
+#[test]
+fn json_labelled_as_a_form_like_plain_curl_sends_it_is_accepted() {
+    let sluice = Sluice::start(&plain_team(1, "phc_one"));
+    let body = json!({"event": "curl", "distinct_id": "u", "token": "phc_one"}).to_string();
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+    assert_eq!(sluice.post("/e", body.into_bytes(), &form).0, 200);
+    sluice.drain();
+    assert_eq!(sluice.events(1)[0]["event"], "curl");
+}

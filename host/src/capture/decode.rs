@@ -57,7 +57,9 @@ pub struct Decoded {
 
 /// Decodes a request to JSON, with every decompressed size capped at `limit` bytes.
 pub fn decode(input: &Input<'_>, limit: usize) -> Result<Decoded, CaptureError> {
+    // A JSON body is never a meaningful form: `curl -d '{...}'` labels JSON as a form.
     let is_form = !input.get
+        && !looks_like_json(input.body)
         && input.content_type.is_some_and(|t| {
             t.to_ascii_lowercase()
                 .starts_with("application/x-www-form-urlencoded")
@@ -307,6 +309,16 @@ mod tests {
                 token: Some("phc_f".into()),
                 sent_at: Some("1700000000".into())
             }
+        );
+
+        let curl = Input {
+            content_type: Some("application/x-www-form-urlencoded"),
+            ..body(EVENT.as_bytes())
+        };
+        assert_eq!(
+            event_of(&curl),
+            "e",
+            "JSON labelled as a form is read as JSON"
         );
 
         let get = Input {
