@@ -46,11 +46,17 @@ fn main() {
     println!(
         "(a) transform throughput, {EVENTS} events of ~{avg} bytes from {USERS} users, in batches of {BATCH}"
     );
-    transforms(&plugins, &events);
+    let runtime = Runtime::new(&RuntimeSettings {
+        max_instances: 8,
+        max_memory_bytes: 256 << 20,
+        cache_dir: None,
+    })
+    .unwrap();
+    transforms(&runtime, &plugins, &events);
     println!(
         "\n(a') worst case for downsampling: every event from a different user (nothing to remember)"
     );
-    worst_case(&plugins, &encoded_events(EVENTS, EVENTS));
+    worst_case(&runtime, &plugins, &encoded_events(EVENTS, EVENTS));
     println!(
         "\n(b) end to end: HTTP /batch of 100 gzip events -> queue -> downsample 50% -> SQLite"
     );
@@ -233,15 +239,8 @@ fn instance(
     (plugin, settings)
 }
 
-fn transforms(plugins: &std::path::Path, events: &[Vec<u8>]) {
+fn transforms(runtime: &Runtime, plugins: &std::path::Path, events: &[Vec<u8>]) {
     let batches = batches(events);
-    let downsample_config = json!({"percentage": 50});
-    let runtime = Runtime::new(&RuntimeSettings {
-        max_instances: 8,
-        max_memory_bytes: 256 << 20,
-        cache_dir: None,
-    })
-    .unwrap();
 
     let mut native_pass = Harness::<Passthrough>::new(json!({})).unwrap();
     let native_pass_ns = measure(|| {
@@ -251,7 +250,7 @@ fn transforms(plugins: &std::path::Path, events: &[Vec<u8>]) {
     });
     report("native keep-all (SDK batch decode/encode)", native_pass_ns);
 
-    let (plugin, settings) = instance(&runtime, plugins, "passthrough", json!({}));
+    let (plugin, settings) = instance(runtime, plugins, "passthrough", json!({}));
     let mut wasm_pass = Instance::start(&plugin, &settings).unwrap();
     let wasm_pass_ns = measure(|| {
         for batch in &batches {
@@ -268,22 +267,8 @@ fn transforms(plugins: &std::path::Path, events: &[Vec<u8>]) {
     });
     report("native sha256 decision alone (nothing remembered)", hash_ns);
 
-    let mut native_down = Harness::<Downsample>::new(downsample_config.clone()).unwrap();
-    let native_down_ns = measure(|| {
-        for batch in &batches {
-            sluice_sdk::process_batch(native_down.plugin(), batch).unwrap();
-        }
-    });
-    report("native downsample (SDK batch path)", native_down_ns);
-
-    let (plugin, settings) = instance(&runtime, plugins, "downsample", downsample_config);
-    let mut wasm_down = Instance::start(&plugin, &settings).unwrap();
-    let wasm_down_ns = measure(|| {
-        for batch in &batches {
-            wasm_down.transform(batch).unwrap();
-        }
-    });
-    report("wasm downsample (one call per batch)", wasm_down_ns);
+    let (native_down_ns, wasm_down_ns, plugin, settings) =
+        downsample_pair(runtime, plugins, &batches);
 
     let mut runner = ChainRunner::default();
     let empty_ns = measure(|| {
@@ -323,42 +308,42 @@ fn transforms(plugins: &std::path::Path, events: &[Vec<u8>]) {
         "  wasm chain / native logic speed (incl. host bookkeeping): {:.2}x",
         (native_down_ns + empty_ns) / chain_ns
     );
-    teardown([wasm_pass, wasm_down]);
+    wasm_pass.teardown();
 }
 
-fn worst_case(plugins: &std::path::Path, events: &[Vec<u8>]) {
-    let batches = batches(events);
-    let config = json!({"percentage": 50});
-    let mut native = Harness::<Downsample>::new(config.clone()).unwrap();
-    let native_ns = measure(|| {
-        for batch in &batches {
-            sluice_sdk::process_batch(native.plugin(), batch).unwrap();
-        }
-    });
-    report("native downsample (SDK batch path)", native_ns);
-    let runtime = Runtime::new(&RuntimeSettings {
-        max_instances: 2,
-        max_memory_bytes: 256 << 20,
-        cache_dir: None,
-    })
-    .unwrap();
-    let (plugin, settings) = instance(&runtime, plugins, "downsample", config);
-    let mut wasm = Instance::start(&plugin, &settings).unwrap();
-    let wasm_ns = measure(|| {
-        for batch in &batches {
-            wasm.transform(batch).unwrap();
-        }
-    });
-    report("wasm downsample (one call per batch)", wasm_ns);
+fn worst_case(runtime: &Runtime, plugins: &std::path::Path, events: &[Vec<u8>]) {
+    let (native_ns, wasm_ns, _, _) = downsample_pair(runtime, plugins, &batches(events));
     println!(
         "  wasm downsample / native downsample speed: {:.2}x",
         native_ns / wasm_ns
     );
-    wasm.teardown();
 }
 
-fn teardown(instances: [Instance; 2]) {
-    instances.into_iter().for_each(Instance::teardown);
+/// Downsampling at 50% over `batches`, natively through the SDK batch path and as wasm with one
+/// call per batch; reports both and returns their ns/event, with the wasm plugin and settings.
+fn downsample_pair(
+    runtime: &Runtime,
+    plugins: &std::path::Path,
+    batches: &[Vec<u8>],
+) -> (f64, f64, Arc<sluice::runtime::Plugin>, InstanceSettings) {
+    let config = json!({"percentage": 50});
+    let mut native = Harness::<Downsample>::new(config.clone()).unwrap();
+    let native_ns = measure(|| {
+        for batch in batches {
+            sluice_sdk::process_batch(native.plugin(), batch).unwrap();
+        }
+    });
+    report("native downsample (SDK batch path)", native_ns);
+    let (plugin, settings) = instance(runtime, plugins, "downsample", config);
+    let mut wasm = Instance::start(&plugin, &settings).unwrap();
+    let wasm_ns = measure(|| {
+        for batch in batches {
+            wasm.transform(batch).unwrap();
+        }
+    });
+    report("wasm downsample (one call per batch)", wasm_ns);
+    wasm.teardown();
+    (native_ns, wasm_ns, plugin, settings)
 }
 
 fn end_to_end(plugins: &std::path::Path) {
