@@ -16,6 +16,7 @@
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use serde_json::{Value, json};
+use sluice::capabilities::{Context, Grants, Services};
 use sluice::chain::{ChainOutput, ChainRunner, Installation};
 use sluice::config::{Config, OnError};
 use sluice::runtime::{Instance, InstanceSettings, Runtime, RuntimeSettings};
@@ -223,6 +224,7 @@ fn instance(
     plugins: &std::path::Path,
     name: &str,
     config: Value,
+    services: &Arc<Services>,
 ) -> (Arc<sluice::runtime::Plugin>, InstanceSettings) {
     let plugin = runtime.load(&plugins.join(format!("{name}.wasm"))).unwrap();
     let resolved = plugin
@@ -230,11 +232,19 @@ fn instance(
         .resolve_config(config.as_object().unwrap())
         .unwrap();
     let settings = InstanceSettings {
-        installation: Arc::from(format!("bench/{name}")),
+        context: Arc::new(Context {
+            installation: Arc::from(format!("bench/{name}")),
+            team_id: 1,
+            plugin: Arc::from(name),
+            grants: Grants {
+                names: plugin.needs().into_iter().map(str::to_owned).collect(),
+                ..Grants::default()
+            },
+            timeout: Duration::from_secs(10),
+            services: services.clone(),
+        }),
         config: Value::Object(resolved),
-        timeout: Duration::from_secs(10),
         memory_bytes: 256 << 20,
-        logs: None,
     };
     (plugin, settings)
 }
@@ -250,7 +260,13 @@ fn transforms(runtime: &Runtime, plugins: &std::path::Path, events: &[Vec<u8>]) 
     });
     report("native keep-all (SDK batch decode/encode)", native_pass_ns);
 
-    let (plugin, settings) = instance(runtime, plugins, "passthrough", json!({}));
+    let (plugin, settings) = instance(
+        runtime,
+        plugins,
+        "passthrough",
+        json!({}),
+        &Services::detached(),
+    );
     let mut wasm_pass = Instance::start(&plugin, &settings).unwrap();
     let wasm_pass_ns = measure(|| {
         for batch in &batches {
@@ -270,7 +286,7 @@ fn transforms(runtime: &Runtime, plugins: &std::path::Path, events: &[Vec<u8>]) 
     let (native_down_ns, wasm_down_ns, plugin, settings) =
         downsample_pair(runtime, plugins, &batches);
 
-    let mut runner = ChainRunner::default();
+    let mut runner = ChainRunner::new(16);
     let empty_ns = measure(|| {
         for chunk in events.chunks(BATCH) {
             let mut out = ChainOutput::default();
@@ -280,7 +296,8 @@ fn transforms(runtime: &Runtime, plugins: &std::path::Path, events: &[Vec<u8>]) 
     report("chain runner, empty chain", empty_ns);
 
     let installation = Arc::new(Installation {
-        id: settings.installation.clone(),
+        id: settings.context.installation.clone(),
+        instance_key: settings.context.installation.clone(),
         team_id: 1,
         plugin,
         settings,
@@ -334,7 +351,13 @@ fn downsample_pair(
         }
     });
     report("native downsample (SDK batch path)", native_ns);
-    let (plugin, settings) = instance(runtime, plugins, "downsample", config);
+    let (plugin, settings) = instance(
+        runtime,
+        plugins,
+        "downsample",
+        config,
+        &Services::detached(),
+    );
     let mut wasm = Instance::start(&plugin, &settings).unwrap();
     let wasm_ns = measure(|| {
         for batch in batches {

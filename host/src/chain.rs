@@ -1,12 +1,15 @@
 //! Plugin chains: each team's ordered installations, and running a batch of events through them.
 //!
 //! [`build`] loads every installation once at start (compiling each plugin file once, checking
-//! its config against its manifest and running `setup` to prove it starts), reporting every
-//! problem at once. A [`ChainRunner`] belongs to one worker and keeps one long-lived instance per
-//! installation; a trap discards only that instance, which is rebuilt for the next batch.
+//! its grants and its config against its manifest, and running `setup` to prove it starts),
+//! reporting every problem at once. A [`ChainRunner`] belongs to one worker and keeps long-lived
+//! instances: one per installation, or, for a stateless plugin, one per distinct config shared by
+//! every installation (across teams) with that config. A trap discards only that instance, which
+//! is rebuilt for the next batch; beyond the worker's instance budget the least recently used
+//! instance is torn down.
 
-use crate::capabilities::log::LogSink;
-use crate::config::{Config, OnError, Problem};
+use crate::capabilities::{self, Context, Grants, Services};
+use crate::config::{Config, InstallationConfig, OnError, Problem};
 use crate::runtime::{CallError, Instance, InstanceSettings, Plugin, Runtime, TrapKind};
 use crate::store::DeadLetter;
 use serde_json::Value;
@@ -24,6 +27,9 @@ pub const MAX_PROPERTIES_BYTES: usize = 1024 * 1024;
 pub struct Installation {
     /// `team-<team id>/<installation id>`.
     pub id: Arc<str>,
+    /// Which live instance serves it: its own id, or for a stateless plugin a key shared by
+    /// every installation with the same plugin, config and limits.
+    pub instance_key: Arc<str>,
     /// The team.
     pub team_id: u64,
     /// The compiled plugin.
@@ -52,14 +58,16 @@ impl Chains {
     }
 }
 
-/// Loads and checks every installation of `config`; their log lines go to `logs`.
+/// Loads and checks every installation of `config`, whose capabilities use `services`.
 pub fn build(
     runtime: &Runtime,
     config: &Config,
-    logs: Option<&LogSink>,
+    services: &Arc<Services>,
 ) -> Result<Chains, Vec<Problem>> {
     let mut problems = Vec::new();
     let mut plugins: HashMap<PathBuf, Option<Arc<Plugin>>> = HashMap::new();
+    // Instance keys of stateless plugins already started once, by (plugin, config, limits).
+    let mut shared: HashMap<String, Arc<str>> = HashMap::new();
     let mut chains = Chains::default();
     for (i, team) in config.teams.iter().enumerate() {
         let chain = chains.by_team.entry(team.id).or_default();
@@ -108,25 +116,65 @@ pub fn build(
                 }
             };
             let id: Arc<str> = Arc::from(format!("team-{}/{}", team.id, installation.id));
-            let settings = InstanceSettings {
-                installation: id.clone(),
-                config: Value::Object(resolved),
-                timeout: Duration::from_millis(installation.timeout_ms),
-                memory_bytes: (installation.memory_mb as usize) << 20,
-                logs: logs.cloned(),
-            };
-            match Instance::start(&plugin, &settings) {
-                Ok(instance) => instance.teardown(),
-                Err(error) => {
-                    problem(
-                        "",
-                        format!("plugin `{}` failed to start: {error}", plugin.manifest.name),
-                    );
-                    continue;
-                }
+            let ungranted = ungranted(&plugin, installation, &id);
+            if !ungranted.is_empty() {
+                problem(".grants", ungranted.join("; "));
+                continue;
             }
+            let config = Value::Object(resolved);
+            let settings = InstanceSettings {
+                context: Arc::new(Context {
+                    installation: id.clone(),
+                    team_id: team.id,
+                    plugin: Arc::from(plugin.manifest.name.as_str()),
+                    grants: Grants {
+                        names: installation.grants.iter().cloned().collect(),
+                        http: installation.http.clone().unwrap_or_default(),
+                    },
+                    timeout: Duration::from_millis(installation.timeout_ms),
+                    services: services.clone(),
+                }),
+                config,
+                memory_bytes: (installation.memory_mb as usize) << 20,
+            };
+            let sharing = plugin.manifest.stateless.then(|| {
+                format!(
+                    "{}\0{}\0{}\0{}",
+                    installation.plugin.display(),
+                    settings.config,
+                    installation.timeout_ms,
+                    installation.memory_mb
+                )
+            });
+            let known = sharing.as_ref().and_then(|key| shared.get(key)).cloned();
+            let instance_key = match known {
+                Some(key) => key,
+                None => {
+                    if let Err(error) = Instance::start(&plugin, &settings).map(Instance::teardown)
+                    {
+                        problem(
+                            "",
+                            format!("plugin `{}` failed to start: {error}", plugin.manifest.name),
+                        );
+                        continue;
+                    }
+                    match sharing {
+                        Some(sharing) => {
+                            let key: Arc<str> = Arc::from(format!(
+                                "shared/{}#{}",
+                                plugin.manifest.name,
+                                shared.len() + 1
+                            ));
+                            shared.insert(sharing, key.clone());
+                            key
+                        }
+                        None => id.clone(),
+                    }
+                }
+            };
             chain.push(Arc::new(Installation {
                 id,
+                instance_key,
                 team_id: team.id,
                 plugin,
                 settings,
@@ -141,6 +189,26 @@ pub fn build(
     }
 }
 
+/// The capabilities `plugin` needs that `installation` was not granted, each named with its
+/// interface and the installation.
+fn ungranted(plugin: &Plugin, installation: &InstallationConfig, id: &str) -> Vec<String> {
+    plugin
+        .needs()
+        .into_iter()
+        .filter(|need| !installation.grants.iter().any(|g| g == need))
+        .map(|need| {
+            let interface = capabilities::ALL
+                .iter()
+                .find(|c| c.name == need)
+                .map_or(need, |c| c.interface);
+            format!(
+                "plugin `{}` needs `{interface}`, which installation {id} is not granted (add \"{need}\" to `grants`)",
+                plugin.manifest.name
+            )
+        })
+        .collect()
+}
+
 /// What came out of running chains.
 #[derive(Debug, Default)]
 pub struct ChainOutput {
@@ -152,13 +220,34 @@ pub struct ChainOutput {
     pub recordings: Vec<Vec<u8>>,
 }
 
-/// One worker's live instances, one per installation.
-#[derive(Default)]
+/// A live instance and when it was last used.
+struct Live {
+    instance: Instance,
+    last_used: u64,
+}
+
+/// One worker's live instances, by instance key, at most `capacity` of them.
 pub struct ChainRunner {
-    instances: HashMap<Arc<str>, Instance>,
+    instances: HashMap<Arc<str>, Live>,
+    capacity: usize,
+    clock: u64,
 }
 
 impl ChainRunner {
+    /// A runner that keeps at most `capacity` instances alive.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            instances: HashMap::new(),
+            capacity: capacity.max(1),
+            clock: 0,
+        }
+    }
+
+    /// Number of live instances.
+    pub fn live(&self) -> usize {
+        self.instances.len()
+    }
+
     /// Runs `events` (all of one team, in order) through `chain`, appending results to `out`.
     pub fn run(
         &mut self,
@@ -177,8 +266,8 @@ impl ChainRunner {
 
     /// Tears down every instance.
     pub fn teardown(self) {
-        for (_, instance) in self.instances {
-            instance.teardown();
+        for (_, live) in self.instances {
+            live.instance.teardown();
         }
     }
 
@@ -262,34 +351,54 @@ impl ChainRunner {
     }
 
     fn instance(&mut self, installation: &Installation) -> Result<&mut Instance, CallError> {
-        match self.instances.entry(installation.id.clone()) {
-            Entry::Occupied(entry) => Ok(entry.into_mut()),
+        self.clock += 1;
+        let key = &installation.instance_key;
+        if !self.instances.contains_key(key) && self.instances.len() >= self.capacity {
+            self.evict_least_recent();
+        }
+        let live = match self.instances.entry(key.clone()) {
+            Entry::Occupied(entry) => entry.into_mut(),
             Entry::Vacant(entry) => {
                 metrics::counter!("sluice_plugin_instances_started_total", "installation" => installation.id.to_string())
                     .increment(1);
-                Ok(entry.insert(Instance::start(
-                    &installation.plugin,
-                    &installation.settings,
-                )?))
+                entry.insert(Live {
+                    instance: Instance::start(&installation.plugin, &installation.settings)?,
+                    last_used: 0,
+                })
             }
+        };
+        live.last_used = self.clock;
+        live.instance.enter(&installation.settings.context);
+        Ok(&mut live.instance)
+    }
+
+    fn evict_least_recent(&mut self) {
+        let oldest = self
+            .instances
+            .iter()
+            .min_by_key(|(_, live)| live.last_used)
+            .map(|(key, _)| key.clone());
+        if let Some(live) = oldest.and_then(|key| self.instances.remove(&key)) {
+            metrics::counter!("sluice_plugin_instances_evicted_total").increment(1);
+            live.instance.teardown();
         }
     }
 
     fn discard(&mut self, installation: &Installation, error: &CallError) {
         tracing::warn!(installation = %installation.id, %error, "plugin instance trapped; it will be rebuilt");
-        self.instances.remove(&installation.id);
+        self.instances.remove(&installation.instance_key);
     }
 
     /// Linear memory never shrinks, so an instance that grew past three quarters of its cap is
     /// replaced by a fresh one before it runs out.
     fn recycle_if_bloated(&mut self, installation: &Installation) {
-        let bloated = self
-            .instances
-            .get(&installation.id)
-            .is_some_and(|i| i.memory_high_water() > installation.settings.memory_bytes / 4 * 3);
-        if bloated && let Some(instance) = self.instances.remove(&installation.id) {
+        let key = &installation.instance_key;
+        let bloated = self.instances.get(key).is_some_and(|live| {
+            live.instance.memory_high_water() > installation.settings.memory_bytes / 4 * 3
+        });
+        if bloated && let Some(live) = self.instances.remove(key) {
             tracing::info!(installation = %installation.id, "recycling plugin instance after memory growth");
-            instance.teardown();
+            live.instance.teardown();
         }
     }
 }

@@ -5,8 +5,10 @@
 //! Relative paths are resolved against the config file's folder. `SLUICE_LISTEN` and
 //! `SLUICE_DATA_DIR` override `server.listen` and `server.data_dir`.
 
+use crate::capabilities::http::Policy as HttpPolicy;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use sluice_abi::manifest::CAPABILITIES;
 use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
@@ -23,6 +25,8 @@ pub struct Config {
     pub capture: CaptureConfig,
     /// Embedded queue settings.
     pub queue: QueueConfig,
+    /// The GeoIP database behind the `geoip` capability.
+    pub geoip: GeoIpConfig,
     /// Teams, their tokens and plugin chains.
     pub teams: Vec<TeamConfig>,
 }
@@ -37,6 +41,9 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Threads that run plugin chains; defaults to the number of CPUs.
     pub workers: Option<usize>,
+    /// Most plugin instances alive at once across all workers; beyond it, the least recently
+    /// used instance of a worker is torn down (and rebuilt when needed again).
+    pub max_instances: usize,
 }
 
 impl Default for ServerConfig {
@@ -45,6 +52,26 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
             data_dir: PathBuf::from("data"),
             workers: None,
+            max_instances: 1_000,
+        }
+    }
+}
+
+/// `[geoip]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GeoIpConfig {
+    /// MaxMind City database (`GeoLite2-City.mmdb`, `GeoIP2-City.mmdb`); required to grant `geoip`.
+    pub database: Option<PathBuf>,
+    /// How often the file is checked for a new version, in seconds.
+    pub check_interval_seconds: u64,
+}
+
+impl Default for GeoIpConfig {
+    fn default() -> Self {
+        Self {
+            database: None,
+            check_interval_seconds: 60,
         }
     }
 }
@@ -132,6 +159,12 @@ pub struct InstallationConfig {
     /// What happens to an event when this plugin fails on it.
     #[serde(default)]
     pub on_error: OnError,
+    /// Host capabilities granted to this installation (none by default).
+    #[serde(default)]
+    pub grants: Vec<String>,
+    /// Where `http` may go; required when `http` is granted.
+    #[serde(default)]
+    pub http: Option<HttpPolicy>,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -273,16 +306,24 @@ impl Config {
     ) -> Result<Self, ConfigError> {
         let mut c = Collector(Vec::new());
         for key in table.keys() {
-            if !["server", "capture", "queue", "teams"].contains(&key.as_str()) {
+            if !["server", "capture", "queue", "geoip", "teams"].contains(&key.as_str()) {
                 c.add(
                     key,
-                    "unknown section (expected server, capture, queue or teams)",
+                    "unknown section (expected server, capture, queue, geoip or teams)",
                 );
             }
         }
         let mut server: ServerConfig = c.section(table, "server");
         let capture: CaptureConfig = c.section(table, "capture");
         let queue: QueueConfig = c.section(table, "queue");
+        let mut geoip: GeoIpConfig = c.section(table, "geoip");
+        geoip.database = geoip.database.map(|path| base.join(path));
+        if geoip.check_interval_seconds == 0 {
+            c.add("geoip.check_interval_seconds", "must be at least 1");
+        }
+        if server.max_instances == 0 {
+            c.add("server.max_instances", "must be at least 1");
+        }
         if let Some(listen) = env("SLUICE_LISTEN") {
             match listen.parse() {
                 Ok(addr) => server.listen = addr,
@@ -316,12 +357,14 @@ impl Config {
             }
         };
         check_unique(&mut c, &teams);
+        check_geoip_grants(&mut c, &teams, &geoip);
         if c.0.is_empty() {
             Ok(Self {
                 path: path.to_owned(),
                 server,
                 capture,
                 queue,
+                geoip,
                 teams,
             })
         } else {
@@ -397,9 +440,85 @@ fn team(c: &mut Collector, base: &Path, i: usize, item: &toml::Value) -> Option<
         if !(1..=4_096).contains(&installation.memory_mb) {
             c.add(format!("{key}.memory_mb"), "must be between 1 and 4096");
         }
+        check_grants(c, &key, &installation);
         team.plugins.push(installation);
     }
     Some(team)
+}
+
+fn check_grants(c: &mut Collector, key: &str, installation: &InstallationConfig) {
+    let mut seen = HashSet::new();
+    for (k, name) in installation.grants.iter().enumerate() {
+        if !CAPABILITIES.contains(&name.as_str()) {
+            c.add(
+                format!("{key}.grants[{k}]"),
+                format!(
+                    "`{name}` is not a capability (known: {})",
+                    CAPABILITIES.join(", ")
+                ),
+            );
+        } else if !seen.insert(name.as_str()) {
+            c.add(
+                format!("{key}.grants[{k}]"),
+                format!("`{name}` is granted twice"),
+            );
+        }
+    }
+    match (&installation.http, seen.contains("http")) {
+        (None, true) => c.add(
+            format!("{key}.http"),
+            "`http` is granted, so `http.allow_hosts` must list the hosts it may reach",
+        ),
+        (Some(_), false) => c.add(
+            format!("{key}.http"),
+            "is set but `http` is not in `grants`",
+        ),
+        (Some(policy), true) => {
+            if policy.allow_hosts.is_empty() {
+                c.add(
+                    format!("{key}.http.allow_hosts"),
+                    "is empty: the plugin could reach nothing",
+                );
+            }
+            for (h, host) in policy.allow_hosts.iter().enumerate() {
+                let pattern = host.strip_prefix("*.").unwrap_or(host);
+                let ip = pattern.trim_start_matches('[').trim_end_matches(']');
+                let name = !pattern.is_empty()
+                    && pattern
+                        .chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || "-.".contains(ch));
+                if !name && ip.parse::<std::net::IpAddr>().is_err() {
+                    c.add(
+                        format!("{key}.http.allow_hosts[{h}]"),
+                        format!("{host:?} is not a host name, `*.domain` or IP address (no scheme, port or path)"),
+                    );
+                }
+            }
+            if !(1..=256 << 20).contains(&policy.max_response_bytes) {
+                c.add(
+                    format!("{key}.http.max_response_bytes"),
+                    "must be between 1 and 268435456",
+                );
+            }
+        }
+        (None, false) => {}
+    }
+}
+
+fn check_geoip_grants(c: &mut Collector, teams: &[TeamConfig], geoip: &GeoIpConfig) {
+    if geoip.database.is_some() {
+        return;
+    }
+    for (i, team) in teams.iter().enumerate() {
+        for (j, installation) in team.plugins.iter().enumerate() {
+            if installation.grants.iter().any(|g| g == "geoip") {
+                c.add(
+                    format!("teams[{i}].plugins[{j}].grants"),
+                    "`geoip` is granted but no `[geoip] database` is configured",
+                );
+            }
+        }
+    }
 }
 
 fn check_unique(c: &mut Collector, teams: &[TeamConfig]) {
@@ -518,6 +637,48 @@ mod tests {
         assert!(
             text.contains("not a usable project token (personal_api_key)"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn grants_are_checked() {
+        let error = load(
+            r#"
+            [[teams]]
+            id = 1
+            token = "phc_abc"
+            [[teams.plugins]]
+            id = "a"
+            plugin = "p.wasm"
+            grants = ["storage", "teleport", "storage", "geoip", "http"]
+            [[teams.plugins]]
+            id = "b"
+            plugin = "p.wasm"
+            http = { allow_hosts = ["https://x.com/"] }
+            [[teams.plugins]]
+            id = "c"
+            plugin = "p.wasm"
+            grants = ["http"]
+            http = { allow_hosts = ["api.example.com", "*.example.net", "127.0.0.1", "[::1]", "bad host"] }
+            "#,
+            &[],
+        )
+        .unwrap_err();
+        let problems: Vec<String> = error
+            .problems
+            .iter()
+            .map(|p| format!("{}: {}", p.key, p.reason))
+            .collect();
+        assert_eq!(
+            problems,
+            [
+                "teams[0].plugins[0].grants[1]: `teleport` is not a capability (known: log, metrics, storage, cache, geoip, http)",
+                "teams[0].plugins[0].grants[2]: `storage` is granted twice",
+                "teams[0].plugins[0].http: `http` is granted, so `http.allow_hosts` must list the hosts it may reach",
+                "teams[0].plugins[1].http: is set but `http` is not in `grants`",
+                "teams[0].plugins[2].http.allow_hosts[4]: \"bad host\" is not a host name, `*.domain` or IP address (no scheme, port or path)",
+                "teams[0].plugins[0].grants: `geoip` is granted but no `[geoip] database` is configured",
+            ],
         );
     }
 

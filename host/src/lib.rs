@@ -9,6 +9,7 @@ pub mod capabilities;
 pub mod capture;
 pub mod chain;
 pub mod config;
+pub mod net;
 pub mod queue;
 pub mod runtime;
 pub mod server;

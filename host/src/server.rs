@@ -1,8 +1,13 @@
 //! `sluice serve`: wires config, runtime, chains, queue, worker and the HTTP API together.
 
+use crate::capabilities::Services;
+use crate::capabilities::cache::MemoryBackend;
+use crate::capabilities::geoip::Database;
 use crate::capabilities::log::LogSink;
+use crate::capabilities::storage::Storage;
 use crate::capture::{self, CaptureState};
 use crate::chain;
+use crate::config::Problem;
 use crate::config::{Config, ConfigError};
 use crate::queue::{Queue, Signal};
 use crate::runtime::{Runtime, RuntimeSettings};
@@ -36,16 +41,46 @@ pub async fn serve(
         .max()
         .unwrap_or(64);
     let runtime = Runtime::new(&RuntimeSettings {
-        // One instance per installation and lane, plus the ones used while loading.
-        max_instances: u32::try_from(installations * lanes + 2).unwrap_or(u32::MAX),
+        // At most one instance per installation and lane, within the instance budget, plus the
+        // ones used while loading.
+        max_instances: u32::try_from(
+            installations
+                .saturating_mul(lanes)
+                .min(config.server.max_instances)
+                + 2,
+        )
+        .unwrap_or(u32::MAX),
         max_memory_bytes: (max_memory_mb as usize) << 20,
         cache_dir: Some(config.server.data_dir.join("compiled")),
     })?;
     let (logs, log_writer) = LogSink::start(&config.server.data_dir)?;
-    let chains = chain::build(&runtime, &config, Some(&logs)).map_err(|problems| ConfigError {
+    let config_error = |problems| ConfigError {
         path: config.path.clone(),
         problems,
-    })?;
+    };
+    let geoip = match &config.geoip.database {
+        None => None,
+        Some(path) => {
+            let database = Database::open(path).map_err(|reason| {
+                config_error(vec![Problem {
+                    key: "geoip.database".into(),
+                    reason: format!("cannot use {}: {reason}", path.display()),
+                }])
+            })?;
+            database.watch(std::time::Duration::from_secs(
+                config.geoip.check_interval_seconds,
+            ))?;
+            Some(database)
+        }
+    };
+    let services = Arc::new(Services {
+        logs: Some(logs.clone()),
+        storage: Some(Arc::new(Storage::open(&config.server.data_dir)?)),
+        cache: Arc::new(MemoryBackend::default()),
+        geoip,
+    });
+    let chains = chain::build(&runtime, &config, &services).map_err(config_error)?;
+    drop(services);
     tracing::info!(
         installations = chains.installations(),
         lanes,
@@ -65,6 +100,7 @@ pub async fn serve(
         data_dir: config.server.data_dir.clone(),
         chains: Arc::new(chains),
         lanes,
+        max_instances: config.server.max_instances,
         batch_events: config.queue.batch_events,
         depth: depth.clone(),
         signal: signal.clone(),

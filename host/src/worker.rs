@@ -25,6 +25,8 @@ pub struct WorkerSettings {
     pub chains: Arc<Chains>,
     /// Parallel lanes.
     pub lanes: usize,
+    /// Most live plugin instances across lanes.
+    pub max_instances: usize,
     /// Most events taken per round.
     pub batch_events: usize,
     /// Events waiting in the queue (shared with capture).
@@ -59,8 +61,10 @@ fn run(settings: WorkerSettings) {
             }
         }
     };
-    let mut lanes: Vec<ChainRunner> = (0..settings.lanes.max(1))
-        .map(|_| ChainRunner::default())
+    let lane_count = settings.lanes.max(1);
+    let per_lane = settings.max_instances.div_ceil(lane_count);
+    let mut lanes: Vec<ChainRunner> = (0..lane_count)
+        .map(|_| ChainRunner::new(per_lane))
         .collect();
     let mut seen = settings.signal.generation();
     loop {
@@ -87,7 +91,9 @@ fn run(settings: WorkerSettings) {
             // round is committed and the same rows are taken again, by fresh plugin instances.
             tracing::error!("a worker lane panicked; retrying the round with fresh instances");
             metrics::counter!("sluice_worker_lane_panics_total").increment(1);
-            lanes = (0..lanes.len()).map(|_| ChainRunner::default()).collect();
+            lanes = (0..lane_count)
+                .map(|_| ChainRunner::new(per_lane))
+                .collect();
             std::thread::sleep(Duration::from_secs(1));
             continue;
         };

@@ -15,19 +15,14 @@ pub struct Tagger {
 impl Plugin for Tagger {
     // Declared once; the host shows it to operators and checks their config against it.
     fn manifest() -> Manifest {
-        Manifest {
-            name: "tagger".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            description: "Adds a `tag` property".into(),
-            config: vec![
-                ConfigField::new("tag", ConfigType::Text, "Value of the `tag` property").required(),
-                ConfigField::new(
-                    "only_event",
-                    ConfigType::Text,
-                    "Tag only events with this name",
-                ),
-            ],
-        }
+        Manifest::new("tagger", env!("CARGO_PKG_VERSION"), "Adds a `tag` property").config(vec![
+            ConfigField::new("tag", ConfigType::Text, "Value of the `tag` property").required(),
+            ConfigField::new(
+                "only_event",
+                ConfigType::Text,
+                "Tag only events with this name",
+            ),
+        ])
     }
 
     // Values arrive already checked against the schema, defaults filled in.

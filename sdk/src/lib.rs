@@ -24,13 +24,13 @@ pub use sluice_abi::manifest::{ConfigField, ConfigType, Manifest};
 use std::borrow::Cow;
 use std::fmt;
 
-/// Bindings generated from the WIT contract (`wit/v0.1.0`). Plugin authors do not need them.
+/// Bindings generated from the WIT contract (`wit/v0.2.0`). Plugin authors do not need them.
 #[doc(hidden)]
 pub mod bindings {
     #![allow(missing_docs)]
     wit_bindgen::generate!({
         world: "transformer",
-        path: "../wit/v0.1.0",
+        path: "../wit/v0.2.0",
         pub_export_macro: true,
         export_macro_name: "export_transformer",
         default_bindings_module: "::sluice_sdk::bindings",
@@ -122,12 +122,7 @@ pub trait Transform: Plugin {
 ///
 /// impl Plugin for KeepAll {
 ///     fn manifest() -> Manifest {
-///         Manifest {
-///             name: "keep-all".into(),
-///             version: "0.1.0".into(),
-///             description: String::new(),
-///             config: vec![],
-///         }
+///         Manifest::new("keep-all", "0.1.0", "Keeps every event")
 ///     }
 ///
 ///     fn setup(_config: &Config) -> Result<Self, PluginError> {

@@ -113,5 +113,7 @@ fn to_wit_manifest(manifest: Manifest) -> types::Manifest {
                 choices: field.choices,
             })
             .collect(),
+        capabilities: manifest.capabilities,
+        stateless: manifest.stateless,
     }
 }

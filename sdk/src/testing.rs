@@ -1,5 +1,9 @@
 //! A native test harness: run a plugin's logic under plain `cargo test`, no wasm involved.
 //!
+//! Host capabilities are in-memory fakes per test thread: `storage` and `cache` behave like the
+//! host's (same caps, same Redis semantics), `geoip` and `http` answer with what the test
+//! registers ([`Harness::with_geoip`], [`Harness::with_http`]).
+//!
 //! The harness validates config against the manifest exactly as the host does, calls `setup`,
 //! and runs events through the same batch encoding the host uses, so what passes here behaves
 //! the same inside sluice.
@@ -7,7 +11,9 @@
 //! `sdk/README.md` shows it in use; `sdk/examples/tagger.rs` is that code, compiled and tested.
 
 use crate::event::format_uuid;
-use crate::host::Level;
+use crate::host::geoip::Location;
+use crate::host::http::{Request, Response};
+use crate::host::{HostError, Level};
 use crate::{Config, EventBuf, Outcome, Plugin, PluginError, Transform, process_batch};
 use serde_json::{Map, Value};
 use sluice_abi::wire::{self, BatchWriter};
@@ -32,6 +38,37 @@ pub(crate) fn record(item: Recorded) {
     RECORDED.with_borrow_mut(|r| r.push(item));
 }
 
+/// The native stand-ins for host capabilities, one set per test thread.
+pub(crate) mod fakes {
+    use crate::host::HostError;
+    use crate::host::geoip::Location;
+    use crate::host::http::{Request, Response};
+    use sluice_abi::cache::Namespace;
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+
+    /// A registered GeoIP lookup.
+    pub type Locate = Box<dyn Fn(&str) -> Option<Location>>;
+    /// A registered HTTP responder.
+    pub type Respond = Box<dyn FnMut(&Request) -> Result<Response, HostError>>;
+
+    #[derive(Default)]
+    pub struct Fakes {
+        pub storage: BTreeMap<String, Vec<u8>>,
+        pub cache: Namespace,
+        pub geoip: Option<Locate>,
+        pub http: Option<Respond>,
+    }
+
+    thread_local! {
+        static FAKES: RefCell<Fakes> = RefCell::new(Fakes::default());
+    }
+
+    pub fn with<R>(f: impl FnOnce(&mut Fakes) -> R) -> R {
+        FAKES.with_borrow_mut(f)
+    }
+}
+
 /// Runs one plugin natively.
 #[derive(Debug)]
 pub struct Harness<T> {
@@ -51,9 +88,25 @@ impl<T: Plugin> Harness<T> {
             return Err(PluginError::new("config must be a JSON object"));
         };
         let resolved = manifest.resolve_config(&given).map_err(invalid)?;
+        fakes::with(|f| *f = fakes::Fakes::default());
         Ok(Self {
             plugin: T::setup(&Config::new(resolved))?,
         })
+    }
+
+    /// Answers the plugin's [`crate::host::geoip::locate`] calls with `locate`.
+    pub fn with_geoip(self, locate: impl Fn(&str) -> Option<Location> + 'static) -> Self {
+        fakes::with(|f| f.geoip = Some(Box::new(locate)));
+        self
+    }
+
+    /// Answers the plugin's [`crate::host::http::fetch`] calls with `respond`.
+    pub fn with_http(
+        self,
+        respond: impl FnMut(&Request) -> Result<Response, HostError> + 'static,
+    ) -> Self {
+        fakes::with(|f| f.http = Some(Box::new(respond)));
+        self
     }
 
     /// The plugin, for inspecting its state.
@@ -111,6 +164,12 @@ fn decode_outcome(outcome: wire::Outcome<'_>) -> Result<Outcome, PluginError> {
 /// An event to feed the harness, built field by field.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TestEvent(EventBuf);
+
+impl From<EventBuf> for TestEvent {
+    fn from(event: EventBuf) -> Self {
+        Self(event)
+    }
+}
 
 impl TestEvent {
     /// An event called `name` with distinct id `user`, team 1, empty properties.

@@ -1,12 +1,11 @@
 //! `log`: plugin log lines, tagged with the installation, capped in length and rate, written to
 //! the process log and stored for `sluice logs`.
 
-use super::Capability;
+use super::{Capability, Context};
 use crate::runtime::HostState;
 use crate::runtime::bindings::sluice::plugin::log::{self, Host, Level};
 use crate::store;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::mpsc::{self, SyncSender};
 use std::thread::JoinHandle;
 use wasmtime::component::HasSelf;
@@ -15,7 +14,7 @@ use wasmtime::component::HasSelf;
 pub const CAPABILITY: Capability = Capability {
     name: "log",
     interface: "sluice:plugin/log",
-    link: |linker| log::add_to_linker::<HostState, HasSelf<LogState>>(linker, |s| &mut s.log),
+    link: |linker| log::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s),
 };
 
 /// Longest line kept, in bytes; longer lines are cut at a char boundary.
@@ -83,68 +82,43 @@ fn level_name(level: Level) -> &'static str {
     }
 }
 
-/// Per-instance log state.
-#[derive(Debug)]
+/// Per-instance log state: the current call's line budget.
+#[derive(Debug, Default)]
 pub struct LogState {
-    installation: Arc<str>,
-    sink: Option<LogSink>,
     lines_this_call: u32,
     suppressed: u32,
 }
 
 impl LogState {
-    /// Log state for one instance of `installation`, storing lines in `sink` if given.
-    pub fn new(installation: Arc<str>, sink: Option<LogSink>) -> Self {
-        Self {
-            installation,
-            sink,
-            lines_this_call: 0,
-            suppressed: 0,
-        }
-    }
-
-    /// Records a line from the plugin (also used for its stdout and stderr).
-    pub fn line(&mut self, level: Level, message: &str) {
+    /// Records a line from the plugin serving `ctx` (also used for its stdout and stderr).
+    pub fn line(&mut self, ctx: &Context, level: Level, message: &str) {
         if self.lines_this_call >= MAX_LINES_PER_CALL {
             self.suppressed += 1;
             return;
         }
         self.lines_this_call += 1;
-        self.record(level, truncate(message, MAX_LINE_BYTES));
-    }
-
-    /// Emits a line to the process log and the plugin log store, outside the per-call budget.
-    fn record(&self, level: Level, message: &str) {
-        if let Some(sink) = &self.sink {
-            sink.store(&self.installation, level, message);
-        }
-        let installation = &*self.installation;
-        match level {
-            Level::Trace => tracing::trace!(target: "sluice::plugin", installation, "{message}"),
-            Level::Debug => tracing::debug!(target: "sluice::plugin", installation, "{message}"),
-            Level::Info => tracing::info!(target: "sluice::plugin", installation, "{message}"),
-            Level::Warn => tracing::warn!(target: "sluice::plugin", installation, "{message}"),
-            Level::Error => tracing::error!(target: "sluice::plugin", installation, "{message}"),
-        }
+        record(ctx, level, truncate(message, MAX_LINE_BYTES));
     }
 
     /// Ends a call: reports suppressed lines and `dropped_output` bytes of stdout/stderr that
     /// did not fit the capture cap, then resets the per-call budget.
-    pub fn end_call(&mut self, dropped_output: usize) {
+    pub fn end_call(&mut self, ctx: &Context, dropped_output: usize) {
         if dropped_output > 0 {
             let cap = crate::runtime::OUTPUT_CAP_BYTES;
-            self.record(
+            record(
+                ctx,
                 Level::Warn,
                 &format!("{dropped_output} bytes of stdout/stderr dropped (cap {cap} per call)"),
             );
         }
         if self.suppressed > 0 {
             let suppressed = self.suppressed;
-            self.record(
+            record(
+                ctx,
                 Level::Warn,
                 &format!("{suppressed} log lines suppressed (limit {MAX_LINES_PER_CALL} per call)"),
             );
-            metrics::counter!("sluice_plugin_log_lines_suppressed_total", "installation" => self.installation.to_string())
+            metrics::counter!("sluice_plugin_log_lines_suppressed_total", "installation" => ctx.installation.to_string())
                 .increment(u64::from(self.suppressed));
         }
         self.lines_this_call = 0;
@@ -152,9 +126,26 @@ impl LogState {
     }
 }
 
-impl Host for LogState {
+/// Emits a line to the process log and the plugin log store, outside the per-call budget.
+fn record(ctx: &Context, level: Level, message: &str) {
+    if let Some(sink) = &ctx.services.logs {
+        sink.store(&ctx.installation, level, message);
+    }
+    let installation = &*ctx.installation;
+    match level {
+        Level::Trace => tracing::trace!(target: "sluice::plugin", installation, "{message}"),
+        Level::Debug => tracing::debug!(target: "sluice::plugin", installation, "{message}"),
+        Level::Info => tracing::info!(target: "sluice::plugin", installation, "{message}"),
+        Level::Warn => tracing::warn!(target: "sluice::plugin", installation, "{message}"),
+        Level::Error => tracing::error!(target: "sluice::plugin", installation, "{message}"),
+    }
+}
+
+impl Host for HostState {
     fn log(&mut self, level: Level, message: String) {
-        self.line(level, &message);
+        if self.ctx.check(CAPABILITY.name).is_ok() {
+            self.log.line(&self.ctx, level, &message);
+        }
     }
 }
 

@@ -1,9 +1,9 @@
-//! Host bindings generated once from the WIT contract (`wit/v0.1.0`).
+//! Host bindings generated once from the WIT contract (`wit/v0.2.0`).
 #![allow(missing_docs)]
 
 wasmtime::component::bindgen!({
     world: "transformer",
-    path: "../wit/v0.1.0",
+    path: "../wit/v0.2.0",
     imports: { default: tracing },
 });
 

@@ -11,8 +11,9 @@ pub mod bindings;
 mod limits;
 mod stdio;
 
-use crate::capabilities::log::{LogSink, LogState};
-use crate::capabilities::{self, metrics::MetricsState};
+use crate::capabilities::http::HttpState;
+use crate::capabilities::log::LogState;
+use crate::capabilities::{self, Capability, Context, Services, metrics::MetricsState};
 use bindings::sluice::plugin::log::Level;
 use bindings::{lifecycle, transform, types};
 use limits::MemoryLimiter;
@@ -158,10 +159,14 @@ pub struct HostState {
     table: ResourceTable,
     limiter: MemoryLimiter,
     output: CapturedOutput,
+    /// The installation the instance is serving in the current call.
+    pub(crate) ctx: Arc<Context>,
     /// State of the `log` capability.
-    pub log: LogState,
+    pub(crate) log: LogState,
     /// State of the `metrics` capability.
-    pub metrics: MetricsState,
+    pub(crate) metrics: MetricsState,
+    /// State of the `http` capability.
+    pub(crate) http: HttpState,
 }
 
 impl WasiView for HostState {
@@ -174,7 +179,7 @@ impl WasiView for HostState {
 }
 
 impl HostState {
-    fn new(installation: Arc<str>, memory_bytes: usize, logs: Option<LogSink>) -> Self {
+    fn new(ctx: Arc<Context>, memory_bytes: usize) -> Self {
         let output = CapturedOutput::default();
         // No preopened directories, no environment, no sockets: only captured stdout/stderr.
         let wasi = WasiCtx::builder()
@@ -187,8 +192,10 @@ impl HostState {
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(memory_bytes),
             output,
-            log: LogState::new(installation.clone(), logs),
-            metrics: MetricsState::new(installation),
+            ctx,
+            log: LogState::default(),
+            metrics: MetricsState::default(),
+            http: HttpState::default(),
         }
     }
 
@@ -196,9 +203,9 @@ impl HostState {
     fn end_call(&mut self) {
         let (bytes, dropped) = self.output.take();
         for line in String::from_utf8_lossy(&bytes).lines() {
-            self.log.line(Level::Info, line);
+            self.log.line(&self.ctx, Level::Info, line);
         }
-        self.log.end_call(dropped);
+        self.log.end_call(&self.ctx, dropped);
     }
 }
 
@@ -269,16 +276,19 @@ impl Runtime {
         let component = Component::from_file(&self.engine, path)
             .map_err(|e| compile_error(format!("{e:#}")))?;
         let ty = component.component_type();
+        let mut imports = Vec::new();
         for (name, _) in ty.imports(&self.engine) {
-            let type_only = name.split('@').next() == Some(TYPES_INTERFACE);
-            if !name.starts_with("wasi:")
-                && !type_only
-                && capabilities::for_interface(name).is_none()
-            {
-                return Err(LoadError::UnknownImport {
-                    path: path.to_owned(),
-                    interface: name.to_owned(),
-                });
+            if name.starts_with("wasi:") || name.split('@').next() == Some(TYPES_INTERFACE) {
+                continue;
+            }
+            match capabilities::for_interface(name) {
+                Some(capability) => imports.push(capability),
+                None => {
+                    return Err(LoadError::UnknownImport {
+                        path: path.to_owned(),
+                        interface: name.to_owned(),
+                    });
+                }
             }
         }
         let contract = |reason: String| LoadError::Contract {
@@ -316,7 +326,10 @@ impl Runtime {
                 version: String::new(),
                 description: String::new(),
                 config: Vec::new(),
+                capabilities: Vec::new(),
+                stateless: false,
             },
+            imports,
             pre,
             lifecycle,
             transform,
@@ -325,7 +338,8 @@ impl Runtime {
             path: path.to_owned(),
             reason,
         };
-        let mut instance = Instance::instantiate(&plugin, Arc::from("loading"), 1 << 30, None)
+        let loading = Context::ungranted("loading", Services::detached());
+        let mut instance = Instance::instantiate(&plugin, loading, 1 << 30)
             .map_err(|e| manifest_error(e.to_string()))?;
         instance
             .store
@@ -344,6 +358,16 @@ impl Runtime {
                     .join("; "),
             )
         })?;
+        if let Some(undeclared) = plugin
+            .imports
+            .iter()
+            .find(|c| !plugin.manifest.capabilities.iter().any(|d| d == c.name))
+        {
+            return Err(contract(format!(
+                "it imports `{}` but its manifest does not declare the `{}` capability",
+                undeclared.interface, undeclared.name
+            )));
+        }
         Ok(Arc::new(plugin))
     }
 }
@@ -363,6 +387,8 @@ pub struct Plugin {
     pub path: PathBuf,
     /// What it declared about itself.
     pub manifest: Manifest,
+    /// The capabilities its component imports.
+    pub imports: Vec<&'static Capability>,
     pre: InstancePre<HostState>,
     lifecycle: lifecycle::GuestIndices,
     transform: Option<transform::GuestIndices>,
@@ -373,21 +399,31 @@ impl Plugin {
     pub fn transforms(&self) -> bool {
         self.transform.is_some()
     }
+
+    /// Every capability the plugin needs: those it declares and those it imports.
+    pub fn needs(&self) -> Vec<&str> {
+        let mut needs: Vec<&str> = self
+            .manifest
+            .capabilities
+            .iter()
+            .map(String::as_str)
+            .collect();
+        needs.extend(self.imports.iter().map(|c| c.name));
+        needs.sort_unstable();
+        needs.dedup();
+        needs
+    }
 }
 
 /// How one installation's instances are set up and limited.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct InstanceSettings {
-    /// Installation id, for logs and metrics.
-    pub installation: Arc<str>,
+    /// The installation: id, grants and capability services.
+    pub context: Arc<Context>,
     /// Resolved config as a JSON object.
     pub config: Value,
-    /// Deadline of one call.
-    pub timeout: Duration,
     /// Memory cap of the instance.
     pub memory_bytes: usize,
-    /// Where the plugin's log lines are stored, besides the process log.
-    pub logs: Option<LogSink>,
 }
 
 /// A live plugin instance with its own store.
@@ -401,14 +437,10 @@ pub struct Instance {
 impl Instance {
     fn instantiate(
         plugin: &Plugin,
-        installation: Arc<str>,
+        ctx: Arc<Context>,
         memory_bytes: usize,
-        logs: Option<LogSink>,
     ) -> Result<Self, CallError> {
-        let mut store = Store::new(
-            plugin.pre.engine(),
-            HostState::new(installation, memory_bytes, logs),
-        );
+        let mut store = Store::new(plugin.pre.engine(), HostState::new(ctx, memory_bytes));
         store.limiter(|state| &mut state.limiter);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(deadline_ticks(Duration::from_secs(10)));
@@ -436,16 +468,21 @@ impl Instance {
 
     /// Instantiates `plugin` and runs its `setup` with the installation's config.
     pub fn start(plugin: &Plugin, settings: &InstanceSettings) -> Result<Self, CallError> {
-        let mut instance = Self::instantiate(
-            plugin,
-            settings.installation.clone(),
-            settings.memory_bytes,
-            settings.logs.clone(),
-        )?;
-        instance.timeout = settings.timeout;
+        let mut instance =
+            Self::instantiate(plugin, settings.context.clone(), settings.memory_bytes)?;
+        instance.timeout = settings.context.timeout;
         let config = settings.config.to_string();
         instance.call(|lifecycle, _, store| lifecycle.call_setup(store, &config))?;
         Ok(instance)
+    }
+
+    /// Makes the instance serve `ctx` from the next call on (shared instances of stateless
+    /// plugins serve several installations).
+    pub fn enter(&mut self, ctx: &Arc<Context>) {
+        let state = self.store.data_mut();
+        if !Arc::ptr_eq(&state.ctx, ctx) {
+            state.ctx = ctx.clone();
+        }
     }
 
     /// Sends one encoded batch to the plugin's `transform` and returns the encoded outcomes.
@@ -550,5 +587,7 @@ fn from_wit_manifest(manifest: types::Manifest) -> Result<Manifest, String> {
         version: manifest.version,
         description: manifest.description,
         config,
+        capabilities: manifest.capabilities,
+        stateless: manifest.stateless,
     })
 }

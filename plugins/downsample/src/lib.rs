@@ -75,31 +75,34 @@ impl Downsample {
 
 impl Plugin for Downsample {
     fn manifest() -> Manifest {
-        Manifest {
-            name: "downsample".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            description: "Keeps a percentage of events, per user or at random".into(),
-            config: vec![
-                ConfigField::new(
-                    "percentage",
-                    ConfigType::Number,
-                    "Percentage of events to keep, from 0 to 100",
-                )
-                .with_default(100),
-                ConfigField::choice(
-                    "sampling_method",
-                    "`distinct_id`: keep whole users (stable); `random`: per event",
-                    &["distinct_id", "random"],
-                )
-                .with_default("distinct_id"),
-                ConfigField::new(
-                    "set_sample_rate",
-                    ConfigType::Boolean,
-                    "Set `$sample_rate` (the kept fraction) on kept events",
-                )
-                .with_default(false),
-            ],
-        }
+        // Stateless: the remembered decisions depend only on the config and the distinct id, so
+        // installations with the same config may share instances.
+        Manifest::new(
+            "downsample",
+            env!("CARGO_PKG_VERSION"),
+            "Keeps a percentage of events, per user or at random",
+        )
+        .stateless()
+        .config(vec![
+            ConfigField::new(
+                "percentage",
+                ConfigType::Number,
+                "Percentage of events to keep, from 0 to 100",
+            )
+            .with_default(100),
+            ConfigField::choice(
+                "sampling_method",
+                "`distinct_id`: keep whole users (stable); `random`: per event",
+                &["distinct_id", "random"],
+            )
+            .with_default("distinct_id"),
+            ConfigField::new(
+                "set_sample_rate",
+                ConfigType::Boolean,
+                "Set `$sample_rate` (the kept fraction) on kept events",
+            )
+            .with_default(false),
+        ])
     }
 
     fn setup(config: &Config) -> Result<Self, PluginError> {

@@ -4,6 +4,10 @@
 //!   `transform` boundary as one `list<u8>` per call (see `wit/README.md`).
 //! - [`manifest`]: a plugin's manifest and the validation of operator config against its schema,
 //!   shared so that the host and the SDK's native test harness accept exactly the same configs.
+//! - [`limits`]: the errors and caps of host capabilities; [`cache`]: the in-memory cache
+//!   namespace behind the embedded `cache` capability and the harness's fake.
 
+pub mod cache;
+pub mod limits;
 pub mod manifest;
 pub mod wire;

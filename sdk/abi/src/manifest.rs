@@ -109,7 +109,15 @@ pub struct Manifest {
     pub description: String,
     /// Configuration schema.
     pub config: Vec<ConfigField>,
+    /// Host capabilities the plugin needs (names from [`CAPABILITIES`]).
+    pub capabilities: Vec<String>,
+    /// Whether instances keep no installation-specific state, so installations with the same
+    /// config can share them.
+    pub stateless: bool,
 }
+
+/// Every host capability a manifest may declare.
+pub const CAPABILITIES: &[&str] = &["log", "metrics", "storage", "cache", "geoip", "http"];
 
 /// One problem found in a manifest or a config, with the key it concerns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,12 +142,64 @@ fn problem(key: &str, reason: impl Into<String>) -> Problem {
 }
 
 impl Manifest {
+    /// A manifest without config, capabilities or statelessness; add them with the builders.
+    pub fn new(
+        name: impl Into<String>,
+        version: impl Into<String>,
+        description: impl Into<String>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            version: version.into(),
+            description: description.into(),
+            config: Vec::new(),
+            capabilities: Vec::new(),
+            stateless: false,
+        }
+    }
+
+    /// Sets the configuration schema.
+    pub fn config(mut self, fields: Vec<ConfigField>) -> Self {
+        self.config = fields;
+        self
+    }
+
+    /// Declares the host capabilities the plugin needs, e.g. `&["storage", "log"]`.
+    pub fn needs(mut self, capabilities: &[&str]) -> Self {
+        self.capabilities = capabilities.iter().map(|c| (*c).to_owned()).collect();
+        self
+    }
+
+    /// Declares the plugin stateless: its instances may serve every installation with the same
+    /// config.
+    pub fn stateless(mut self) -> Self {
+        self.stateless = true;
+        self
+    }
+
     /// Checks that the manifest itself is coherent: a name, unique keys, choices where needed, and
     /// defaults of the declared type. Reports every problem at once.
     pub fn validate(&self) -> Result<(), Vec<Problem>> {
         let mut problems = Vec::new();
         if self.name.trim().is_empty() {
             problems.push(problem("name", "is empty"));
+        }
+        let mut declared = HashSet::new();
+        for capability in &self.capabilities {
+            if !CAPABILITIES.contains(&capability.as_str()) {
+                problems.push(problem(
+                    "capabilities",
+                    format!(
+                        "`{capability}` is not a capability (known: {})",
+                        CAPABILITIES.join(", ")
+                    ),
+                ));
+            } else if !declared.insert(capability.as_str()) {
+                problems.push(problem(
+                    "capabilities",
+                    format!("`{capability}` is declared twice"),
+                ));
+            }
         }
         let mut seen = HashSet::new();
         for field in &self.config {
@@ -255,16 +315,24 @@ mod tests {
     use serde_json::json;
 
     fn manifest() -> Manifest {
-        Manifest {
-            name: "demo".into(),
-            version: "1.0.0".into(),
-            description: String::new(),
-            config: vec![
-                ConfigField::new("percentage", ConfigType::Number, "").with_default(100),
-                ConfigField::choice("method", "", &["a", "b"]).required(),
-                ConfigField::new("token", ConfigType::Text, "").secret(),
-            ],
-        }
+        Manifest::new("demo", "1.0.0", "").config(vec![
+            ConfigField::new("percentage", ConfigType::Number, "").with_default(100),
+            ConfigField::choice("method", "", &["a", "b"]).required(),
+            ConfigField::new("token", ConfigType::Text, "").secret(),
+        ])
+    }
+
+    #[test]
+    fn unknown_and_repeated_capabilities_are_reported() {
+        let problems = manifest()
+            .needs(&["storage", "teleport", "storage"])
+            .validate()
+            .unwrap_err();
+        let reasons: Vec<_> = problems.iter().map(|p| p.reason.as_str()).collect();
+        assert_eq!(reasons.len(), 2, "{reasons:?}");
+        assert!(reasons[0].starts_with("`teleport` is not a capability"));
+        assert_eq!(reasons[1], "`storage` is declared twice");
+        assert!(manifest().needs(&["geoip", "log"]).validate().is_ok());
     }
 
     fn map(value: Value) -> Map<String, Value> {

@@ -67,6 +67,8 @@ impl lifecycle::Guest for Adversary {
                 field("trigger", ConfigType::Text, Some("\"attack\""), &[]),
                 field("fail_setup", ConfigType::Boolean, Some("false"), &[]),
             ],
+            capabilities: vec![],
+            stateless: false,
         }
     }
 

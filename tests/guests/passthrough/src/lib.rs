@@ -9,12 +9,12 @@ pub struct Passthrough;
 
 impl Plugin for Passthrough {
     fn manifest() -> Manifest {
-        Manifest {
-            name: "passthrough".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            description: "Keeps every event".into(),
-            config: vec![],
-        }
+        Manifest::new(
+            "passthrough",
+            env!("CARGO_PKG_VERSION"),
+            "Keeps every event",
+        )
+        .stateless()
     }
 
     fn setup(_config: &Config) -> Result<Self, PluginError> {

@@ -1,7 +1,40 @@
-//! What the host provides to every plugin: logging and metrics.
+//! What the host provides to plugins: logging, metrics, and the capabilities in the submodules.
 //!
-//! Inside wasm these call the host's `log` and `metrics` imports. Natively (under
-//! [`crate::testing::Harness`]) they are recorded so tests can assert on them.
+//! Inside wasm these call the host's imports; each works only if the plugin's manifest declares
+//! the capability ([`crate::Manifest::needs`]) and the operator grants it to the installation.
+//! Natively (under [`crate::testing::Harness`]) log lines and metrics are recorded, and the
+//! capabilities are in-memory fakes, so tests can assert on them.
+
+pub mod cache;
+pub mod geoip;
+pub mod http;
+pub mod storage;
+
+pub use sluice_abi::limits::{ErrorKind, HostError};
+
+impl From<HostError> for crate::PluginError {
+    fn from(error: HostError) -> Self {
+        let retryable = matches!(error.kind, ErrorKind::Unavailable | ErrorKind::Timeout);
+        Self {
+            message: error.to_string(),
+            retryable,
+        }
+    }
+}
+
+/// Converts the generated `host-error` into [`HostError`].
+#[cfg(target_family = "wasm")]
+fn from_wit(error: crate::bindings::sluice::plugin::types::HostError) -> HostError {
+    use crate::bindings::sluice::plugin::types::HostErrorKind as Kind;
+    let kind = match error.kind {
+        Kind::Invalid => ErrorKind::Invalid,
+        Kind::TooLarge => ErrorKind::TooLarge,
+        Kind::Refused => ErrorKind::Refused,
+        Kind::Unavailable => ErrorKind::Unavailable,
+        Kind::Timeout => ErrorKind::Timeout,
+    };
+    HostError::new(kind, error.message)
+}
 
 /// Severity of a log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

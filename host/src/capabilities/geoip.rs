@@ -1,0 +1,170 @@
+//! `geoip`: `locate(ip)` from the operator's MaxMind City database, read with the `maxminddb`
+//! crate, loaded once and shared by every instance, and reloaded when the file changes.
+
+use super::{Capability, to_wit};
+use crate::net;
+use crate::runtime::HostState;
+use crate::runtime::bindings::sluice::plugin::geoip::{self, Host, Location, Subdivision};
+use crate::runtime::bindings::types;
+use maxminddb::{Reader, geoip2};
+use sluice_abi::limits::{ErrorKind, HostError};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+use wasmtime::component::HasSelf;
+
+/// The `geoip` capability.
+pub const CAPABILITY: Capability = Capability {
+    name: "geoip",
+    interface: "sluice:plugin/geoip",
+    link: |linker| geoip::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s),
+};
+
+/// What identifies one version of the file: modification time and length.
+type Stamp = (Option<SystemTime>, u64);
+
+/// The shared City database.
+pub struct Database {
+    path: PathBuf,
+    reader: RwLock<Arc<Reader<Vec<u8>>>>,
+    stamp: Mutex<Stamp>,
+}
+
+fn stamp(path: &Path) -> std::io::Result<Stamp> {
+    let meta = std::fs::metadata(path)?;
+    Ok((meta.modified().ok(), meta.len()))
+}
+
+fn read(path: &Path) -> Result<(Reader<Vec<u8>>, Stamp), String> {
+    let before = stamp(path).map_err(|e| e.to_string())?;
+    let reader = Reader::open_readfile(path).map_err(|e| e.to_string())?;
+    if !reader.metadata().database_type.contains("City") {
+        return Err(format!(
+            "it is a `{}` database, not a City database",
+            reader.metadata().database_type
+        ));
+    }
+    Ok((reader, before))
+}
+
+impl Database {
+    /// Opens the database at `path`; the error says why it cannot be used.
+    pub fn open(path: &Path) -> Result<Arc<Self>, String> {
+        let (reader, stamp) = read(path)?;
+        Ok(Arc::new(Self {
+            path: path.to_owned(),
+            reader: RwLock::new(Arc::new(reader)),
+            stamp: Mutex::new(stamp),
+        }))
+    }
+
+    /// Reloads the file if it changed since it was read; a file that cannot be read keeps the
+    /// previous version in use. Returns whether a new version was loaded.
+    pub fn reload_if_changed(&self) -> bool {
+        let Ok(current) = stamp(&self.path) else {
+            return false;
+        };
+        let Ok(mut known) = self.stamp.lock() else {
+            return false;
+        };
+        if *known == current {
+            return false;
+        }
+        match read(&self.path) {
+            Ok((reader, stamp)) => {
+                if let Ok(mut slot) = self.reader.write() {
+                    *slot = Arc::new(reader);
+                }
+                *known = stamp;
+                tracing::info!(path = %self.path.display(), "GeoIP database reloaded");
+                metrics::counter!("sluice_geoip_reloads_total").increment(1);
+                true
+            }
+            Err(error) => {
+                *known = current;
+                tracing::error!(path = %self.path.display(), %error, "GeoIP database changed but cannot be read; keeping the previous version");
+                false
+            }
+        }
+    }
+
+    /// Checks the file every `interval` on a thread that ends when the database is dropped.
+    pub fn watch(self: &Arc<Self>, interval: Duration) -> std::io::Result<JoinHandle<()>> {
+        let database: Weak<Self> = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("sluice-geoip-watch".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(interval);
+                    match database.upgrade() {
+                        Some(database) => database.reload_if_changed(),
+                        None => break,
+                    };
+                }
+            })
+    }
+
+    /// Locates `ip`; private, reserved, unparseable and unknown addresses give `None`.
+    pub fn locate(&self, ip: &str) -> Result<Option<Location>, HostError> {
+        let Ok(ip) = ip.trim().parse::<IpAddr>() else {
+            return Ok(None);
+        };
+        if !net::is_public(ip) {
+            return Ok(None);
+        }
+        let reader = self
+            .reader
+            .read()
+            .map_err(|_| HostError::new(ErrorKind::Unavailable, "GeoIP database lock poisoned"))?
+            .clone();
+        let found = reader
+            .lookup(ip)
+            .and_then(|result| result.decode::<geoip2::City>())
+            .map_err(|e| {
+                HostError::new(ErrorKind::Unavailable, format!("GeoIP lookup failed: {e}"))
+            })?;
+        Ok(found.map(|city| to_location(&city)))
+    }
+}
+
+fn owned(text: Option<&str>) -> Option<String> {
+    text.map(str::to_owned)
+}
+
+fn to_location(city: &geoip2::City<'_>) -> Location {
+    Location {
+        city_name: owned(city.city.names.english),
+        country_name: owned(city.country.names.english),
+        country_code: owned(city.country.iso_code),
+        continent_name: owned(city.continent.names.english),
+        continent_code: owned(city.continent.code),
+        postal_code: owned(city.postal.code),
+        latitude: city.location.latitude,
+        longitude: city.location.longitude,
+        accuracy_radius: city.location.accuracy_radius,
+        time_zone: owned(city.location.time_zone),
+        subdivisions: city
+            .subdivisions
+            .iter()
+            .map(|s| Subdivision {
+                code: owned(s.iso_code),
+                name: owned(s.names.english),
+            })
+            .collect(),
+    }
+}
+
+impl Host for HostState {
+    fn locate(&mut self, ip: String) -> Result<Option<Location>, types::HostError> {
+        self.ctx.check(CAPABILITY.name).map_err(to_wit)?;
+        let database = self.ctx.services.geoip.as_deref().ok_or_else(|| {
+            to_wit(HostError::new(
+                ErrorKind::Unavailable,
+                "no GeoIP database is configured",
+            ))
+        })?;
+        database.locate(&ip).map_err(to_wit)
+    }
+}

@@ -1,0 +1,277 @@
+//! `storage`: durable key-value per installation, in its own SQLite file in the data directory
+//! (`plugin-storage.sqlite`), every write committed with `synchronous=FULL` before it returns.
+
+use super::{Capability, to_wit};
+use crate::runtime::HostState;
+use crate::runtime::bindings::sluice::plugin::storage::{self, Host};
+use crate::runtime::bindings::types;
+use rusqlite::{Connection, OptionalExtension, params};
+use sluice_abi::limits::{
+    self, ErrorKind, HostError, MAX_LIST_KEYS, MAX_STORAGE_KEYS, MAX_STORAGE_VALUE_BYTES,
+};
+use std::path::Path;
+use std::sync::Mutex;
+use wasmtime::component::HasSelf;
+
+/// The `storage` capability.
+pub const CAPABILITY: Capability = Capability {
+    name: "storage",
+    interface: "sluice:plugin/storage",
+    link: |linker| storage::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s),
+};
+
+/// File name of the store in the data directory.
+pub const FILE_NAME: &str = "plugin-storage.sqlite";
+
+/// The key-value store of every installation.
+pub struct Storage {
+    conn: Mutex<Connection>,
+}
+
+fn unavailable(error: impl std::fmt::Display) -> HostError {
+    HostError::new(ErrorKind::Unavailable, format!("storage failed: {error}"))
+}
+
+impl Storage {
+    /// Opens (creating if needed) the store in `data_dir`.
+    pub fn open(data_dir: &Path) -> rusqlite::Result<Self> {
+        let conn = Connection::open(data_dir.join(FILE_NAME))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;
+             CREATE TABLE IF NOT EXISTS storage (
+                 installation TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,
+                 PRIMARY KEY (installation, key)) WITHOUT ROWID;",
+        )?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, HostError>,
+    ) -> Result<T, HostError> {
+        let mut conn = self.conn.lock().map_err(unavailable)?;
+        f(&mut conn)
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, installation: &str, key: &str) -> Result<Option<Vec<u8>>, HostError> {
+        limits::check_key(key)?;
+        self.with(|conn| read(conn, installation, key))
+    }
+
+    /// Stores `value` under `key`, within the key and value caps.
+    pub fn set(&self, installation: &str, key: &str, value: &[u8]) -> Result<(), HostError> {
+        limits::check_key(key)?;
+        limits::check_value(value, MAX_STORAGE_VALUE_BYTES)?;
+        self.with(|conn| {
+            let tx = conn.transaction().map_err(unavailable)?;
+            write(&tx, installation, key, value)?;
+            tx.commit().map_err(unavailable)
+        })
+    }
+
+    /// Removes `key`; whether it existed.
+    pub fn delete(&self, installation: &str, key: &str) -> Result<bool, HostError> {
+        limits::check_key(key)?;
+        self.with(|conn| {
+            conn.execute(
+                "DELETE FROM storage WHERE installation = ?1 AND key = ?2",
+                params![installation, key],
+            )
+            .map(|n| n > 0)
+            .map_err(unavailable)
+        })
+    }
+
+    /// Adds `by` to the integer under `key` in one transaction.
+    pub fn increment(&self, installation: &str, key: &str, by: i64) -> Result<i64, HostError> {
+        limits::check_key(key)?;
+        self.with(|conn| {
+            let tx = conn.transaction().map_err(unavailable)?;
+            let current = read(&tx, installation, key)?;
+            let value = limits::add_to_integer(current.as_deref(), by)?;
+            write(&tx, installation, key, value.to_string().as_bytes())?;
+            tx.commit().map_err(unavailable)?;
+            Ok(value)
+        })
+    }
+
+    /// Keys starting with `prefix`, in byte order, after `after`, at most `limit`.
+    pub fn list_keys(
+        &self,
+        installation: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<String>, HostError> {
+        self.with(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT key FROM storage WHERE installation = ?1 AND key >= ?2
+                       AND substr(key, 1, length(?2)) = ?2 AND (?3 IS NULL OR key > ?3)
+                     ORDER BY key LIMIT ?4",
+                )
+                .map_err(unavailable)?;
+            let keys = stmt
+                .query_map(
+                    params![installation, prefix, after, limit.min(MAX_LIST_KEYS)],
+                    |row| row.get(0),
+                )
+                .and_then(|rows| rows.collect())
+                .map_err(unavailable)?;
+            Ok(keys)
+        })
+    }
+}
+
+fn read(conn: &Connection, installation: &str, key: &str) -> Result<Option<Vec<u8>>, HostError> {
+    conn.prepare_cached("SELECT value FROM storage WHERE installation = ?1 AND key = ?2")
+        .and_then(|mut stmt| {
+            stmt.query_row(params![installation, key], |row| row.get(0))
+                .optional()
+        })
+        .map_err(unavailable)
+}
+
+/// Upserts `key`, refusing a new key beyond [`MAX_STORAGE_KEYS`].
+fn write(conn: &Connection, installation: &str, key: &str, value: &[u8]) -> Result<(), HostError> {
+    let updated = conn
+        .execute(
+            "UPDATE storage SET value = ?3 WHERE installation = ?1 AND key = ?2",
+            params![installation, key, value],
+        )
+        .map_err(unavailable)?;
+    if updated > 0 {
+        return Ok(());
+    }
+    let keys: usize = conn
+        .query_row(
+            "SELECT count(*) FROM storage WHERE installation = ?1",
+            params![installation],
+            |row| row.get(0),
+        )
+        .map_err(unavailable)?;
+    if keys >= MAX_STORAGE_KEYS {
+        return Err(HostError::new(
+            ErrorKind::TooLarge,
+            format!("installation {installation} already has {MAX_STORAGE_KEYS} keys"),
+        ));
+    }
+    conn.execute(
+        "INSERT INTO storage (installation, key, value) VALUES (?1, ?2, ?3)",
+        params![installation, key, value],
+    )
+    .map(drop)
+    .map_err(unavailable)
+}
+
+impl HostState {
+    fn storage(&self) -> Result<&Storage, HostError> {
+        self.ctx.check(CAPABILITY.name)?;
+        self.ctx
+            .services
+            .storage
+            .as_deref()
+            .ok_or_else(|| HostError::new(ErrorKind::Unavailable, "no storage in this host"))
+    }
+}
+
+impl Host for HostState {
+    fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, types::HostError> {
+        self.storage()
+            .and_then(|s| s.get(&self.ctx.installation, &key))
+            .map_err(to_wit)
+    }
+
+    fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), types::HostError> {
+        self.storage()
+            .and_then(|s| s.set(&self.ctx.installation, &key, &value))
+            .map_err(to_wit)
+    }
+
+    fn delete(&mut self, key: String) -> Result<bool, types::HostError> {
+        self.storage()
+            .and_then(|s| s.delete(&self.ctx.installation, &key))
+            .map_err(to_wit)
+    }
+
+    fn increment(&mut self, key: String, by: i64) -> Result<i64, types::HostError> {
+        self.storage()
+            .and_then(|s| s.increment(&self.ctx.installation, &key, by))
+            .map_err(to_wit)
+    }
+
+    fn list_keys(
+        &mut self,
+        prefix: String,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<String>, types::HostError> {
+        self.storage()
+            .and_then(|s| s.list_keys(&self.ctx.installation, &prefix, after.as_deref(), limit))
+            .map_err(to_wit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_per_installation_durable_and_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Storage::open(dir.path()).unwrap();
+        store.set("a", "k", b"v").unwrap();
+        assert_eq!(store.get("b", "k").unwrap(), None);
+        assert_eq!(store.increment("a", "n", 2).unwrap(), 2);
+        assert_eq!(store.increment("a", "n", 3).unwrap(), 5);
+        assert_eq!(
+            store.increment("a", "k", 1).unwrap_err().kind,
+            ErrorKind::Invalid
+        );
+        let big = vec![0; MAX_STORAGE_VALUE_BYTES + 1];
+        assert_eq!(
+            store.set("a", "big", &big).unwrap_err().kind,
+            ErrorKind::TooLarge
+        );
+        for key in ["p/2", "p/1", "q/1", "p/3"] {
+            store.set("a", key, b"").unwrap();
+        }
+        assert_eq!(
+            store.list_keys("a", "p/", None, 10).unwrap(),
+            ["p/1", "p/2", "p/3"]
+        );
+        assert_eq!(store.list_keys("a", "p/", Some("p/1"), 1).unwrap(), ["p/2"]);
+        assert!(store.delete("a", "k").unwrap());
+        assert!(!store.delete("a", "k").unwrap());
+        drop(store);
+        let reopened = Storage::open(dir.path()).unwrap();
+        assert_eq!(reopened.get("a", "n").unwrap(), Some(b"5".to_vec()));
+    }
+
+    #[test]
+    fn an_installation_cannot_exceed_its_key_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Storage::open(dir.path()).unwrap();
+        {
+            let mut conn = store.conn.lock().unwrap();
+            let tx = conn.transaction().unwrap();
+            for i in 0..MAX_STORAGE_KEYS {
+                tx.execute(
+                    "INSERT INTO storage VALUES ('a', ?1, x'')",
+                    params![format!("k{i}")],
+                )
+                .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        assert_eq!(
+            store.set("a", "one-more", b"").unwrap_err().kind,
+            ErrorKind::TooLarge
+        );
+        store.set("a", "k1", b"replaced").unwrap();
+        store.set("b", "k1", b"other installation").unwrap();
+    }
+}

@@ -1,0 +1,136 @@
+//! Errors and caps of the host capabilities, shared so that the host and the SDK's native test
+//! harness refuse exactly the same requests.
+
+use std::fmt;
+
+/// Longest storage or cache key, in bytes.
+pub const MAX_KEY_BYTES: usize = 256;
+/// Largest value `storage` keeps under one key, in bytes.
+pub const MAX_STORAGE_VALUE_BYTES: usize = 64 * 1024;
+/// Most keys one installation may keep in `storage`.
+pub const MAX_STORAGE_KEYS: usize = 10_000;
+/// Most keys one `storage.list-keys` call returns.
+pub const MAX_LIST_KEYS: u32 = 1_000;
+/// Largest value `cache` keeps under one key (or one list element), in bytes.
+pub const MAX_CACHE_VALUE_BYTES: usize = 1024 * 1024;
+/// Most elements of one cache list.
+pub const MAX_CACHE_LIST_LEN: usize = 10_000;
+/// Most values one `cache.list-push` call adds.
+pub const MAX_CACHE_PUSH: usize = 1_000;
+/// Most bytes (keys and values) one cache namespace holds.
+pub const MAX_CACHE_NAMESPACE_BYTES: usize = 64 * 1024 * 1024;
+
+/// What kind of failure a host capability reports (the WIT `host-error-kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request is malformed.
+    Invalid,
+    /// A key, value, request or response exceeds its cap.
+    TooLarge,
+    /// Grants or policy forbid the request.
+    Refused,
+    /// The backing service is missing or failing.
+    Unavailable,
+    /// The request did not finish in time.
+    Timeout,
+}
+
+/// A failed request to a host capability.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostError {
+    /// What kind of failure.
+    pub kind: ErrorKind,
+    /// Details.
+    pub message: String,
+}
+
+impl HostError {
+    /// An error of `kind`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for HostError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.kind {
+            ErrorKind::Invalid => "invalid",
+            ErrorKind::TooLarge => "too large",
+            ErrorKind::Refused => "refused",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Timeout => "timeout",
+        };
+        write!(f, "{kind}: {}", self.message)
+    }
+}
+
+impl std::error::Error for HostError {}
+
+/// Checks a storage or cache key: 1 to [`MAX_KEY_BYTES`] bytes.
+pub fn check_key(key: &str) -> Result<(), HostError> {
+    if key.is_empty() {
+        return Err(HostError::new(ErrorKind::Invalid, "key is empty"));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(HostError::new(
+            ErrorKind::TooLarge,
+            format!("key of {} bytes (cap {MAX_KEY_BYTES})", key.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a value against `cap` bytes.
+pub fn check_value(value: &[u8], cap: usize) -> Result<(), HostError> {
+    if value.len() > cap {
+        return Err(HostError::new(
+            ErrorKind::TooLarge,
+            format!("value of {} bytes (cap {cap})", value.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Adds `by` to the decimal integer `current` (absent counts as 0), as `storage.increment` and
+/// `cache.increment` do.
+pub fn add_to_integer(current: Option<&[u8]>, by: i64) -> Result<i64, HostError> {
+    let value = match current {
+        None => 0,
+        Some(bytes) => std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|text| text.parse::<i64>().ok())
+            .ok_or_else(|| HostError::new(ErrorKind::Invalid, "value is not an integer"))?,
+    };
+    value
+        .checked_add(by)
+        .ok_or_else(|| HostError::new(ErrorKind::Invalid, "increment overflows a 64-bit integer"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_values_and_integers_are_checked() {
+        assert_eq!(check_key("").unwrap_err().kind, ErrorKind::Invalid);
+        assert!(check_key(&"k".repeat(MAX_KEY_BYTES)).is_ok());
+        assert_eq!(
+            check_key(&"k".repeat(MAX_KEY_BYTES + 1)).unwrap_err().kind,
+            ErrorKind::TooLarge
+        );
+        assert_eq!(
+            check_value(&[0; 11], 10).unwrap_err().kind,
+            ErrorKind::TooLarge
+        );
+        assert_eq!(add_to_integer(None, 5), Ok(5));
+        assert_eq!(add_to_integer(Some(b"-7"), 2), Ok(-5));
+        assert_eq!(
+            add_to_integer(Some(b"seven"), 1).unwrap_err().kind,
+            ErrorKind::Invalid
+        );
+        assert!(add_to_integer(Some(i64::MAX.to_string().as_bytes()), 1).is_err());
+    }
+}
