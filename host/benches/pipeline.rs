@@ -8,6 +8,8 @@
 //!     for downsampling; plus the full chain runner with an empty chain and the downsampling chain.
 //! (b) End to end: HTTP `/batch` of 100 gzip events → durable queue → downsampling chain → SQLite,
 //!     with the load generator in the same process on the same cores.
+//! (d) The chain [downsample, geoip]: wasm in the chain runner vs the same plugin logic natively
+//!     (the same MaxMind reader answering both), and what one GeoIP lookup costs at each layer.
 //! (c) The capture decoder alone: plain, gzip and base64 (form beacon) batches of 100 events
 //!     through decoding and normalization, in MB/s of request body and events/s.
 
@@ -23,6 +25,7 @@ use sluice::runtime::{Instance, InstanceSettings, Runtime, RuntimeSettings};
 use sluice_abi::wire::{BatchWriter, EventFields};
 use sluice_guest_passthrough::Passthrough;
 use sluice_plugin_downsample::{Downsample, hash_fraction};
+use sluice_plugin_geoip::GeoIp;
 use sluice_sdk::testing::Harness;
 use std::io::Write;
 use std::path::PathBuf;
@@ -62,8 +65,143 @@ fn main() {
         "\n(b) end to end: HTTP /batch of 100 gzip events -> queue -> downsample 50% -> SQLite"
     );
     end_to_end(&plugins);
+    println!(
+        "\n(d) chain [downsample 50%, geoip], every event with a known IP (89.160.20.112/28 test database)"
+    );
+    geoip_chain(&runtime, &plugins, &events);
     println!("\n(c) capture decoder: batches of 100 events, decode + normalize + encode");
     decoder();
+}
+
+#[path = "../../tests/e2e/geoip_db.rs"]
+mod geoip_db;
+
+/// The host's location record as the SDK's, to answer the native plugin from the same reader.
+fn sdk_location(
+    l: sluice::runtime::bindings::sluice::plugin::geoip::Location,
+) -> sluice_sdk::host::geoip::Location {
+    sluice_sdk::host::geoip::Location {
+        city_name: l.city_name,
+        country_name: l.country_name,
+        country_code: l.country_code,
+        continent_name: l.continent_name,
+        continent_code: l.continent_code,
+        postal_code: l.postal_code,
+        latitude: l.latitude,
+        longitude: l.longitude,
+        accuracy_radius: l.accuracy_radius,
+        time_zone: l.time_zone,
+        subdivisions: l
+            .subdivisions
+            .into_iter()
+            .map(|s| sluice_sdk::host::geoip::Subdivision {
+                code: s.code,
+                name: s.name,
+            })
+            .collect(),
+    }
+}
+
+fn geoip_chain(runtime: &Runtime, plugins: &std::path::Path, events: &[Vec<u8>]) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("city.mmdb");
+    geoip_db::write(&path, "Linköping");
+    let database = sluice::capabilities::geoip::Database::open(&path).unwrap();
+    let services = Arc::new(Services {
+        logs: None,
+        storage: None,
+        cache: Arc::new(sluice::capabilities::cache::MemoryBackend::default()),
+        geoip: Some(database.clone()),
+    });
+    let all = batches(events);
+
+    let lookup_ns = measure(|| {
+        for i in 0..EVENTS {
+            let ip = ["89.160.20.115", "89.160.20.120"][i % 2];
+            std::hint::black_box(database.locate(ip).unwrap());
+        }
+    });
+    report("host lookup alone (maxminddb City decode)", lookup_ns);
+
+    // Native: downsample, then geoip on the kept events, through the SDK batch path.
+    let mut down = Harness::<Downsample>::new(json!({"percentage": 50})).unwrap();
+    let kept: Vec<Vec<u8>> = events
+        .iter()
+        .filter(|e| {
+            let raw = sluice_abi::wire::parse_encoded(e).unwrap();
+            hash_fraction(raw.fields().unwrap().distinct_id) <= 0.5
+        })
+        .cloned()
+        .collect();
+    let kept_batches = batches(&kept);
+    let share = kept.len() as f64 / EVENTS as f64;
+    let native_down_ns = measure(|| {
+        for batch in &all {
+            sluice_sdk::process_batch(down.plugin(), batch).unwrap();
+        }
+    });
+    let located = database.clone();
+    let mut geo = Harness::<GeoIp>::new(json!({}))
+        .unwrap()
+        .with_geoip(move |ip| located.locate(ip).ok().flatten().map(sdk_location));
+    let native_geo_ns = measure(|| {
+        for batch in &kept_batches {
+            sluice_sdk::process_batch(geo.plugin(), batch).unwrap();
+        }
+    }) / share;
+    report("native geoip (SDK batch path + same reader)", native_geo_ns);
+
+    let (geo_plugin, geo_settings) = instance(runtime, plugins, "geoip", json!({}), &services);
+    let mut wasm_geo = Instance::start(&geo_plugin, &geo_settings).unwrap();
+    let wasm_geo_ns = measure(|| {
+        for batch in &kept_batches {
+            wasm_geo.transform(batch).unwrap();
+        }
+    }) / share;
+    report("wasm geoip (one call per batch)", wasm_geo_ns);
+    wasm_geo.teardown();
+
+    let (down_plugin, down_settings) =
+        instance(runtime, plugins, "downsample", json!({"percentage": 50}), &services);
+    let chain: Vec<Arc<Installation>> = [(down_plugin, down_settings), (geo_plugin, geo_settings)]
+        .into_iter()
+        .map(|(plugin, settings)| {
+            Arc::new(Installation {
+                id: settings.context.installation.clone(),
+                instance_key: settings.context.installation.clone(),
+                team_id: 1,
+                plugin,
+                settings,
+                on_error: OnError::Skip,
+            })
+        })
+        .collect();
+    let mut runner = ChainRunner::new(16);
+    let mut stored = 0;
+    let chain_ns = measure(|| {
+        stored = 0;
+        for chunk in events.chunks(BATCH) {
+            let mut out = ChainOutput::default();
+            runner.run(&chain, chunk.to_vec(), &mut out);
+            stored += out.events.len();
+        }
+    });
+    assert_eq!(stored, kept.len(), "the chain kept what downsampling keeps");
+    report("chain runner, [downsample, geoip] in wasm", chain_ns);
+    let native_chain_ns = native_down_ns + native_geo_ns * share;
+    report("native logic, downsample + geoip on the kept half", native_chain_ns);
+    println!();
+    println!(
+        "  wasm chain / native logic speed: {:.2}x ({:.0} vs {:.0} events/s in)",
+        native_chain_ns / chain_ns,
+        1e9 / chain_ns,
+        1e9 / native_chain_ns
+    );
+    println!(
+        "  one GeoIP lookup: {lookup_ns:.0} ns in the host; through the boundary (wasm - native geoip plugin): {:.0} ns",
+        wasm_geo_ns - native_geo_ns
+    );
+    runner.teardown();
 }
 
 fn decoder() {

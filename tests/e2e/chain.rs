@@ -1,10 +1,9 @@
 //! Plugin chains through the running binary: the quickstart example, plugin state, config errors.
 
-use crate::support::{Sluice, plugin, team_with_plugin};
+use crate::support::{Sluice, plugin, serve_fails, team_with_plugin};
 use serde_json::json;
 use sluice_plugin_downsample::hash_fraction;
 use std::collections::BTreeSet;
-use std::process::Command;
 
 #[test]
 fn the_quickstart_example_downsamples_exactly_like_the_native_logic() {
@@ -73,27 +72,6 @@ fn plugin_state_persists_between_batches_in_one_instance() {
         .map(|e| e["properties"]["seq"].clone())
         .collect();
     assert_eq!(seqs, [json!(1), json!(2), json!(3)]);
-}
-
-fn serve_fails(config: &str) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("sluice.toml");
-    std::fs::write(
-        &path,
-        format!("[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n{config}"),
-    )
-    .unwrap();
-    let output = Command::new(crate::support::sluice_bin())
-        .args(["serve", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(2),
-        "sluice serve should refuse this config"
-    );
-    String::from_utf8(output.stderr).unwrap()
 }
 
 #[test]

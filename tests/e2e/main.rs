@@ -5,10 +5,12 @@
 #![allow(clippy::unwrap_used)]
 
 mod adversary;
+mod capabilities;
 mod capture;
 mod chain;
 mod cli;
 mod compat;
 mod durability;
+mod geoip_db;
 mod sdk;
 mod support;

@@ -258,3 +258,26 @@ pub fn team_with_plugin(team: u64, token: &str, plugin: &str, extra: &str) -> St
 pub fn plain_team(team: u64, token: &str) -> String {
     format!("[[teams]]\nid = {team}\ntoken = \"{token}\"\n")
 }
+
+/// Runs `sluice serve` on `config` (TOML; `[server]` is added), expects it to refuse the config
+/// (exit code 2) and returns its stderr.
+pub fn serve_fails(config: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sluice.toml");
+    std::fs::write(
+        &path,
+        format!("[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n{config}"),
+    )
+    .unwrap();
+    let output = Command::new(sluice_bin())
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "sluice serve should refuse this config"
+    );
+    String::from_utf8(output.stderr).unwrap()
+}

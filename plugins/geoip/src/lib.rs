@@ -87,10 +87,22 @@ fn address(event: &Event<'_>) -> Option<String> {
 pub fn fields(location: &Location) -> Vec<(String, Value)> {
     let mut fields: Vec<(String, Value)> = [
         ("city_name", location.city_name.clone().map(Value::from)),
-        ("country_name", location.country_name.clone().map(Value::from)),
-        ("country_code", location.country_code.clone().map(Value::from)),
-        ("continent_name", location.continent_name.clone().map(Value::from)),
-        ("continent_code", location.continent_code.clone().map(Value::from)),
+        (
+            "country_name",
+            location.country_name.clone().map(Value::from),
+        ),
+        (
+            "country_code",
+            location.country_code.clone().map(Value::from),
+        ),
+        (
+            "continent_name",
+            location.continent_name.clone().map(Value::from),
+        ),
+        (
+            "continent_code",
+            location.continent_code.clone().map(Value::from),
+        ),
         ("postal_code", location.postal_code.clone().map(Value::from)),
         ("latitude", location.latitude.map(Value::from)),
         ("longitude", location.longitude.map(Value::from)),
@@ -147,7 +159,8 @@ impl Transform for GeoIp {
         let top_set = buf.set.take().unwrap_or_default();
         let top_set_once = buf.set_once.take().unwrap_or_default();
         for (key, value) in &fields {
-            buf.properties.insert(format!("$geoip_{key}"), value.clone());
+            buf.properties
+                .insert(format!("$geoip_{key}"), value.clone());
         }
         let set = object(&mut buf.properties, "$set");
         let stale = STANDARD_KEYS
@@ -225,10 +238,16 @@ mod tests {
         assert_eq!(p["$geoip_time_zone"], "Europe/Stockholm");
         assert_eq!(p["$geoip_subdivision_1_code"], "E");
         assert_eq!(p["$geoip_subdivision_1_name"], "Östergötland County");
-        assert!(!p.contains_key("$geoip_postal_code"), "absent fields are not written");
+        assert!(
+            !p.contains_key("$geoip_postal_code"),
+            "absent fields are not written"
+        );
         assert_eq!(p["$set"]["$geoip_city_name"], "Linköping");
         assert_eq!(p["$set_once"]["$initial_geoip_city_name"], "Linköping");
-        assert_eq!(p["$set_once"]["$initial_geoip_subdivision_1_name"], "Östergötland County");
+        assert_eq!(
+            p["$set_once"]["$initial_geoip_subdivision_1_name"],
+            "Östergötland County"
+        );
     }
 
     #[test]
@@ -265,7 +284,10 @@ mod tests {
             .ip("89.160.20.112")
             .property("$geoip_disable", 0);
         assert!(matches!(h.transform(not_disabled), Outcome::Replace(_)));
-        assert_eq!(h.transform(TestEvent::new("e").ip("192.168.1.1")), Outcome::Keep);
+        assert_eq!(
+            h.transform(TestEvent::new("e").ip("192.168.1.1")),
+            Outcome::Keep
+        );
     }
 
     #[test]
@@ -283,10 +305,12 @@ mod tests {
         let buf = replaced(harness().transform(TestEvent::from(event)));
         assert_eq!(buf.properties["$set"]["$geoip_city_name"], "Mine");
         assert_eq!(buf.properties["$geoip_city_name"], "Linköping");
-        assert!(!buf.properties["$set_once"]
-            .as_object()
-            .unwrap()
-            .contains_key("$initial_geoip_country_code"));
+        assert!(
+            !buf.properties["$set_once"]
+                .as_object()
+                .unwrap()
+                .contains_key("$initial_geoip_country_code")
+        );
         assert_eq!(buf.set_once.unwrap()["$initial_geoip_country_code"], "XX");
     }
 

@@ -1,0 +1,340 @@
+//! Host capabilities through the running binary: grants, the GeoIP chain, storage, cache, http
+//! and log limits, with the `prober` guest asking for what the host must refuse.
+
+use crate::geoip_db;
+use crate::support::{Sluice, plugin, serve_fails};
+use serde_json::{Value, json};
+use sluice_plugin_downsample::hash_fraction;
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+const ALL_GRANTS: &str = r#"grants = ["log", "storage", "cache", "geoip", "http"]"#;
+
+/// A team whose chain is one prober installation doing `action`; `http` is its http policy.
+fn prober_team(team: u64, action: &str, url: &str, http: &str) -> String {
+    format!(
+        "[[teams]]\nid = {team}\ntoken = \"phc_team{team}\"\n[[teams.plugins]]\nid = \"prober\"\n\
+         plugin = \"{}\"\nconfig = {{ action = \"{action}\", url = \"{url}\" }}\n{ALL_GRANTS}\nhttp = {http}\n",
+        plugin("prober").display()
+    )
+}
+
+/// A team whose chain is `[downsample 50%, geoip]`, or just `[geoip]`.
+fn geoip_team(team: u64, with_downsample: bool) -> String {
+    let mut text = format!("[[teams]]\nid = {team}\ntoken = \"phc_team{team}\"\n");
+    if with_downsample {
+        text += &format!(
+            "[[teams.plugins]]\nid = \"downsample\"\nplugin = \"{}\"\nconfig = {{ percentage = 50 }}\n",
+            plugin("downsample").display()
+        );
+    }
+    text += &format!(
+        "[[teams.plugins]]\nid = \"geoip\"\nplugin = \"{}\"\ngrants = [\"geoip\"]\n",
+        plugin("geoip").display()
+    );
+    text
+}
+
+/// Sends one event per distinct id to `team` and waits until they are processed.
+fn send(sluice: &Sluice, team: u64, events: Vec<Value>) {
+    let body = json!({"api_key": format!("phc_team{team}"), "batch": events});
+    let (status, response) = sluice.post_json("/batch", &body);
+    assert_eq!(status, 200, "{response}");
+    sluice.drain();
+}
+
+/// The `probe` property of each stored event of `team`, in order.
+fn probes(sluice: &Sluice, team: u64) -> Vec<Value> {
+    sluice
+        .events(team)
+        .iter()
+        .map(|e| e["properties"]["probe"].clone())
+        .collect()
+}
+
+fn refusal(probe: &Value) -> (&str, &str) {
+    (
+        probe["error"]["kind"].as_str().unwrap_or_default(),
+        probe["error"]["message"].as_str().unwrap_or_default(),
+    )
+}
+
+/// A one-connection-at-a-time HTTP server on a free local port answering `pong`.
+fn pong_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = [0; 4096];
+            let _ = stream.read(&mut request);
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\npong",
+            );
+        }
+    });
+    port
+}
+
+#[test]
+fn downsample_then_geoip_enriches_kept_events_and_teams_share_one_geoip_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("GeoIP2-City-Test.mmdb");
+    geoip_db::write(&db, "Linköping");
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nworkers = 1\n\
+         [geoip]\ndatabase = \"{}\"\n{}{}",
+        db.display(),
+        geoip_team(1, true),
+        geoip_team(2, false)
+    );
+    std::fs::write(dir.path().join("sluice.toml"), config).unwrap();
+    let sluice = Sluice::start_in(dir);
+
+    let ids: Vec<String> = (0..200).map(|i| format!("user-{i}")).collect();
+    let events: Vec<Value> = ids
+        .iter()
+        .map(|id| json!({"event": "$pageview", "distinct_id": id, "properties": {"$ip": "89.160.20.115"}}))
+        .collect();
+    send(&sluice, 1, events);
+    let stored = sluice.events(1);
+    let kept: BTreeSet<&str> = stored
+        .iter()
+        .map(|e| e["distinct_id"].as_str().unwrap())
+        .collect();
+    let expected: BTreeSet<&str> = ids
+        .iter()
+        .filter(|id| hash_fraction(id) <= 0.5)
+        .map(String::as_str)
+        .collect();
+    assert_eq!(kept, expected, "downsampling ran before geoip");
+    for event in &stored {
+        let p = &event["properties"];
+        assert_eq!(p["$geoip_city_name"], "Linköping", "{event}");
+        assert_eq!(p["$geoip_country_code"], "SE");
+        assert_eq!(p["$geoip_continent_name"], "Europe");
+        assert_eq!(p["$geoip_subdivision_1_code"], "E");
+        assert_eq!(p["$geoip_accuracy_radius"], 76);
+        assert_eq!(p["$geoip_time_zone"], "Europe/Stockholm");
+        assert_eq!(p["$set"]["$geoip_country_name"], "Sweden");
+        assert_eq!(p["$set_once"]["$initial_geoip_city_name"], "Linköping");
+    }
+
+    // Team 2: private, unknown, disabled and user-set cases through the same shared instance.
+    send(
+        &sluice,
+        2,
+        vec![
+            json!({"event": "private", "distinct_id": "a", "properties": {"$ip": "192.168.1.20"}}),
+            json!({"event": "unknown", "distinct_id": "b", "properties": {"$ip": "8.8.8.8"}}),
+            json!({"event": "disabled", "distinct_id": "c", "properties": {"$ip": "89.160.20.113", "$geoip_disable": true}}),
+            json!({"event": "mine", "distinct_id": "d", "properties": {"$ip": "89.160.20.113", "$set": {"$geoip_city_name": "Mine"}}}),
+        ],
+    );
+    let by_name = |name: &str| {
+        sluice
+            .events(2)
+            .into_iter()
+            .find(|e| e["event"] == name)
+            .unwrap()
+    };
+    for name in ["private", "unknown", "disabled"] {
+        let event = by_name(name);
+        assert!(
+            event["properties"].get("$geoip_city_name").is_none(),
+            "{event}"
+        );
+    }
+    let mine = by_name("mine");
+    assert_eq!(mine["properties"]["$set"]["$geoip_city_name"], "Mine");
+    assert_eq!(mine["properties"]["$geoip_city_name"], "Linköping");
+
+    // Both teams' geoip installations were served by one instance (one lane, one start).
+    let (_, metrics) = sluice.get("/metrics");
+    let geoip_starts: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("sluice_plugin_instances_started_total") && l.contains("/geoip"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(geoip_starts, 1.0, "{metrics}");
+}
+
+#[test]
+fn the_geoip_database_is_reloaded_when_its_file_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("city.mmdb");
+    geoip_db::write(&db, "Linköping");
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nworkers = 1\n\
+         [geoip]\ndatabase = \"city.mmdb\"\ncheck_interval_seconds = 1\n{}",
+        geoip_team(1, false)
+    );
+    std::fs::write(dir.path().join("sluice.toml"), config).unwrap();
+    let sluice = Sluice::start_in(dir);
+    let event = |id: &str| {
+        vec![json!({"event": "e", "distinct_id": id, "properties": {"$ip": "89.160.20.120"}})]
+    };
+    send(&sluice, 1, event("before"));
+    // A different modification time and size, as a real update has.
+    std::thread::sleep(Duration::from_millis(1100));
+    geoip_db::write(&db, "Linköping (updated)");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut round = 0;
+    loop {
+        round += 1;
+        let id = format!("after-{round}");
+        send(&sluice, 1, event(&id));
+        let stored = sluice.events(1);
+        let city = &stored.last().unwrap()["properties"]["$geoip_city_name"];
+        if city == "Linköping (updated)" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never reloaded: {city}\n{}",
+            sluice.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(
+        sluice.events(1)[0]["properties"]["$geoip_city_name"],
+        "Linköping"
+    );
+}
+
+#[test]
+fn a_plugin_needing_an_ungranted_capability_is_refused_by_name() {
+    let installation = format!(
+        "[[teams]]\nid = 7\ntoken = \"phc_seven\"\n[[teams.plugins]]\nid = \"probe\"\nplugin = \"{}\"\n\
+         config = {{ action = \"storage_count\" }}\ngrants = [\"log\", \"cache\"]\n",
+        plugin("prober").display()
+    );
+    let stderr = serve_fails(&installation);
+    for needed in [
+        "sluice:plugin/storage",
+        "sluice:plugin/geoip",
+        "sluice:plugin/http",
+    ] {
+        assert!(
+            stderr.contains(&format!(
+                "needs `{needed}`, which installation team-7/probe is not granted"
+            )),
+            "{stderr}"
+        );
+    }
+    assert!(!stderr.contains("sluice:plugin/cache`"), "{stderr}");
+    assert!(stderr.contains("teams[0].plugins[0].grants"), "{stderr}");
+
+    // Nothing is granted by default, not even logging.
+    let stderr = serve_fails(&installation.replace("grants = [\"log\", \"cache\"]\n", ""));
+    assert!(stderr.contains("needs `sluice:plugin/log`"), "{stderr}");
+}
+
+#[test]
+fn capabilities_refuse_what_they_must_while_other_teams_are_served() {
+    let pong = pong_server();
+    let unused = r#"{ allow_hosts = ["unused.invalid"] }"#;
+    let loopback = r#"{ allow_hosts = ["127.0.0.1", "169.254.169.254", "localhost"] }"#;
+    let private = r#"{ allow_hosts = ["127.0.0.1"], allow_private_addresses = true }"#;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("city.mmdb");
+    geoip_db::write(&db, "Linköping");
+    let teams = [
+        prober_team(1, "storage_count", "", unused),
+        prober_team(2, "storage_oversize", "", unused),
+        prober_team(3, "http", &format!("http://127.0.0.1:{pong}/"), loopback),
+        prober_team(
+            4,
+            "http",
+            "http://169.254.169.254/latest/meta-data/",
+            loopback,
+        ),
+        prober_team(5, "http", &format!("http://localhost:{pong}/"), loopback),
+        prober_team(6, "http", &format!("http://127.0.0.1:{pong}/"), private),
+        prober_team(7, "http", "http://example.com/", private),
+        prober_team(8, "log_flood", "", unused),
+        prober_team(9, "cache_count", "", unused),
+        prober_team(10, "cache_count", "", unused),
+        prober_team(11, "geoip", "", unused),
+    ];
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nworkers = 1\n[geoip]\ndatabase = \"city.mmdb\"\n{}",
+        teams.concat()
+    );
+    std::fs::write(dir.path().join("sluice.toml"), config).unwrap();
+    let mut sluice = Sluice::start_in(dir);
+    let events = |n: usize| -> Vec<Value> {
+        (0..n)
+            .map(|i| json!({"event": "probe", "distinct_id": "same-user", "properties": {"i": i}}))
+            .collect()
+    };
+
+    // storage: durable across a crash and restart, counted per installation.
+    send(&sluice, 1, events(3));
+    sluice.restart();
+    send(&sluice, 1, events(2));
+    let counts: Vec<Value> = probes(&sluice, 1).iter().map(|p| p["ok"].clone()).collect();
+    assert_eq!(counts, [json!(1), json!(2), json!(3), json!(4), json!(5)]);
+
+    // storage: a value over the cap is refused; the event goes on.
+    send(&sluice, 2, events(1));
+    let oversize = probes(&sluice, 2);
+    let (kind, message) = refusal(&oversize[0]);
+    assert_eq!(kind, "TooLarge");
+    assert!(message.contains("65537 bytes (cap 65536)"), "{message}");
+
+    // http: loopback and metadata addresses are refused, by literal and after DNS.
+    for team in [3, 4, 5] {
+        send(&sluice, team, events(1));
+        let stored = probes(&sluice, team);
+        let probe = &stored[0];
+        let (kind, message) = refusal(probe);
+        assert_eq!(kind, "Refused", "team {team}: {probe}");
+        assert!(
+            message.contains("not a public address"),
+            "team {team}: {message}"
+        );
+    }
+    // ...unless the operator allows private addresses; the allow-list still applies.
+    send(&sluice, 6, events(1));
+    assert_eq!(
+        probes(&sluice, 6)[0]["ok"],
+        json!({"status": 200, "body": "pong"})
+    );
+    send(&sluice, 7, events(1));
+    let stored = probes(&sluice, 7);
+    let probe = &stored[0];
+    let (kind, message) = refusal(probe);
+    assert_eq!(kind, "Refused", "{probe}");
+    assert!(
+        message.contains("`example.com` is not on the installation's allow-list"),
+        "{message}"
+    );
+
+    // log: a flood of 100,000 lines keeps 100 and reports the rest.
+    send(&sluice, 8, events(1));
+    assert_eq!(probes(&sluice, 8)[0]["ok"], "flooded");
+    let logs = sluice.logs(&["--installation", "team-8/prober"]);
+    assert_eq!(logs.len(), 101, "{:?}", logs.last());
+    assert!(
+        logs.last().unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("99900 log lines suppressed"),
+        "{:?}",
+        logs.last()
+    );
+
+    // cache: per (plugin, team) namespace.
+    send(&sluice, 9, events(3));
+    send(&sluice, 10, events(1));
+    let nine: Vec<Value> = probes(&sluice, 9).iter().map(|p| p["ok"].clone()).collect();
+    assert_eq!(nine, [json!(1), json!(2), json!(3)]);
+    assert_eq!(probes(&sluice, 10)[0]["ok"], 1);
+
+    // geoip through the prober: the event's own IP (loopback here) is private, so none.
+    send(&sluice, 11, events(1));
+    assert_eq!(probes(&sluice, 11)[0], json!({"ok": null}));
+}
