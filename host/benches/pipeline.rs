@@ -73,6 +73,7 @@ fn main() {
     decoder();
 }
 
+mod common;
 #[path = "../../tests/e2e/geoip_db.rs"]
 mod geoip_db;
 
@@ -161,8 +162,13 @@ fn geoip_chain(runtime: &Runtime, plugins: &std::path::Path, events: &[Vec<u8>])
     report("wasm geoip (one call per batch)", wasm_geo_ns);
     wasm_geo.teardown();
 
-    let (down_plugin, down_settings) =
-        instance(runtime, plugins, "downsample", json!({"percentage": 50}), &services);
+    let (down_plugin, down_settings) = instance(
+        runtime,
+        plugins,
+        "downsample",
+        json!({"percentage": 50}),
+        &services,
+    );
     let chain: Vec<Arc<Installation>> = [(down_plugin, down_settings), (geo_plugin, geo_settings)]
         .into_iter()
         .map(|(plugin, settings)| {
@@ -189,7 +195,10 @@ fn geoip_chain(runtime: &Runtime, plugins: &std::path::Path, events: &[Vec<u8>])
     assert_eq!(stored, kept.len(), "the chain kept what downsampling keeps");
     report("chain runner, [downsample, geoip] in wasm", chain_ns);
     let native_chain_ns = native_down_ns + native_geo_ns * share;
-    report("native logic, downsample + geoip on the kept half", native_chain_ns);
+    report(
+        "native logic, downsample + geoip on the kept half",
+        native_chain_ns,
+    );
     println!();
     println!(
         "  wasm chain / native logic speed: {:.2}x ({:.0} vs {:.0} events/s in)",
@@ -521,21 +530,8 @@ fn end_to_end(plugins: &std::path::Path) {
     let config = Config::load(&path, &|_| None).unwrap();
     let data_dir = config.server.data_dir.clone();
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let server = runtime.spawn(sluice::server::serve(
-        config,
-        async move {
-            let _ = stopped.await;
-        },
-        move |addr| addr_tx.send(addr).unwrap(),
-    ));
-    let addr = addr_rx.recv_timeout(Duration::from_secs(60)).unwrap();
+    let served = common::Served::start(config);
+    let addr = served.addr;
 
     const REQUESTS: usize = 2_000;
     const CONCURRENCY: usize = 32;
@@ -553,7 +549,7 @@ fn end_to_end(plugins: &std::path::Path) {
     );
     let url = format!("http://{addr}/batch");
     let started = Instant::now();
-    runtime.block_on(async {
+    served.runtime.block_on(async {
         let client = reqwest::Client::new();
         let tasks: Vec<_> = (0..CONCURRENCY)
             .map(|t| {
@@ -600,6 +596,5 @@ fn end_to_end(plugins: &std::path::Path) {
         events / stored_in.as_secs_f64(),
         stored_in.as_secs_f64()
     );
-    let _ = stop.send(());
-    runtime.block_on(server).unwrap().unwrap();
+    served.stop();
 }

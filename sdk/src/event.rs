@@ -143,7 +143,8 @@ impl EventBuf {
 
     /// Encodes the event for the host (with its length prefix).
     pub(crate) fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), PluginError> {
-        let to_text = |map: &Map<String, Value>| Value::Object(map.clone()).to_string();
+        // Serialized in place: cloning into a `Value` first would copy the whole tree.
+        let to_text = |map: &Map<String, Value>| serde_json::to_string(map).unwrap_or_default();
         let properties = to_text(&self.properties);
         let set = self.set.as_ref().map(to_text);
         let set_once = self.set_once.as_ref().map(to_text);
