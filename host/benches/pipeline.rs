@@ -136,20 +136,12 @@ fn geoip_chain(runtime: &Runtime, plugins: &std::path::Path, events: &[Vec<u8>])
         .collect();
     let kept_batches = batches(&kept);
     let share = kept.len() as f64 / EVENTS as f64;
-    let native_down_ns = measure(|| {
-        for batch in &all {
-            sluice_sdk::process_batch(down.plugin(), batch).unwrap();
-        }
-    });
+    let native_down_ns = measure_native(down.plugin(), &all);
     let located = database.clone();
     let mut geo = Harness::<GeoIp>::new(json!({}))
         .unwrap()
         .with_geoip(move |ip| located.locate(ip).ok().flatten().map(sdk_location));
-    let native_geo_ns = measure(|| {
-        for batch in &kept_batches {
-            sluice_sdk::process_batch(geo.plugin(), batch).unwrap();
-        }
-    }) / share;
+    let native_geo_ns = measure_native(geo.plugin(), &kept_batches) / share;
     report("native geoip (SDK batch path + same reader)", native_geo_ns);
 
     let (geo_plugin, geo_settings) = instance(runtime, plugins, "geoip", json!({}), &services);
@@ -347,6 +339,15 @@ fn batches(events: &[Vec<u8>]) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// [`measure`] of a plugin's logic natively over `batches`, through the SDK batch path.
+fn measure_native<T: sluice_sdk::Transform>(plugin: &mut T, batches: &[Vec<u8>]) -> f64 {
+    measure(|| {
+        for batch in batches {
+            sluice_sdk::process_batch(plugin, batch).unwrap();
+        }
+    })
+}
+
 /// Best of three runs of `f` over all events; returns nanoseconds per event.
 fn measure(mut f: impl FnMut()) -> f64 {
     f(); // warm-up: first calls, lazy instances, caches
@@ -400,11 +401,7 @@ fn transforms(runtime: &Runtime, plugins: &std::path::Path, events: &[Vec<u8>]) 
     let batches = batches(events);
 
     let mut native_pass = Harness::<Passthrough>::new(json!({})).unwrap();
-    let native_pass_ns = measure(|| {
-        for batch in &batches {
-            sluice_sdk::process_batch(native_pass.plugin(), batch).unwrap();
-        }
-    });
+    let native_pass_ns = measure_native(native_pass.plugin(), &batches);
     report("native keep-all (SDK batch decode/encode)", native_pass_ns);
 
     let (plugin, settings) = instance(
@@ -492,11 +489,7 @@ fn downsample_pair(
 ) -> (f64, f64, Arc<sluice::runtime::Plugin>, InstanceSettings) {
     let config = json!({"percentage": 50});
     let mut native = Harness::<Downsample>::new(config.clone()).unwrap();
-    let native_ns = measure(|| {
-        for batch in batches {
-            sluice_sdk::process_batch(native.plugin(), batch).unwrap();
-        }
-    });
+    let native_ns = measure_native(native.plugin(), batches);
     report("native downsample (SDK batch path)", native_ns);
     let (plugin, settings) = instance(
         runtime,
