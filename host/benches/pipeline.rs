@@ -19,9 +19,10 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use serde_json::{Value, json};
 use sluice::capabilities::{Context, Grants, Services};
-use sluice::chain::{ChainOutput, ChainRunner, Installation};
+use sluice::chain::{ChainRunner, Installation, InstanceKey};
 use sluice::config::{Config, OnError};
 use sluice::runtime::{Instance, InstanceSettings, Runtime, RuntimeSettings};
+use sluice::sink::Output;
 use sluice_abi::wire::{BatchWriter, EventFields};
 use sluice_guest_passthrough::Passthrough;
 use sluice_plugin_downsample::{Downsample, hash_fraction};
@@ -79,7 +80,7 @@ mod geoip_db;
 
 /// The host's location record as the SDK's, to answer the native plugin from the same reader.
 fn sdk_location(
-    l: sluice::runtime::bindings::sluice::plugin::geoip::Location,
+    l: sluice::bindings::sluice::plugin::geoip::Location,
 ) -> sluice_sdk::host::geoip::Location {
     sluice_sdk::host::geoip::Location {
         city_name: l.city_name,
@@ -164,14 +165,12 @@ fn geoip_chain(runtime: &Runtime, plugins: &std::path::Path, events: &[Vec<u8>])
     let chain: Vec<Arc<Installation>> = [(down_plugin, down_settings), (geo_plugin, geo_settings)]
         .into_iter()
         .map(|(plugin, settings)| {
-            Arc::new(Installation {
-                id: settings.context.installation.clone(),
-                instance_key: settings.context.installation.clone(),
-                team_id: 1,
+            Arc::new(Installation::new(
+                InstanceKey::unique(),
                 plugin,
                 settings,
-                on_error: OnError::Skip,
-            })
+                OnError::Skip,
+            ))
         })
         .collect();
     let mut runner = ChainRunner::new(16);
@@ -179,7 +178,7 @@ fn geoip_chain(runtime: &Runtime, plugins: &std::path::Path, events: &[Vec<u8>])
     let chain_ns = measure(|| {
         stored = 0;
         for chunk in events.chunks(BATCH) {
-            let mut out = ChainOutput::default();
+            let mut out = Output::default();
             runner.run(&chain, chunk.to_vec(), &mut out);
             stored += out.events.len();
         }
@@ -384,10 +383,7 @@ fn instance(
             installation: Arc::from(format!("bench/{name}")),
             team_id: 1,
             plugin: Arc::from(name),
-            grants: Grants {
-                names: plugin.needs().into_iter().map(str::to_owned).collect(),
-                ..Grants::default()
-            },
+            grants: Grants::of(&plugin.needs()),
             timeout: Duration::from_secs(10),
             services: services.clone(),
         }),
@@ -433,24 +429,22 @@ fn transforms(runtime: &Runtime, plugins: &std::path::Path, events: &[Vec<u8>]) 
     let mut runner = ChainRunner::new(16);
     let empty_ns = measure(|| {
         for chunk in events.chunks(BATCH) {
-            let mut out = ChainOutput::default();
+            let mut out = Output::default();
             runner.run(&[], chunk.to_vec(), &mut out);
         }
     });
     report("chain runner, empty chain", empty_ns);
 
-    let installation = Arc::new(Installation {
-        id: settings.context.installation.clone(),
-        instance_key: settings.context.installation.clone(),
-        team_id: 1,
+    let installation = Arc::new(Installation::new(
+        InstanceKey::unique(),
         plugin,
         settings,
-        on_error: OnError::Skip,
-    });
+        OnError::Skip,
+    ));
     let chain = [installation];
     let chain_ns = measure(|| {
         for chunk in events.chunks(BATCH) {
-            let mut out = ChainOutput::default();
+            let mut out = Output::default();
             runner.run(&chain, chunk.to_vec(), &mut out);
         }
     });
@@ -568,7 +562,7 @@ fn end_to_end(plugins: &std::path::Path) {
     });
     let accepted = started.elapsed();
     let conn = sluice::store::open(&data_dir).unwrap();
-    while sluice::store::queue_depth(&conn).unwrap() > 0 {
+    while sluice::ingest::sqlite::depth(&conn).unwrap() > 0 {
         std::thread::sleep(Duration::from_millis(5));
     }
     let stored_in = started.elapsed();

@@ -2,17 +2,21 @@
 //! plugins before storing them.
 //!
 //! The flow of one event, one module per stage: [`capture`] (PostHog-compatible HTTP API) →
-//! [`queue`] (durable before acknowledging) → [`worker`] running each team's [`chain`] of plugins
-//! in the wasm [`runtime`] → [`store`] (SQLite). Host [`capabilities`] are what plugins may call.
+//! [`ingest`] (durable before acknowledging) → [`worker`] running each team's [`chain`] of plugins
+//! in the wasm [`runtime`] → [`sink`] (SQLite). Host [`capabilities`] are what plugins may call;
+//! [`store`] is the embedded database behind the ingest, the sink and the commands.
+//! `host/README.md` is the map.
 
+pub mod bindings;
 pub mod capabilities;
 pub mod capture;
 pub mod chain;
 pub mod config;
+pub mod ingest;
 pub mod net;
-pub mod queue;
 pub mod runtime;
 pub mod server;
+pub mod sink;
 pub mod store;
 pub mod telemetry;
 pub mod worker;

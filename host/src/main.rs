@@ -98,10 +98,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let _ = std::io::stdout().flush();
             }))
         }
-        Command::Events(read) => {
-            print_lines(store::recent_events(&read.open()?, read.team, read.limit)?)
-        }
-        Command::Recordings { read, session } => print_lines(store::recent_recordings(
+        Command::Events(read) => print_lines(store::read::recent_events(
+            &read.open()?,
+            read.team,
+            read.limit,
+        )?),
+        Command::Recordings { read, session } => print_lines(store::read::recent_recordings(
             &read.open()?,
             read.team,
             session.as_deref(),
@@ -112,7 +114,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             installation,
             follow,
         } => print_logs(&read, installation.as_deref(), follow),
-        Command::DeadLetters(read) => print_lines(store::recent_dead_letters(
+        Command::DeadLetters(read) => print_lines(store::read::recent_dead_letters(
             &read.open()?,
             read.team,
             read.limit,
@@ -123,8 +125,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 fn print_logs(read: &Read, installation: Option<&str>, follow: bool) -> anyhow::Result<()> {
     let conn = read.open()?;
     // Following starts after the newest line stored now, whatever `--limit` printed.
-    let mut last = store::last_plugin_log_id(&conn)?;
-    let mut lines = store::plugin_logs(&conn, read.team, installation, None, read.limit)?;
+    let mut last = store::logs::last_id(&conn)?;
+    let mut lines = store::logs::read(&conn, read.team, installation, None, read.limit)?;
     loop {
         last = lines.last().map_or(last, |line| line.id.max(last));
         print_lines(lines)?;
@@ -132,7 +134,7 @@ fn print_logs(read: &Read, installation: Option<&str>, follow: bool) -> anyhow::
             return Ok(());
         }
         std::thread::sleep(std::time::Duration::from_millis(500));
-        lines = store::plugin_logs(&conn, read.team, installation, Some(last), 10_000)?;
+        lines = store::logs::read(&conn, read.team, installation, Some(last), 10_000)?;
     }
 }
 

@@ -1,16 +1,13 @@
-//! `sluice serve`: wires config, runtime, chains, queue, worker and the HTTP API together.
+//! `sluice serve`: wires config, runtime, chains, ingest, worker, sink and the HTTP API together.
 
-use crate::capabilities::Services;
-use crate::capabilities::cache::MemoryBackend;
-use crate::capabilities::geoip::Database;
-use crate::capabilities::log::LogSink;
-use crate::capabilities::storage::Storage;
+use crate::capabilities::{Services, StartError};
 use crate::capture::{self, CaptureState};
 use crate::chain;
-use crate::config::Problem;
-use crate::config::{Config, ConfigError};
-use crate::queue::{Queue, Signal};
+use crate::config::{Config, ConfigError, Problem};
+use crate::ingest::Append;
+use crate::ingest::sqlite::Queue;
 use crate::runtime::{Runtime, RuntimeSettings};
+use crate::sink::sqlite::SqliteSink;
 use crate::telemetry;
 use crate::worker::{self, WorkerSettings};
 use axum::Router;
@@ -20,7 +17,7 @@ use axum::routing::get;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Runs sluice until `shutdown` resolves, then stops accepting, lets the queue commit what it
 /// was given, lets the worker finish its round, and tears plugins down. `on_listening` is called
@@ -53,32 +50,17 @@ pub async fn serve(
         max_memory_bytes: (max_memory_mb as usize) << 20,
         cache_dir: Some(config.server.data_dir.join("compiled")),
     })?;
-    let (logs, log_writer) = LogSink::start(&config.server.data_dir)?;
     let config_error = |problems| ConfigError {
         path: config.path.clone(),
         problems,
     };
-    let geoip = match &config.geoip.database {
-        None => None,
-        Some(path) => {
-            let database = Database::open(path).map_err(|reason| {
-                config_error(vec![Problem {
-                    key: "geoip.database".into(),
-                    reason: format!("cannot use {}: {reason}", path.display()),
-                }])
-            })?;
-            database.watch(std::time::Duration::from_secs(
-                config.geoip.check_interval_seconds,
-            ))?;
-            Some(database)
-        }
-    };
-    let services = Arc::new(Services {
-        logs: Some(logs.clone()),
-        storage: Some(Arc::new(Storage::open(&config.server.data_dir)?)),
-        cache: Arc::new(MemoryBackend::default()),
-        geoip,
-    });
+    let (services, background) = Services::start(&config.capabilities, &config.server.data_dir)
+        .map_err(|error| match error {
+            StartError::Config { key, reason } => {
+                anyhow::Error::from(config_error(vec![Problem { key, reason }]))
+            }
+            other => other.into(),
+        })?;
     let chains = chain::build(&runtime, &config, &services).map_err(config_error)?;
     drop(services);
     tracing::info!(
@@ -87,31 +69,28 @@ pub async fn serve(
         "plugins loaded"
     );
 
-    let depth = Arc::new(AtomicU64::new(0));
-    let signal = Arc::new(Signal::default());
-    let (queue, writer) = Queue::start(
-        &config.server.data_dir,
-        config.queue.max_depth_events,
-        depth.clone(),
-        signal.clone(),
-    )?;
+    let (queue, writer, reader) =
+        Queue::start(&config.server.data_dir, config.queue.max_depth_events)?;
+    let queue: Arc<dyn Append> = Arc::new(queue);
     let stop = Arc::new(AtomicBool::new(false));
-    let worker = worker::start(WorkerSettings {
-        data_dir: config.server.data_dir.clone(),
-        chains: Arc::new(chains),
-        lanes,
-        max_instances: config.server.max_instances,
-        batch_events: config.queue.batch_events,
-        depth: depth.clone(),
-        signal: signal.clone(),
-        stop: stop.clone(),
-    })?;
+    let worker = worker::start(
+        WorkerSettings {
+            chains: Arc::new(chains),
+            lanes,
+            max_instances: config.server.max_instances,
+            batch_events: config.queue.batch_events,
+            stop: stop.clone(),
+        },
+        reader,
+        SqliteSink::open(&config.server.data_dir)?,
+    )?;
 
     let teams = config
         .teams
         .iter()
         .map(|t| (t.token.clone(), t.id))
         .collect();
+    let ready_queue = queue.clone();
     let capture_state = Arc::new(CaptureState::new(teams, queue, config.capture.clone()));
     let app =
         Router::new()
@@ -123,7 +102,7 @@ pub async fn serve(
             .route(
                 "/ready",
                 get(move || {
-                    let depth = depth.load(Ordering::SeqCst);
+                    let depth = ready_queue.depth();
                     async move {
                         axum::Json(serde_json::json!({ "status": "ready", "queue_depth": depth }))
                     }
@@ -154,11 +133,10 @@ pub async fn serve(
     // The router (and with it every queue handle) is gone once serve returns.
     writer.join();
     stop.store(true, Ordering::SeqCst);
-    signal.notify();
     let _ = tokio::task::spawn_blocking(move || worker.join()).await;
     drop(runtime);
-    // Every installation (and its sink) went with the worker; the writer stores what is left.
-    drop(logs);
-    let _ = tokio::task::spawn_blocking(move || log_writer.join()).await;
+    // Every installation (and its services) went with the worker; the log writer stores what
+    // is left.
+    let _ = tokio::task::spawn_blocking(move || background.join()).await;
     Ok(())
 }

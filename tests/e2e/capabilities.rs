@@ -23,6 +23,11 @@ fn prober_team(team: u64, action: &str, url: &str, http: &str) -> String {
 
 /// A team whose chain is `[downsample 50%, geoip]`, or just `[geoip]`.
 fn geoip_team(team: u64, with_downsample: bool) -> String {
+    geoip_team_granted(team, with_downsample, r#"["geoip"]"#)
+}
+
+/// [`geoip_team`] with the geoip installation granted `grants` (a TOML array).
+fn geoip_team_granted(team: u64, with_downsample: bool, grants: &str) -> String {
     let mut text = format!("[[teams]]\nid = {team}\ntoken = \"phc_team{team}\"\n");
     if with_downsample {
         text += &format!(
@@ -31,10 +36,34 @@ fn geoip_team(team: u64, with_downsample: bool) -> String {
         );
     }
     text += &format!(
-        "[[teams.plugins]]\nid = \"geoip\"\nplugin = \"{}\"\ngrants = [\"geoip\"]\n",
+        "[[teams.plugins]]\nid = \"geoip\"\nplugin = \"{}\"\ngrants = {grants}\n",
         plugin("geoip").display()
     );
     text
+}
+
+/// A server with the test GeoIP database and the teams in `teams` (TOML).
+fn geoip_sluice(teams: &str) -> Sluice {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("GeoIP2-City-Test.mmdb");
+    geoip_db::write(&db, "Linköping");
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nworkers = 1\n\
+         [geoip]\ndatabase = \"{}\"\n{teams}",
+        db.display(),
+    );
+    std::fs::write(dir.path().join("sluice.toml"), config).unwrap();
+    Sluice::start_in(dir)
+}
+
+/// How many geoip instances the server started, from `/metrics`.
+fn geoip_instance_starts(sluice: &Sluice) -> f64 {
+    let (_, metrics) = sluice.get("/metrics");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("sluice_plugin_instances_started_total") && l.contains("/geoip"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// Sends one event per distinct id to `team` and waits until they are processed.
@@ -80,18 +109,7 @@ fn pong_server() -> u16 {
 
 #[test]
 fn downsample_then_geoip_enriches_kept_events_and_teams_share_one_geoip_instance() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("GeoIP2-City-Test.mmdb");
-    geoip_db::write(&db, "Linköping");
-    let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nworkers = 1\n\
-         [geoip]\ndatabase = \"{}\"\n{}{}",
-        db.display(),
-        geoip_team(1, true),
-        geoip_team(2, false)
-    );
-    std::fs::write(dir.path().join("sluice.toml"), config).unwrap();
-    let sluice = Sluice::start_in(dir);
+    let sluice = geoip_sluice(&(geoip_team(1, true) + &geoip_team(2, false)));
 
     let ids: Vec<String> = (0..200).map(|i| format!("user-{i}")).collect();
     let events: Vec<Value> = ids
@@ -152,13 +170,28 @@ fn downsample_then_geoip_enriches_kept_events_and_teams_share_one_geoip_instance
     assert_eq!(mine["properties"]["$geoip_city_name"], "Linköping");
 
     // Both teams' geoip installations were served by one instance (one lane, one start).
-    let (_, metrics) = sluice.get("/metrics");
-    let geoip_starts: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("sluice_plugin_instances_started_total") && l.contains("/geoip"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    assert_eq!(geoip_starts, 1.0, "{metrics}");
+    assert_eq!(geoip_instance_starts(&sluice), 1.0);
+}
+
+#[test]
+fn installations_granted_differently_never_share_an_instance() {
+    let teams = geoip_team(1, false)
+        + &geoip_team(2, false)
+        + &geoip_team_granted(3, false, r#"["geoip", "log"]"#);
+    let sluice = geoip_sluice(&teams);
+    for team in 1..=3 {
+        send(
+            &sluice,
+            team,
+            vec![json!({"event": "e", "distinct_id": "u", "properties": {"$ip": "89.160.20.115"}})],
+        );
+        assert_eq!(
+            sluice.events(team)[0]["properties"]["$geoip_city_name"],
+            "Linköping"
+        );
+    }
+    // Teams 1 and 2 share one instance; team 3, with another grant, has its own.
+    assert_eq!(geoip_instance_starts(&sluice), 2.0);
 }
 
 #[test]

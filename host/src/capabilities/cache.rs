@@ -2,22 +2,20 @@
 //! embedded backend keeps namespaces in memory ([`MemoryBackend`]); a Redis backend implements
 //! the same trait at scale.
 
-use super::{Capability, to_wit};
-use crate::runtime::HostState;
-use crate::runtime::bindings::sluice::plugin::cache::{self, Host};
-use crate::runtime::bindings::types;
+use super::{Capability, HasCapabilities, HasView, View, to_wit};
+use crate::bindings::sluice::plugin::cache::{self, Host};
+use crate::bindings::types;
 use sluice_abi::cache::Namespace;
 use sluice_abi::limits::{ErrorKind, HostError};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
-use wasmtime::component::HasSelf;
+use wasmtime::component::Linker;
 
 /// The `cache` capability.
 pub const CAPABILITY: Capability = Capability {
     name: "cache",
     interface: "sluice:plugin/cache",
-    link: |linker| cache::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s),
 };
 
 /// Where cache namespaces live. `namespace` is `<plugin>/<team>`; each operation follows the
@@ -124,20 +122,20 @@ impl Backend for MemoryBackend {
     }
 }
 
-impl HostState {
+impl View<'_, ()> {
     /// Runs `f` on the cache backend in the namespace of the current installation's plugin and
     /// team, if `cache` is granted.
     fn cache<T>(
         &self,
         f: impl FnOnce(&dyn Backend, &str) -> Result<T, HostError>,
     ) -> Result<T, types::HostError> {
-        self.ctx.check(CAPABILITY.name).map_err(to_wit)?;
+        self.ctx.check(&CAPABILITY).map_err(to_wit)?;
         let namespace = format!("{}/{}", self.ctx.plugin, self.ctx.team_id);
         f(&*self.ctx.services.cache, &namespace).map_err(to_wit)
     }
 }
 
-impl Host for HostState {
+impl Host for View<'_, ()> {
     fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, types::HostError> {
         self.cache(|b, ns| b.get(ns, &key))
     }
@@ -183,4 +181,9 @@ impl Host for HostState {
     fn list_pop(&mut self, key: String, count: u32) -> Result<Vec<Vec<u8>>, types::HostError> {
         self.cache(|b, ns| b.list_pop(ns, &key, count))
     }
+}
+
+/// Adds `cache` to `linker`.
+pub(super) fn add_to_linker<T: HasCapabilities>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    cache::add_to_linker::<T, HasView<()>>(linker, |data| data.capabilities().serving())
 }

@@ -1,26 +1,86 @@
-//! `geoip`: `locate(ip)` from the operator's MaxMind City database, read with the `maxminddb`
-//! crate, loaded once and shared by every instance, and reloaded when the file changes.
+//! `geoip`: `locate(ip)` from the operator's MaxMind City database (`[geoip]`), read with the
+//! `maxminddb` crate, loaded once and shared by every instance, and reloaded when the file
+//! changes.
 
-use super::{Capability, to_wit};
+use super::{Capability, HasCapabilities, HasView, StartError, View, to_wit};
+use crate::bindings::sluice::plugin::geoip::{self, Host, Location, Subdivision};
+use crate::bindings::types;
+use crate::config::Collector;
 use crate::net;
-use crate::runtime::HostState;
-use crate::runtime::bindings::sluice::plugin::geoip::{self, Host, Location, Subdivision};
-use crate::runtime::bindings::types;
 use maxminddb::{Reader, geoip2};
+use serde::Deserialize;
 use sluice_abi::limits::{ErrorKind, HostError};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
-use wasmtime::component::HasSelf;
+use wasmtime::component::Linker;
 
 /// The `geoip` capability.
 pub const CAPABILITY: Capability = Capability {
     name: "geoip",
     interface: "sluice:plugin/geoip",
-    link: |linker| geoip::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s),
 };
+
+/// `[geoip]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// MaxMind City database (`GeoLite2-City.mmdb`, `GeoIP2-City.mmdb`); required to grant `geoip`.
+    pub database: Option<PathBuf>,
+    /// How often the file is checked for a new version, in seconds.
+    pub check_interval_seconds: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            database: None,
+            check_interval_seconds: 60,
+        }
+    }
+}
+
+impl Settings {
+    /// Reads `[geoip]` of `table`; a relative database path is against `base`.
+    pub(super) fn load(c: &mut Collector, table: &toml::Table, base: &Path) -> Self {
+        let mut settings: Self = c.section(table, "geoip");
+        settings.database = settings.database.map(|path| base.join(path));
+        if settings.check_interval_seconds == 0 {
+            c.add("geoip.check_interval_seconds", "must be at least 1");
+        }
+        settings
+    }
+
+    /// Refuses a `geoip` grant at `key` when no database is configured.
+    pub(super) fn check_grant(&self, c: &mut Collector, key: &str, granted: bool) {
+        if granted && self.database.is_none() {
+            c.add(
+                format!("{key}.grants"),
+                "`geoip` is granted but no `[geoip] database` is configured",
+            );
+        }
+    }
+
+    /// Opens the configured database and starts watching it for new versions.
+    pub(super) fn open(&self) -> Result<Option<Arc<Database>>, StartError> {
+        let Some(path) = &self.database else {
+            return Ok(None);
+        };
+        let database = Database::open(path).map_err(|reason| StartError::Config {
+            key: "geoip.database".into(),
+            reason: format!("cannot use {}: {reason}", path.display()),
+        })?;
+        database
+            .watch(Duration::from_secs(self.check_interval_seconds))
+            .map_err(|source| StartError::Thread {
+                what: "the GeoIP watcher",
+                source,
+            })?;
+        Ok(Some(database))
+    }
+}
 
 /// What identifies one version of the file: modification time and length.
 type Stamp = (Option<SystemTime>, u64);
@@ -156,9 +216,9 @@ fn to_location(city: &geoip2::City<'_>) -> Location {
     }
 }
 
-impl Host for HostState {
+impl Host for View<'_, ()> {
     fn locate(&mut self, ip: String) -> Result<Option<Location>, types::HostError> {
-        self.ctx.check(CAPABILITY.name).map_err(to_wit)?;
+        self.ctx.check(&CAPABILITY).map_err(to_wit)?;
         let database = self.ctx.services.geoip.as_deref().ok_or_else(|| {
             to_wit(HostError::new(
                 ErrorKind::Unavailable,
@@ -167,4 +227,9 @@ impl Host for HostState {
         })?;
         database.locate(&ip).map_err(to_wit)
     }
+}
+
+/// Adds `geoip` to `linker`.
+pub(super) fn add_to_linker<T: HasCapabilities>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    geoip::add_to_linker::<T, HasView<()>>(linker, |data| data.capabilities().serving())
 }

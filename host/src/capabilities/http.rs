@@ -6,11 +6,11 @@
 //! answer in between. Redirects are not followed; no proxy, cookie or credential of the host is
 //! used; the deadline is capped at the installation's call deadline; the response body is capped.
 
-use super::{Capability, Context, to_wit};
+use super::{Capability, Context, HasCapabilities, HasView, View, to_wit};
+use crate::bindings::sluice::plugin::http::{self, Host, Request, Response};
+use crate::bindings::types;
+use crate::config::Collector;
 use crate::net;
-use crate::runtime::HostState;
-use crate::runtime::bindings::sluice::plugin::http::{self, Host, Request, Response};
-use crate::runtime::bindings::types;
 use reqwest::blocking::Client;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::{Method, Url};
@@ -20,13 +20,12 @@ use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
-use wasmtime::component::HasSelf;
+use wasmtime::component::Linker;
 
 /// The `http` capability.
 pub const CAPABILITY: Capability = Capability {
     name: "http",
     interface: "sluice:plugin/http",
-    link: |linker| http::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s),
 };
 
 /// Default cap of a response body, in bytes.
@@ -55,6 +54,59 @@ impl Default for Policy {
 }
 
 impl Policy {
+    /// Reads the installation's `http` table at `key`; it must be there exactly when `http` is
+    /// `granted`.
+    pub(super) fn load(
+        c: &mut Collector,
+        key: &str,
+        table: Option<&toml::Value>,
+        granted: bool,
+    ) -> Self {
+        let Some(table) = table else {
+            if granted {
+                c.add(
+                    key,
+                    "`http` is granted, so `http.allow_hosts` must list the hosts it may reach",
+                );
+            }
+            return Self::default();
+        };
+        let Some(policy) = c.value::<Self>(key, table.clone()) else {
+            return Self::default();
+        };
+        if !granted {
+            c.add(key, "is set but `http` is not in `grants`");
+            return policy;
+        }
+        if policy.allow_hosts.is_empty() {
+            c.add(
+                format!("{key}.allow_hosts"),
+                "is empty: the plugin could reach nothing",
+            );
+        }
+        for (h, host) in policy.allow_hosts.iter().enumerate() {
+            let pattern = host.strip_prefix("*.").unwrap_or(host);
+            let ip = pattern.trim_start_matches('[').trim_end_matches(']');
+            let name = !pattern.is_empty()
+                && pattern
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || "-.".contains(ch));
+            if !name && ip.parse::<IpAddr>().is_err() {
+                c.add(
+                    format!("{key}.allow_hosts[{h}]"),
+                    format!("{host:?} is not a host name, `*.domain` or IP address (no scheme, port or path)"),
+                );
+            }
+        }
+        if !(1..=256 << 20).contains(&policy.max_response_bytes) {
+            c.add(
+                format!("{key}.max_response_bytes"),
+                "must be between 1 and 268435456",
+            );
+        }
+        policy
+    }
+
     /// Whether `host` (lowercase, IPv6 without brackets) is on the allow-list.
     fn allows_host(&self, host: &str) -> bool {
         self.allow_hosts.iter().any(|entry| {
@@ -186,7 +238,7 @@ fn transport_error(error: reqwest::Error) -> HostError {
 
 /// Sends `request` for the installation of `ctx`, with `state`'s client.
 fn fetch(state: &mut HttpState, ctx: &Context, request: Request) -> Result<Response, HostError> {
-    ctx.check(CAPABILITY.name)?;
+    ctx.check(&CAPABILITY)?;
     let policy = &ctx.grants.http;
     let url = vet(policy, &request)?;
     let method = Method::from_bytes(request.method.to_ascii_uppercase().as_bytes())
@@ -254,11 +306,21 @@ fn fetch(state: &mut HttpState, ctx: &Context, request: Request) -> Result<Respo
     })
 }
 
-impl Host for HostState {
+impl Host for View<'_, &mut HttpState> {
     fn fetch(&mut self, request: Request) -> Result<Response, types::HostError> {
-        let ctx = self.ctx.clone();
-        fetch(&mut self.http, &ctx, request).map_err(to_wit)
+        fetch(self.state, self.ctx, request).map_err(to_wit)
     }
+}
+
+/// Adds `http` to `linker`.
+pub(super) fn add_to_linker<T: HasCapabilities>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    http::add_to_linker::<T, HasView<&'static mut HttpState>>(linker, |data| {
+        let state = data.capabilities();
+        View {
+            ctx: &state.ctx,
+            state: &mut state.http,
+        }
+    })
 }
 
 #[cfg(test)]

@@ -1,20 +1,20 @@
 //! `log`: plugin log lines, tagged with the installation, capped in length and rate, written to
 //! the process log and stored for `sluice logs`.
 
-use super::{Capability, Context};
-use crate::runtime::HostState;
-use crate::runtime::bindings::sluice::plugin::log::{self, Host, Level};
-use crate::store;
+use super::{Capability, Context, HasCapabilities, HasView, View};
+use crate::bindings::sluice::plugin::log::{self, Host};
+use crate::store::{self, StoreError, logs::LogLine};
 use std::path::Path;
 use std::sync::mpsc::{self, SyncSender};
 use std::thread::JoinHandle;
-use wasmtime::component::HasSelf;
+use wasmtime::component::Linker;
+
+pub use log::Level;
 
 /// The `log` capability.
 pub const CAPABILITY: Capability = Capability {
     name: "log",
     interface: "sluice:plugin/log",
-    link: |linker| log::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s),
 };
 
 /// Longest line kept, in bytes; longer lines are cut at a char boundary.
@@ -27,17 +27,14 @@ const SINK_CAPACITY: usize = 10_000;
 /// Most lines stored in one transaction.
 const SINK_BATCH: usize = 1_000;
 
-/// One stored line: installation, level, message, time in epoch ms.
-type Line = (String, &'static str, String, i64);
-
 /// Where plugin log lines are stored (the `plugin_logs` table), through a bounded channel to a
 /// writer thread that inserts them in batches. Plugins never wait for it.
 #[derive(Debug, Clone)]
-pub struct LogSink(SyncSender<Line>);
+pub struct LogSink(SyncSender<LogLine>);
 
 impl LogSink {
     /// Starts the writer on the database in `data_dir`. It stops once every sink is dropped.
-    pub fn start(data_dir: &Path) -> rusqlite::Result<(Self, JoinHandle<()>)> {
+    pub fn start(data_dir: &Path) -> Result<(Self, JoinHandle<()>), StoreError> {
         let mut conn = store::open(data_dir)?;
         let (sender, receiver) = mpsc::sync_channel(SINK_CAPACITY);
         let writer = std::thread::Builder::new()
@@ -46,25 +43,22 @@ impl LogSink {
                 while let Ok(first) = receiver.recv() {
                     let mut lines = vec![first];
                     lines.extend(receiver.try_iter().take(SINK_BATCH));
-                    let written = conn
-                        .transaction()
-                        .and_then(|tx| store::insert_plugin_logs(&tx, &lines).and_then(|()| tx.commit()));
-                    if let Err(error) = written {
+                    if let Err(error) = store::logs::insert(&mut conn, &lines) {
                         tracing::error!(%error, lines = lines.len(), "cannot store plugin log lines");
                     }
                 }
             })
-            .map_err(|e| rusqlite::Error::InvalidParameterName(format!("cannot start the plugin log writer: {e}")))?;
+            .map_err(|e| StoreError::Thread("the plugin log writer", e))?;
         Ok((Self(sender), writer))
     }
 
     fn store(&self, installation: &str, level: Level, message: &str) {
-        let line = (
-            installation.to_owned(),
-            level_name(level),
-            message.to_owned(),
-            store::now_ms(),
-        );
+        let line = LogLine {
+            installation: installation.to_owned(),
+            level: level_name(level),
+            message: message.to_owned(),
+            time_ms: store::now_ms(),
+        };
         if self.0.try_send(line).is_err() {
             metrics::counter!("sluice_plugin_log_lines_dropped_total", "installation" => installation.to_owned())
                 .increment(1);
@@ -101,14 +95,15 @@ impl LogState {
     }
 
     /// Ends a call: reports suppressed lines and `dropped_output` bytes of stdout/stderr that
-    /// did not fit the capture cap, then resets the per-call budget.
-    pub fn end_call(&mut self, ctx: &Context, dropped_output: usize) {
+    /// did not fit the capture cap of `output_cap` bytes, then resets the per-call budget.
+    pub fn end_call(&mut self, ctx: &Context, dropped_output: usize, output_cap: usize) {
         if dropped_output > 0 {
-            let cap = crate::runtime::OUTPUT_CAP_BYTES;
             record(
                 ctx,
                 Level::Warn,
-                &format!("{dropped_output} bytes of stdout/stderr dropped (cap {cap} per call)"),
+                &format!(
+                    "{dropped_output} bytes of stdout/stderr dropped (cap {output_cap} per call)"
+                ),
             );
         }
         if self.suppressed > 0 {
@@ -126,8 +121,9 @@ impl LogState {
     }
 }
 
-/// Emits a line to the process log and the plugin log store, outside the per-call budget.
-fn record(ctx: &Context, level: Level, message: &str) {
+/// Emits a line for the installation of `ctx` to the process log and the plugin log store,
+/// outside any per-call budget.
+pub fn record(ctx: &Context, level: Level, message: &str) {
     if let Some(sink) = &ctx.services.logs {
         sink.store(&ctx.installation, level, message);
     }
@@ -141,12 +137,23 @@ fn record(ctx: &Context, level: Level, message: &str) {
     }
 }
 
-impl Host for HostState {
+impl Host for View<'_, &mut LogState> {
     fn log(&mut self, level: Level, message: String) {
-        if self.ctx.check(CAPABILITY.name).is_ok() {
-            self.log.line(&self.ctx, level, &message);
+        if self.ctx.check(&CAPABILITY).is_ok() {
+            self.state.line(self.ctx, level, &message);
         }
     }
+}
+
+/// Adds `log` to `linker`.
+pub(super) fn add_to_linker<T: HasCapabilities>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    log::add_to_linker::<T, HasView<&'static mut LogState>>(linker, |data| {
+        let state = data.capabilities();
+        View {
+            ctx: &state.ctx,
+            state: &mut state.log,
+        }
+    })
 }
 
 /// `text` cut to at most `max` bytes at a char boundary.

@@ -1,16 +1,15 @@
 //! `metrics`: plugin-defined counters and histograms, labelled with the installation.
 
-use super::Capability;
-use crate::runtime::HostState;
-use crate::runtime::bindings::sluice::plugin::metrics::{self, Host};
-use std::collections::HashSet;
-use wasmtime::component::HasSelf;
+use super::{Capability, HasCapabilities, HasView, View};
+use crate::bindings::sluice::plugin::metrics::{self, Host};
+use std::collections::HashMap;
+use std::sync::Arc;
+use wasmtime::component::Linker;
 
 /// The `metrics` capability.
 pub const CAPABILITY: Capability = Capability {
     name: "metrics",
     interface: "sluice:plugin/metrics",
-    link: |linker| metrics::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s),
 };
 
 /// Distinct metric names one installation may use; keeps label sets bounded.
@@ -18,51 +17,80 @@ pub const MAX_NAMES: usize = 64;
 /// Longest metric name accepted.
 pub const MAX_NAME_BYTES: usize = 64;
 
-/// Per-instance metrics state: the names used so far.
-#[derive(Debug, Default)]
+/// The handles of one metric name, registered on first use.
+struct Handles {
+    counter: ::metrics::Counter,
+    histogram: ::metrics::Histogram,
+}
+
+/// Per-instance metrics state: the handles each installation served has used so far.
+#[derive(Default)]
 pub struct MetricsState {
-    names: HashSet<String>,
+    by_installation: HashMap<Arc<str>, HashMap<String, Handles>>,
 }
 
 impl MetricsState {
-    /// Whether `name` may be recorded: well-formed and within the installation's name budget.
-    fn admit(&mut self, name: &str) -> bool {
+    /// The handles of `name` for `installation`, if the name is well-formed and within the
+    /// installation's name budget.
+    fn handles(&mut self, installation: &Arc<str>, name: &str) -> Option<&Handles> {
         let well_formed = !name.is_empty()
             && name.len() <= MAX_NAME_BYTES
             && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
         if !well_formed {
-            return false;
+            return None;
         }
-        if self.names.contains(name) {
-            return true;
+        let names = self
+            .by_installation
+            .entry(installation.clone())
+            .or_default();
+        if !names.contains_key(name) {
+            if names.len() >= MAX_NAMES {
+                return None;
+            }
+            let labels = [
+                ("installation", installation.to_string()),
+                ("name", name.to_owned()),
+            ];
+            names.insert(
+                name.to_owned(),
+                Handles {
+                    counter: ::metrics::counter!("sluice_plugin_custom_total", &labels),
+                    histogram: ::metrics::histogram!("sluice_plugin_custom", &labels),
+                },
+            );
         }
-        if self.names.len() >= MAX_NAMES {
-            return false;
-        }
-        self.names.insert(name.to_owned());
-        true
+        names.get(name)
     }
 }
 
-impl HostState {
-    /// Whether the current installation may record the metric `name`.
-    fn admit_metric(&mut self, name: &str) -> bool {
-        self.ctx.check(CAPABILITY.name).is_ok() && self.metrics.admit(name)
+impl View<'_, &mut MetricsState> {
+    fn admitted(&mut self, name: &str) -> Option<&Handles> {
+        self.ctx.check(&CAPABILITY).ok()?;
+        self.state.handles(&self.ctx.installation, name)
     }
 }
 
-impl Host for HostState {
+impl Host for View<'_, &mut MetricsState> {
     fn counter_add(&mut self, name: String, value: u64) {
-        if self.admit_metric(&name) {
-            ::metrics::counter!("sluice_plugin_custom_total", "installation" => self.ctx.installation.to_string(), "name" => name)
-                .increment(value);
+        if let Some(handles) = self.admitted(&name) {
+            handles.counter.increment(value);
         }
     }
 
     fn histogram_record(&mut self, name: String, value: f64) {
-        if self.admit_metric(&name) {
-            ::metrics::histogram!("sluice_plugin_custom", "installation" => self.ctx.installation.to_string(), "name" => name)
-                .record(value);
+        if let Some(handles) = self.admitted(&name) {
+            handles.histogram.record(value);
         }
     }
+}
+
+/// Adds `metrics` to `linker`.
+pub(super) fn add_to_linker<T: HasCapabilities>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    metrics::add_to_linker::<T, HasView<&'static mut MetricsState>>(linker, |data| {
+        let state = data.capabilities();
+        View {
+            ctx: &state.ctx,
+            state: &mut state.metrics,
+        }
+    })
 }

@@ -1,8 +1,12 @@
-//! Host capabilities: what plugins can ask the host to do, one module each.
+//! Host capabilities: what plugins can ask the host to do, one self-contained module each.
 //!
-//! Each capability knows its WIT interface and how to add itself to the linker, and keeps its
-//! per-instance state in its own field of [`crate::runtime::HostState`]. The list is data: adding
-//! a capability adds one entry to [`ALL`].
+//! A capability module owns everything about its capability: its config section or
+//! per-installation table (type, defaults, validation), its shared backend (behind a trait where
+//! a second backend exists), its per-instance state, and its host functions, which it links
+//! through a [`View`] of the store's data (via [`HasCapabilities`]), never through the runtime's
+//! store type. This file composes them: [`ALL`] and [`add_to_linker`] list them, [`Settings`],
+//! [`Grants`], [`Services`] and [`InstanceState`] hold one field per capability that has such a
+//! part.
 //!
 //! Nothing is granted by default. An installation's [`Grants`] come from the operator's config;
 //! loading refuses a plugin that imports or declares a capability its installation was not
@@ -16,26 +20,29 @@ pub mod log;
 pub mod metrics;
 pub mod storage;
 
-use crate::runtime::HostState;
-use crate::runtime::bindings::types;
+use crate::bindings::types;
+use crate::config::Collector;
 use sluice_abi::limits::{ErrorKind, HostError};
+use sluice_abi::manifest::CAPABILITIES;
 use std::collections::BTreeSet;
+use std::marker::PhantomData;
+use std::path::Path;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
-use wasmtime::component::Linker;
+use thiserror::Error;
+use wasmtime::component::{HasData, Linker};
 
-/// One host capability.
+/// One host capability: the name operators grant and the WIT interface it implements.
 #[derive(Debug)]
 pub struct Capability {
     /// Short name operators grant, e.g. `storage`.
     pub name: &'static str,
     /// The WIT interface it implements, without version, e.g. `sluice:plugin/storage`.
     pub interface: &'static str,
-    /// Adds the capability's host functions to a linker.
-    pub link: fn(&mut Linker<HostState>) -> wasmtime::Result<()>,
 }
 
-/// Every capability the host provides.
+/// Every capability the host provides, in the order manifests name them.
 pub const ALL: &[Capability] = &[
     log::CAPABILITY,
     metrics::CAPABILITY,
@@ -45,10 +52,14 @@ pub const ALL: &[Capability] = &[
     http::CAPABILITY,
 ];
 
-/// Adds every capability to `linker`.
-pub fn link_all(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    ALL.iter()
-        .try_for_each(|capability| (capability.link)(linker))
+/// Adds every capability's host functions to `linker`.
+pub fn add_to_linker<T: HasCapabilities>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    log::add_to_linker(linker)?;
+    metrics::add_to_linker(linker)?;
+    storage::add_to_linker(linker)?;
+    cache::add_to_linker(linker)?;
+    geoip::add_to_linker(linker)?;
+    http::add_to_linker(linker)
 }
 
 /// The capability implementing `interface` (given with or without `@version`).
@@ -57,16 +68,155 @@ pub fn for_interface(interface: &str) -> Option<&'static Capability> {
     ALL.iter().find(|c| c.interface == unversioned)
 }
 
-/// What the operator granted one installation.
+/// The capability called `name`.
+pub fn by_name(name: &str) -> Option<&'static Capability> {
+    ALL.iter().find(|c| c.name == name)
+}
+
+/// What a store's data gives the capabilities: their per-instance state, which includes the
+/// installation being served. The runtime implements it for its store data.
+pub trait HasCapabilities: Send + 'static {
+    /// The capabilities' part of the store data.
+    fn capabilities(&mut self) -> &mut InstanceState;
+}
+
+/// Per-instance state of every capability, and the installation the instance is serving.
+pub struct InstanceState {
+    /// The installation the instance is serving in the current call.
+    pub ctx: Arc<Context>,
+    /// `log`: the current call's line budget.
+    pub log: log::LogState,
+    /// `metrics`: handles of the metrics used so far.
+    pub metrics: metrics::MetricsState,
+    /// `http`: the client, built for the policy it enforces.
+    pub http: http::HttpState,
+}
+
+impl InstanceState {
+    /// Fresh state for an instance serving `ctx`.
+    pub fn new(ctx: Arc<Context>) -> Self {
+        Self {
+            ctx,
+            log: log::LogState::default(),
+            metrics: metrics::MetricsState::default(),
+            http: http::HttpState::default(),
+        }
+    }
+
+    /// The view of a capability without per-instance state.
+    fn serving(&self) -> View<'_, ()> {
+        View {
+            ctx: &self.ctx,
+            state: (),
+        }
+    }
+}
+
+/// What one capability's host functions see during a call: the installation being served and the
+/// capability's own per-instance state (`()` for capabilities without any).
+pub struct View<'a, S> {
+    /// The installation being served.
+    pub ctx: &'a Context,
+    /// The capability's per-instance state.
+    pub state: S,
+}
+
+/// The [`HasData`] that hands host functions a [`View`] with state `S`.
+struct HasView<S>(PhantomData<S>);
+
+impl<S: Send + 'static> HasData for HasView<&'static mut S> {
+    type Data<'a> = View<'a, &'a mut S>;
+}
+
+impl HasData for HasView<()> {
+    type Data<'a> = View<'a, ()>;
+}
+
+/// The config sections capabilities own.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// `[geoip]`
+    pub geoip: geoip::Settings,
+}
+
+impl Settings {
+    /// Names of the top-level sections read here.
+    pub const SECTIONS: &'static [&'static str] = &["geoip"];
+
+    /// Reads every capability section of `table`; relative paths are against `base`.
+    pub fn load(c: &mut Collector, table: &toml::Table, base: &Path) -> Self {
+        Self {
+            geoip: geoip::Settings::load(c, table, base),
+        }
+    }
+
+    /// Checks that what the installation at `key` was granted can be served with these settings.
+    pub fn check_grants(&self, c: &mut Collector, key: &str, grants: &Grants) {
+        self.geoip
+            .check_grant(c, key, grants.allows(geoip::CAPABILITY.name));
+    }
+}
+
+/// What the operator granted one installation: capability names, and the per-installation
+/// settings of the capabilities that have them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Grants {
-    /// Names of the granted capabilities.
-    pub names: BTreeSet<String>,
+    names: BTreeSet<String>,
     /// Where `http` may go (meaningful only if `http` is granted).
     pub http: http::Policy,
 }
 
 impl Grants {
+    /// Keys of an installation's table that capabilities own.
+    const INSTALLATION_KEYS: [&'static str; 1] = ["http"];
+
+    /// Grants of `names` and nothing else, with default settings.
+    pub fn of(names: &[&str]) -> Self {
+        Self {
+            names: names.iter().map(|n| n.to_string()).collect(),
+            ..Self::default()
+        }
+    }
+
+    /// Removes the keys capabilities own from an installation's table and returns them.
+    pub fn take_owned_tables(installation: &mut toml::Table) -> toml::Table {
+        Self::INSTALLATION_KEYS
+            .into_iter()
+            .filter_map(|key| Some((key.to_owned(), installation.remove(key)?)))
+            .collect()
+    }
+
+    /// Reads the `grants` of the installation at `key` and the tables capabilities own.
+    pub fn load(c: &mut Collector, key: &str, names: &[String], owned: toml::Table) -> Self {
+        let mut granted = BTreeSet::new();
+        for (k, name) in names.iter().enumerate() {
+            if by_name(name).is_none() {
+                c.add(
+                    format!("{key}.grants[{k}]"),
+                    format!(
+                        "`{name}` is not a capability (known: {})",
+                        CAPABILITIES.join(", ")
+                    ),
+                );
+            } else if !granted.insert(name.clone()) {
+                c.add(
+                    format!("{key}.grants[{k}]"),
+                    format!("`{name}` is granted twice"),
+                );
+            }
+        }
+        let http = http::Policy::load(
+            c,
+            &format!("{key}.http"),
+            owned.get("http"),
+            granted.contains(http::CAPABILITY.name),
+        );
+        Self {
+            names: granted,
+            http,
+        }
+    }
+
     /// Whether `name` is granted.
     pub fn allows(&self, name: &str) -> bool {
         self.names.contains(name)
@@ -85,7 +235,58 @@ pub struct Services {
     pub geoip: Option<Arc<geoip::Database>>,
 }
 
+/// Why a capability backend could not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    /// A configured resource cannot be used; `key` is the config key that names it.
+    #[error("{key}: {reason}")]
+    Config {
+        /// The config key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    /// A backend failed to open its storage.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// A background thread could not be started.
+    #[error("cannot start {what}: {source}")]
+    Thread {
+        /// Which thread.
+        what: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// Background work of the services, to wait for at shutdown.
+pub struct Background {
+    log_writer: JoinHandle<()>,
+}
+
+impl Background {
+    /// Waits until the log writer has stored every line (after every [`Services`] is dropped).
+    pub fn join(self) {
+        let _ = self.log_writer.join();
+    }
+}
+
 impl Services {
+    /// Starts every backend for `settings`, with their data in `data_dir`.
+    pub fn start(
+        settings: &Settings,
+        data_dir: &Path,
+    ) -> Result<(Arc<Self>, Background), StartError> {
+        let (logs, log_writer) = log::LogSink::start(data_dir)?;
+        let services = Self {
+            logs: Some(logs),
+            storage: Some(Arc::new(storage::Storage::open(data_dir)?)),
+            cache: Arc::new(cache::MemoryBackend::default()),
+            geoip: settings.geoip.open()?,
+        };
+        Ok((Arc::new(services), Background { log_writer }))
+    }
+
     /// Services with nothing behind them but an in-memory cache: log lines go to the process
     /// log only, and `storage` and `geoip` answer `unavailable`.
     pub fn detached() -> Arc<Self> {
@@ -130,15 +331,15 @@ impl Context {
     }
 
     /// Refuses the call unless `capability` is granted to the installation.
-    pub fn check(&self, capability: &str) -> Result<(), HostError> {
-        if self.grants.allows(capability) {
+    pub fn check(&self, capability: &Capability) -> Result<(), HostError> {
+        if self.grants.allows(capability.name) {
             Ok(())
         } else {
             Err(HostError::new(
                 ErrorKind::Refused,
                 format!(
-                    "`{capability}` is not granted to installation {}",
-                    self.installation
+                    "`{}` is not granted to installation {}",
+                    capability.name, self.installation
                 ),
             ))
         }

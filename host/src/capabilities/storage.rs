@@ -1,23 +1,22 @@
 //! `storage`: durable key-value per installation, in its own SQLite file in the data directory
 //! (`plugin-storage.sqlite`), every write committed with `synchronous=FULL` before it returns.
 
-use super::{Capability, to_wit};
-use crate::runtime::HostState;
-use crate::runtime::bindings::sluice::plugin::storage::{self, Host};
-use crate::runtime::bindings::types;
+use super::{Capability, HasCapabilities, HasView, View, to_wit};
+use crate::bindings::sluice::plugin::storage::{self, Host};
+use crate::bindings::types;
+use crate::store::StoreError;
 use rusqlite::{Connection, OptionalExtension, params};
 use sluice_abi::limits::{
     self, ErrorKind, HostError, MAX_LIST_KEYS, MAX_STORAGE_KEYS, MAX_STORAGE_VALUE_BYTES,
 };
 use std::path::Path;
 use std::sync::Mutex;
-use wasmtime::component::HasSelf;
+use wasmtime::component::Linker;
 
 /// The `storage` capability.
 pub const CAPABILITY: Capability = Capability {
     name: "storage",
     interface: "sluice:plugin/storage",
-    link: |linker| storage::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s),
 };
 
 /// File name of the store in the data directory.
@@ -34,14 +33,16 @@ fn unavailable(error: impl std::fmt::Display) -> HostError {
 
 impl Storage {
     /// Opens (creating if needed) the store in `data_dir`.
-    pub fn open(data_dir: &Path) -> rusqlite::Result<Self> {
-        let conn = Connection::open(data_dir.join(FILE_NAME))?;
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        let path = data_dir.join(FILE_NAME);
+        let conn = Connection::open(&path).map_err(|e| StoreError::open(&path, e))?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;
              CREATE TABLE IF NOT EXISTS storage (
                  installation TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,
                  PRIMARY KEY (installation, key)) WITHOUT ROWID;",
-        )?;
+        )
+        .map_err(|e| StoreError::open(&path, e))?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -167,9 +168,9 @@ fn write(conn: &Connection, installation: &str, key: &str, value: &[u8]) -> Resu
     .map_err(unavailable)
 }
 
-impl HostState {
+impl View<'_, ()> {
     fn storage(&self) -> Result<&Storage, HostError> {
-        self.ctx.check(CAPABILITY.name)?;
+        self.ctx.check(&CAPABILITY)?;
         self.ctx
             .services
             .storage
@@ -178,7 +179,7 @@ impl HostState {
     }
 }
 
-impl Host for HostState {
+impl Host for View<'_, ()> {
     fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, types::HostError> {
         self.storage()
             .and_then(|s| s.get(&self.ctx.installation, &key))
@@ -213,6 +214,11 @@ impl Host for HostState {
             .and_then(|s| s.list_keys(&self.ctx.installation, &prefix, after.as_deref(), limit))
             .map_err(to_wit)
     }
+}
+
+/// Adds `storage` to `linker`.
+pub(super) fn add_to_linker<T: HasCapabilities>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    storage::add_to_linker::<T, HasView<()>>(linker, |data| data.capabilities().serving())
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Capture errors and their HTTP responses: each variant maps to its status explicitly.
 
-use crate::queue::QueueError;
+use crate::ingest::AppendError;
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -86,11 +86,11 @@ impl CaptureError {
     }
 }
 
-impl From<QueueError> for CaptureError {
-    fn from(error: QueueError) -> Self {
+impl From<AppendError> for CaptureError {
+    fn from(error: AppendError) -> Self {
         match error {
-            QueueError::Full(_) => CaptureError::QueueFull(error.to_string()),
-            QueueError::Unavailable(_) => CaptureError::QueueUnavailable(error.to_string()),
+            AppendError::Full(_) => CaptureError::QueueFull(error.to_string()),
+            AppendError::Unavailable(_) => CaptureError::QueueUnavailable(error.to_string()),
         }
     }
 }

@@ -16,8 +16,8 @@ pub use decode::{Decoded, Input, decode};
 pub use error::CaptureError;
 pub use normalize::{NewEvent, RequestContext, encode, normalize};
 
-use crate::config::CaptureConfig;
-use crate::queue::Queue;
+use crate::config::{CaptureConfig, Token};
+use crate::ingest::Append;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Query, State};
@@ -60,14 +60,14 @@ const MAX_DISCARD_BYTES: usize = 64 * 1024 * 1024;
 
 /// What capture handlers share.
 pub struct CaptureState {
-    teams: HashMap<String, u64>,
-    queue: Queue,
+    teams: HashMap<Token, u64>,
+    queue: Arc<dyn Append>,
     limits: CaptureConfig,
 }
 
 impl CaptureState {
     /// Capture for the given token → team map, appending to `queue`.
-    pub fn new(teams: HashMap<String, u64>, queue: Queue, limits: CaptureConfig) -> Self {
+    pub fn new(teams: HashMap<Token, u64>, queue: Arc<dyn Append>, limits: CaptureConfig) -> Self {
         Self {
             teams,
             queue,

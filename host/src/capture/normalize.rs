@@ -166,10 +166,8 @@ fn find_token(
             found.ok_or(CaptureError::MissingToken)?
         }
     };
-    match crate::config::token_shape_problem(&token) {
-        Some(reason) => Err(CaptureError::InvalidToken(reason)),
-        None => Ok(token),
-    }
+    crate::config::Token::parse(&token).map_err(CaptureError::InvalidToken)?;
+    Ok(token)
 }
 
 /// Normalizes event `i` of a request: name, distinct id, uuid, properties, `$set`/`$set_once`,

@@ -71,9 +71,7 @@ async fn accept(
         .map(str::trim)
         .ok_or(CaptureError::MissingToken)?
         .to_owned();
-    if let Some(reason) = crate::config::token_shape_problem(&token) {
-        return Err(CaptureError::InvalidToken(reason));
-    }
+    crate::config::Token::parse(&token).map_err(CaptureError::InvalidToken)?;
     state.team(&token)?;
 
     let limit = state.limits.max_batch_body_bytes;

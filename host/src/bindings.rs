@@ -1,4 +1,5 @@
-//! Host bindings generated once from the WIT contract (`wit/v0.2.0`).
+//! Host bindings generated once from the WIT contract (`wit/v0.2.0`), shared by the runtime
+//! (hooks) and the capabilities (imports).
 #![allow(missing_docs)]
 
 wasmtime::component::bindgen!({

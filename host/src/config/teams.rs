@@ -1,0 +1,216 @@
+//! `[[teams]]` and `[[teams.plugins]]`: teams, their tokens, and their plugin installations.
+
+use super::{Collector, InstallationId, Token};
+use crate::capabilities::Grants;
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+/// `[[teams]]`
+#[derive(Debug, Clone)]
+pub struct TeamConfig {
+    /// Team id stored with every event.
+    pub id: u64,
+    /// Human name, for logs.
+    pub name: Option<String>,
+    /// Project API key producers send (`api_key` / `token`).
+    pub token: Token,
+    /// Plugin installations, run in this order.
+    pub plugins: Vec<InstallationConfig>,
+}
+
+/// `[[teams]]` as written, before its token is checked.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTeam {
+    /// Team id stored with every event.
+    id: u64,
+    /// Human name, for logs.
+    #[serde(default)]
+    name: Option<String>,
+    /// Project API key producers send (`api_key` / `token`).
+    token: String,
+}
+
+/// `[[teams.plugins]]`: one plugin installation.
+#[derive(Debug, Clone)]
+pub struct InstallationConfig {
+    /// Where it is in the file, e.g. `teams[0].plugins[1]`, for problems found later.
+    pub key: String,
+    /// Id, unique within the team.
+    pub id: InstallationId,
+    /// Path of the plugin's `.wasm` component.
+    pub plugin: PathBuf,
+    /// Values for the plugin's config schema.
+    pub config: toml::Table,
+    /// Deadline of one call into the plugin, in milliseconds.
+    pub timeout_ms: u64,
+    /// Memory cap of one instance, in MiB.
+    pub memory_mb: u64,
+    /// What happens to an event when this plugin fails on it.
+    pub on_error: OnError,
+    /// Host capabilities granted to this installation, with their settings.
+    pub grants: Grants,
+}
+
+/// `[[teams.plugins]]` as written, without the tables capabilities own.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInstallation {
+    /// Id, unique within the team; the installation is called `team-<id>/<this>` in logs.
+    id: String,
+    /// Path of the plugin's `.wasm` component.
+    plugin: PathBuf,
+    /// Values for the plugin's config schema.
+    #[serde(default)]
+    config: toml::Table,
+    /// Deadline of one call into the plugin, in milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    timeout_ms: u64,
+    /// Memory cap of one instance, in MiB.
+    #[serde(default = "default_memory_mb")]
+    memory_mb: u64,
+    /// What happens to an event when this plugin fails on it.
+    #[serde(default)]
+    on_error: OnError,
+    /// Host capabilities granted to this installation (none by default).
+    #[serde(default)]
+    grants: Vec<String>,
+}
+
+fn default_timeout_ms() -> u64 {
+    1_000
+}
+
+fn default_memory_mb() -> u64 {
+    64
+}
+
+/// What happens to an event when a plugin fails on it (error, trap, timeout, bad output).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// The event continues as it was before this plugin.
+    #[default]
+    Skip,
+    /// The event is dropped.
+    Drop,
+    /// The event is kept in the dead-letter table with the error.
+    DeadLetter,
+}
+
+/// Reads the `teams` array; teams whose token is unusable are reported and left out.
+pub(super) fn load(c: &mut Collector, teams: Option<&toml::Value>, base: &Path) -> Vec<TeamConfig> {
+    let items = match teams {
+        None => return Vec::new(),
+        Some(toml::Value::Array(items)) => items,
+        Some(_) => {
+            c.add("teams", "must be an array of tables ([[teams]])");
+            return Vec::new();
+        }
+    };
+    let mut ids = HashSet::new();
+    let mut tokens = HashSet::new();
+    let mut teams = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let key = format!("teams[{i}]");
+        let mut item = item.clone();
+        let plugins = item.as_table_mut().and_then(|t| t.remove("plugins"));
+        let Some(raw) = c.value::<RawTeam>(&key, item) else {
+            continue;
+        };
+        let token = Token::parse(&raw.token).map_err(|reason| {
+            c.add(
+                format!("{key}.token"),
+                format!("not a usable project token ({reason})"),
+            );
+        });
+        let plugins = installations(c, &key, plugins, base);
+        if !ids.insert(raw.id) {
+            c.add(
+                format!("{key}.id"),
+                format!("team id {} is used twice", raw.id),
+            );
+        }
+        if !tokens.insert(raw.token) {
+            c.add(format!("{key}.token"), "token is used by another team");
+        }
+        if let Ok(token) = token {
+            teams.push(TeamConfig {
+                id: raw.id,
+                name: raw.name,
+                token,
+                plugins,
+            });
+        }
+    }
+    teams
+}
+
+fn installations(
+    c: &mut Collector,
+    team_key: &str,
+    plugins: Option<toml::Value>,
+    base: &Path,
+) -> Vec<InstallationConfig> {
+    let items = match plugins {
+        None => return Vec::new(),
+        Some(toml::Value::Array(items)) => items,
+        Some(_) => {
+            c.add(
+                format!("{team_key}.plugins"),
+                "must be an array of tables ([[teams.plugins]])",
+            );
+            return Vec::new();
+        }
+    };
+    let mut ids = HashSet::new();
+    let mut installations = Vec::new();
+    for (j, mut item) in items.into_iter().enumerate() {
+        let key = format!("{team_key}.plugins[{j}]");
+        let owned = item
+            .as_table_mut()
+            .map(Grants::take_owned_tables)
+            .unwrap_or_default();
+        let Some(raw) = c.value::<RawInstallation>(&key, item) else {
+            continue;
+        };
+        let id =
+            InstallationId::parse(&raw.id).map_err(|reason| c.add(format!("{key}.id"), reason));
+        if let Ok(id) = &id
+            && !ids.insert(id.clone())
+        {
+            c.add(
+                format!("{key}.id"),
+                format!("`{id}` is used twice in this team"),
+            );
+        }
+        let plugin = base.join(&raw.plugin);
+        if !plugin.is_file() {
+            c.add(
+                format!("{key}.plugin"),
+                format!("{} does not exist (build plugins with `cargo build --release --target wasm32-wasip2`)", plugin.display()),
+            );
+        }
+        if !(1..=60_000).contains(&raw.timeout_ms) {
+            c.add(format!("{key}.timeout_ms"), "must be between 1 and 60000");
+        }
+        if !(1..=4_096).contains(&raw.memory_mb) {
+            c.add(format!("{key}.memory_mb"), "must be between 1 and 4096");
+        }
+        let grants = Grants::load(c, &key, &raw.grants, owned);
+        if let Ok(id) = id {
+            installations.push(InstallationConfig {
+                key,
+                id,
+                plugin,
+                config: raw.config,
+                timeout_ms: raw.timeout_ms,
+                memory_mb: raw.memory_mb,
+                on_error: raw.on_error,
+                grants,
+            });
+        }
+    }
+    installations
+}

@@ -1,0 +1,111 @@
+//! The ingest seam: where capture puts events ([`Append`]) and where the worker takes them from
+//! ([`Ingest`]). The embedded queue ([`sqlite`]) is the first implementation.
+//!
+//! # The contract every ingest backend keeps
+//!
+//! - **Durable before acknowledged.** [`Append::append`] returns `Ok` only once the events
+//!   survive a crash of the process (embedded: committed with `synchronous = FULL`; Kafka:
+//!   acknowledged by all in-sync replicas, `acks=all`). Capture answers `200` only after that.
+//! - **Arrival order per key.** [`Ingest::poll`] hands out events of one `(team, distinct_id)` in
+//!   the order they were appended (embedded: one queue in arrival order; Kafka: the message key is
+//!   `token:distinct_id`, so one key stays in one partition, read in offset order).
+//! - **At-least-once.** Events stay in the ingest until [`Ingest::ack`] is called with the
+//!   receipt of the poll that returned them, which the worker does only after the sink stored
+//!   their results. A crash, or a failed store, before that means the same events are polled
+//!   again. Receipts are acknowledged in the order they were polled, and acknowledging a receipt
+//!   acknowledges everything polled before it (Kafka: commit the lowest contiguous offset).
+//! - Together with a sink that stores idempotently on the event `uuid` (see [`crate::sink`]),
+//!   at-least-once delivery gives no loss and no duplicates.
+//!
+//! When the ingest and the sink live in the same SQLite database, the sink settles the receipt
+//! inside its own transaction ([`Receipt::settle_in`]), so storing and acknowledging are one
+//! atomic step and nothing is processed twice even after a crash.
+
+pub mod sqlite;
+
+use crate::store::StoreError;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+use thiserror::Error;
+
+/// Why events were not appended.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum AppendError {
+    /// The ingest holds its maximum number of events; try again later.
+    #[error("the ingest queue is full ({0} events waiting)")]
+    Full(u64),
+    /// The ingest could not store the events durably.
+    #[error("the ingest queue could not store the events: {0}")]
+    Unavailable(String),
+}
+
+/// The future [`Append::append`] returns.
+pub type Appending<'a> = Pin<Box<dyn Future<Output = Result<(), AppendError>> + Send + 'a>>;
+
+/// Where capture puts events. Cheap to share between request handlers.
+pub trait Append: Send + Sync {
+    /// Stores one request's `events` of `team_id` (`payload` is a batch in the wire encoding)
+    /// durably; resolves only once they would survive a crash.
+    fn append(&self, team_id: u64, events: u64, payload: Vec<u8>) -> Appending<'_>;
+
+    /// Events appended and not yet acknowledged.
+    fn depth(&self) -> u64;
+}
+
+/// One appended payload as the worker receives it.
+#[derive(Debug)]
+pub struct Ingested {
+    /// Where it is in the ingest, for logs (embedded: the queue row id).
+    pub position: i64,
+    /// The team of every event in it.
+    pub team_id: u64,
+    /// A batch in the wire encoding.
+    pub payload: Vec<u8>,
+}
+
+/// What one poll returned.
+#[derive(Debug)]
+pub struct Polled<R> {
+    /// Payloads in arrival order.
+    pub batches: Vec<Ingested>,
+    /// Number of events in them.
+    pub events: u64,
+    /// What acknowledges them.
+    pub receipt: R,
+}
+
+/// Acknowledges what one poll returned.
+pub trait Receipt: Send {
+    /// Settles the receipt inside the sink's transaction `tx`, if the ingest lives in that same
+    /// SQLite database; returns whether it did. [`Ingest::ack`] must still be called afterwards.
+    fn settle_in(&mut self, tx: &rusqlite::Transaction<'_>) -> Result<bool, StoreError> {
+        let _ = tx;
+        Ok(false)
+    }
+}
+
+/// Why the worker could not read or acknowledge.
+#[derive(Debug, Error)]
+pub enum IngestError {
+    /// The embedded queue failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Where the worker takes events from, in arrival order.
+pub trait Ingest: Send {
+    /// What acknowledges a poll.
+    type Receipt: Receipt;
+
+    /// Up to about `max_events` events not yet acknowledged, waiting at most `wait` for some to
+    /// arrive; `None` if none did. Until acknowledged, the same events are returned again.
+    fn poll(
+        &mut self,
+        max_events: usize,
+        wait: Duration,
+    ) -> Result<Option<Polled<Self::Receipt>>, IngestError>;
+
+    /// Acknowledges what the poll of `receipt` returned, once the sink stored its results.
+    fn ack(&mut self, receipt: Self::Receipt) -> Result<(), IngestError>;
+}

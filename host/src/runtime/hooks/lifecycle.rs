@@ -1,0 +1,46 @@
+//! `lifecycle`: every plugin exports it. `describe` returns the manifest, `setup` prepares an
+//! instance with its installation's config, `teardown` lets it clean up.
+
+use super::{Guests, Hook};
+use crate::bindings::{lifecycle, types};
+use crate::runtime::state::HostState;
+use crate::runtime::{CallError, Instance};
+use wasmtime::Store;
+use wasmtime::component::InstancePre;
+
+/// The `lifecycle` functions of one instance.
+pub(crate) type Lifecycle = lifecycle::Guest;
+
+impl Hook for Lifecycle {
+    const INTERFACE: &'static str = "sluice:plugin/lifecycle";
+    type Indices = lifecycle::GuestIndices;
+
+    fn indices(pre: &InstancePre<HostState>) -> wasmtime::Result<Self::Indices> {
+        lifecycle::GuestIndices::new(pre)
+    }
+
+    fn load(
+        indices: &Self::Indices,
+        store: &mut Store<HostState>,
+        instance: &wasmtime::component::Instance,
+    ) -> wasmtime::Result<Self> {
+        indices.load(store, instance)
+    }
+}
+
+impl Instance {
+    /// The plugin's manifest, as `describe` returns it.
+    pub(crate) fn describe(&mut self) -> Result<types::Manifest, CallError> {
+        self.call(|guests: &Guests, store| guests.lifecycle.call_describe(store).map(Ok))
+    }
+
+    /// Runs `setup` with `config`, a JSON object.
+    pub(crate) fn setup(&mut self, config: &str) -> Result<(), CallError> {
+        self.call(|guests: &Guests, store| guests.lifecycle.call_setup(store, config))
+    }
+
+    /// Lets the plugin clean up before the instance is discarded.
+    pub fn teardown(mut self) {
+        let _ = self.call(|guests: &Guests, store| guests.lifecycle.call_teardown(store).map(Ok));
+    }
+}

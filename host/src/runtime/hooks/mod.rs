@@ -1,0 +1,93 @@
+//! Hooks: the interfaces a plugin may export, one module each. A hook module finds its
+//! interface among a component's exports ([`Hook`]), and calls it under the instance's limits
+//! (a method on [`crate::runtime::Instance`]). What a plugin can do is derived from which hooks
+//! its component exports.
+
+pub mod lifecycle;
+pub mod transform;
+
+use super::state::HostState;
+use wasmtime::Store;
+use wasmtime::component::{Instance, InstancePre};
+
+/// A hook: one exported interface, bound to the bindings generated for it.
+pub(crate) trait Hook: Sized {
+    /// The interface, without version, e.g. `sluice:plugin/transform`.
+    const INTERFACE: &'static str;
+    /// Where the hook's functions are in a component, found once per plugin.
+    type Indices: Send + Sync;
+
+    /// Finds the hook's functions in a pre-instantiated component.
+    fn indices(pre: &InstancePre<HostState>) -> wasmtime::Result<Self::Indices>;
+
+    /// The hook's functions in a live instance.
+    fn load(
+        indices: &Self::Indices,
+        store: &mut Store<HostState>,
+        instance: &Instance,
+    ) -> wasmtime::Result<Self>;
+}
+
+/// The indices of `H` if the component exports it (`exported` lists its export names).
+fn find<H: Hook>(
+    pre: &InstancePre<HostState>,
+    exported: &[String],
+) -> Result<Option<H::Indices>, String> {
+    exported
+        .iter()
+        .any(|name| name.split('@').next() == Some(H::INTERFACE))
+        .then(|| H::indices(pre))
+        .transpose()
+        .map_err(|e| format!("{e:#}"))
+}
+
+/// The hooks a plugin exports, found once when it is loaded.
+pub(crate) struct Exports {
+    lifecycle: <lifecycle::Lifecycle as Hook>::Indices,
+    transform: Option<<transform::Transform as Hook>::Indices>,
+}
+
+impl Exports {
+    /// Finds the hooks among `exported`; every plugin must export `lifecycle`.
+    pub(crate) fn find(pre: &InstancePre<HostState>, exported: &[String]) -> Result<Self, String> {
+        let lifecycle = find::<lifecycle::Lifecycle>(pre, exported)?.ok_or_else(|| {
+            format!(
+                "it does not export `{}`",
+                <lifecycle::Lifecycle as Hook>::INTERFACE
+            )
+        })?;
+        Ok(Self {
+            lifecycle,
+            transform: find::<transform::Transform>(pre, exported)?,
+        })
+    }
+
+    /// Whether the plugin exports `transform`.
+    pub(crate) fn transforms(&self) -> bool {
+        self.transform.is_some()
+    }
+}
+
+/// The hooks of one live instance.
+pub(crate) struct Guests {
+    lifecycle: lifecycle::Lifecycle,
+    transform: Option<transform::Transform>,
+}
+
+impl Guests {
+    /// Loads every hook `exports` found from `instance`.
+    pub(crate) fn load(
+        exports: &Exports,
+        store: &mut Store<HostState>,
+        instance: &Instance,
+    ) -> wasmtime::Result<Self> {
+        Ok(Self {
+            lifecycle: Hook::load(&exports.lifecycle, store, instance)?,
+            transform: exports
+                .transform
+                .as_ref()
+                .map(|indices| Hook::load(indices, store, instance))
+                .transpose()?,
+        })
+    }
+}

@@ -1,0 +1,195 @@
+//! One live plugin instance: its own store, memory cap and per-call deadline, and how a failed
+//! call is classified.
+
+use super::deadline_ticks;
+use super::hooks::Guests;
+use super::plugin::Plugin;
+use super::state::HostState;
+use crate::bindings::types;
+use crate::capabilities::Context;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use wasmtime::{Store, Trap};
+
+/// How one installation's instances are set up and limited.
+#[derive(Clone)]
+pub struct InstanceSettings {
+    /// The installation: id, grants and capability services.
+    pub context: Arc<Context>,
+    /// Resolved config as a JSON object.
+    pub config: Value,
+    /// Memory cap of the instance.
+    pub memory_bytes: usize,
+}
+
+/// What went wrong in a call into a plugin.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum CallError {
+    /// The instance trapped and is unusable; it must be dropped.
+    #[error("{kind}: {message}")]
+    Trap {
+        /// Why it trapped.
+        kind: TrapKind,
+        /// Details.
+        message: String,
+    },
+    /// The plugin reported an error; the instance is fine.
+    #[error("plugin error: {message}")]
+    Plugin {
+        /// What went wrong.
+        message: String,
+        /// Whether trying again later may succeed.
+        retryable: bool,
+    },
+}
+
+impl CallError {
+    /// Whether the instance is unusable after this error and must be discarded.
+    pub fn poisons_instance(&self) -> bool {
+        matches!(self, CallError::Trap { .. })
+    }
+
+    /// A short stable label for metrics.
+    pub fn kind_label(&self) -> &'static str {
+        match self {
+            CallError::Trap { kind, .. } => kind.label(),
+            CallError::Plugin { .. } => "plugin_error",
+        }
+    }
+}
+
+/// Why an instance trapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrapKind {
+    /// The call ran past its deadline.
+    Timeout,
+    /// The instance tried to grow memory past its cap.
+    MemoryLimit,
+    /// The guest panicked (or reached `unreachable`).
+    Panic,
+    /// The guest overflowed its stack.
+    StackOverflow,
+    /// The guest broke the contract (e.g. returned an undecodable result).
+    Contract,
+    /// Any other trap.
+    Other,
+}
+
+impl TrapKind {
+    /// A short stable label for metrics and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            TrapKind::Timeout => "timeout",
+            TrapKind::MemoryLimit => "memory_limit",
+            TrapKind::Panic => "panic",
+            TrapKind::StackOverflow => "stack_overflow",
+            TrapKind::Contract => "contract_violation",
+            TrapKind::Other => "trap",
+        }
+    }
+}
+
+impl std::fmt::Display for TrapKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// A live plugin instance with its own store.
+pub struct Instance {
+    store: Store<HostState>,
+    guests: Guests,
+    timeout: Duration,
+}
+
+impl Instance {
+    /// Instantiates `plugin` serving `ctx`, with the hooks it exports loaded, before `setup`.
+    pub(super) fn instantiate(
+        plugin: &Plugin,
+        ctx: Arc<Context>,
+        memory_bytes: usize,
+    ) -> Result<Self, CallError> {
+        let timeout = Duration::from_secs(10);
+        let mut store = Store::new(plugin.pre.engine(), HostState::new(ctx, memory_bytes));
+        store.limiter(|state| &mut state.limiter);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(deadline_ticks(timeout));
+        let instance = plugin
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| classify(&store, &e))?;
+        let guests = Guests::load(&plugin.exports, &mut store, &instance)
+            .map_err(|e| classify(&store, &e))?;
+        Ok(Self {
+            store,
+            guests,
+            timeout,
+        })
+    }
+
+    /// Instantiates `plugin` and runs its `setup` with the installation's config.
+    pub fn start(plugin: &Plugin, settings: &InstanceSettings) -> Result<Self, CallError> {
+        let mut instance =
+            Self::instantiate(plugin, settings.context.clone(), settings.memory_bytes)?;
+        instance.timeout = settings.context.timeout;
+        instance.setup(&settings.config.to_string())?;
+        Ok(instance)
+    }
+
+    /// Makes the instance serve `ctx` from the next call on (shared instances of stateless
+    /// plugins serve several installations).
+    pub fn enter(&mut self, ctx: &Arc<Context>) {
+        self.store.data_mut().enter(ctx);
+    }
+
+    /// The installation the instance serves now.
+    pub fn context(&self) -> &Arc<Context> {
+        self.store.data().context()
+    }
+
+    /// The largest linear memory this instance has reached, in bytes.
+    pub fn memory_high_water(&self) -> usize {
+        self.store.data().limiter.high_water_bytes()
+    }
+
+    /// Calls into the guest through `f` under the instance's deadline and memory cap, then
+    /// collects its output into the log; a trap or a plugin error becomes a [`CallError`].
+    pub(super) fn call<T>(
+        &mut self,
+        f: impl FnOnce(
+            &Guests,
+            &mut Store<HostState>,
+        ) -> wasmtime::Result<Result<T, types::PluginError>>,
+    ) -> Result<T, CallError> {
+        self.store.set_epoch_deadline(deadline_ticks(self.timeout));
+        let result = f(&self.guests, &mut self.store);
+        self.store.data_mut().end_call();
+        match result {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(CallError::Plugin {
+                message: error.message,
+                retryable: error.retryable,
+            }),
+            Err(error) => Err(classify(&self.store, &error)),
+        }
+    }
+}
+
+fn classify(store: &Store<HostState>, error: &wasmtime::Error) -> CallError {
+    let kind = if store.data().limiter.exceeded() {
+        TrapKind::MemoryLimit
+    } else {
+        match error.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => TrapKind::Timeout,
+            Some(Trap::StackOverflow) => TrapKind::StackOverflow,
+            Some(Trap::UnreachableCodeReached) => TrapKind::Panic,
+            _ => TrapKind::Other,
+        }
+    };
+    CallError::Trap {
+        kind,
+        message: format!("{error:#}"),
+    }
+}

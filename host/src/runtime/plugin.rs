@@ -1,0 +1,210 @@
+//! One compiled, pre-linked plugin: what it imports (capabilities), what it exports (hooks), and
+//! its manifest.
+
+use super::hooks::Exports;
+use super::instance::Instance;
+use super::state::HostState;
+use crate::bindings::types;
+use crate::capabilities::{self, Capability, Context, Services};
+use sluice_abi::manifest::{ConfigField, ConfigType, Manifest};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use thiserror::Error;
+use wasmtime::Engine;
+use wasmtime::component::{Component, InstancePre, Linker};
+
+/// The contract's interface of shared types; it has no functions, so importing it grants nothing.
+const TYPES_INTERFACE: &str = "sluice:plugin/types";
+
+/// Why a plugin could not be loaded.
+#[derive(Debug, Error)]
+pub enum LoadError {
+    /// The file could not be read or compiled as a component.
+    #[error("cannot compile {path}: {reason}")]
+    Compile {
+        /// The plugin file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The component imports something the host does not provide.
+    #[error("{path} imports `{interface}`, which sluice does not provide")]
+    UnknownImport {
+        /// The plugin file.
+        path: PathBuf,
+        /// The interface.
+        interface: String,
+    },
+    /// The component does not fit the contract (missing lifecycle, wrong signatures...).
+    #[error("{path} does not implement the sluice plugin contract: {reason}")]
+    Contract {
+        /// The plugin file.
+        path: PathBuf,
+        /// What does not fit.
+        reason: String,
+    },
+    /// `describe` failed or returned an incoherent manifest.
+    #[error("{path} has an invalid manifest: {reason}")]
+    Manifest {
+        /// The plugin file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// One compiled, pre-linked plugin.
+pub struct Plugin {
+    /// Where it was loaded from.
+    pub path: PathBuf,
+    /// What it declared about itself.
+    pub manifest: Manifest,
+    /// The capabilities its component imports.
+    pub imports: Vec<&'static Capability>,
+    pub(super) pre: InstancePre<HostState>,
+    pub(super) exports: Exports,
+}
+
+impl Plugin {
+    /// Whether the plugin exports the `transform` hook.
+    pub fn transforms(&self) -> bool {
+        self.exports.transforms()
+    }
+
+    /// Every capability the plugin needs: those it declares and those it imports.
+    pub fn needs(&self) -> Vec<&str> {
+        let mut needs: Vec<&str> = self
+            .manifest
+            .capabilities
+            .iter()
+            .map(String::as_str)
+            .collect();
+        needs.extend(self.imports.iter().map(|c| c.name));
+        needs.sort_unstable();
+        needs.dedup();
+        needs
+    }
+}
+
+/// Compiles and checks the plugin at `path` (see [`super::Runtime::load`]).
+pub(super) fn load(
+    engine: &Engine,
+    linker: &Linker<HostState>,
+    path: &Path,
+) -> Result<Arc<Plugin>, LoadError> {
+    let compile_error = |reason: String| LoadError::Compile {
+        path: path.to_owned(),
+        reason,
+    };
+    let contract = |reason: String| LoadError::Contract {
+        path: path.to_owned(),
+        reason,
+    };
+    let manifest_error = |reason: String| LoadError::Manifest {
+        path: path.to_owned(),
+        reason,
+    };
+    let component =
+        Component::from_file(engine, path).map_err(|e| compile_error(format!("{e:#}")))?;
+    let ty = component.component_type();
+    let mut imports = Vec::new();
+    for (name, _) in ty.imports(engine) {
+        if name.starts_with("wasi:") || name.split('@').next() == Some(TYPES_INTERFACE) {
+            continue;
+        }
+        match capabilities::for_interface(name) {
+            Some(capability) => imports.push(capability),
+            None => {
+                return Err(LoadError::UnknownImport {
+                    path: path.to_owned(),
+                    interface: name.to_owned(),
+                });
+            }
+        }
+    }
+    let pre = linker
+        .instantiate_pre(&component)
+        .map_err(|e| contract(format!("{e:#}")))?;
+    let exported: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_owned()).collect();
+    let exports = Exports::find(&pre, &exported).map_err(contract)?;
+    let mut plugin = Plugin {
+        path: path.to_owned(),
+        manifest: Manifest {
+            name: String::new(),
+            version: String::new(),
+            description: String::new(),
+            config: Vec::new(),
+            capabilities: Vec::new(),
+            stateless: false,
+        },
+        imports,
+        pre,
+        exports,
+    };
+    let loading = Context::ungranted("loading", Services::detached());
+    let mut instance = Instance::instantiate(&plugin, loading, 1 << 30)
+        .map_err(|e| manifest_error(e.to_string()))?;
+    let described = instance
+        .describe()
+        .map_err(|e| manifest_error(format!("describe trapped: {e}")))?;
+    plugin.manifest = from_wit_manifest(described).map_err(manifest_error)?;
+    plugin.manifest.validate().map_err(|problems| {
+        manifest_error(
+            problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    })?;
+    if let Some(undeclared) = plugin
+        .imports
+        .iter()
+        .find(|c| !plugin.manifest.capabilities.iter().any(|d| d == c.name))
+    {
+        return Err(contract(format!(
+            "it imports `{}` but its manifest does not declare the `{}` capability",
+            undeclared.interface, undeclared.name
+        )));
+    }
+    Ok(Arc::new(plugin))
+}
+
+fn from_wit_manifest(manifest: types::Manifest) -> Result<Manifest, String> {
+    let config = manifest
+        .config
+        .into_iter()
+        .map(|field| {
+            let default = field
+                .default
+                .as_deref()
+                .map(serde_json::from_str)
+                .transpose()
+                .map_err(|e| format!("default of `{}` is not JSON: {e}", field.key))?;
+            Ok(ConfigField {
+                kind: match field.kind {
+                    types::ConfigType::Text => ConfigType::Text,
+                    types::ConfigType::Integer => ConfigType::Integer,
+                    types::ConfigType::Number => ConfigType::Number,
+                    types::ConfigType::Boolean => ConfigType::Boolean,
+                    types::ConfigType::Choice => ConfigType::Choice,
+                    types::ConfigType::Json => ConfigType::Json,
+                },
+                key: field.key,
+                description: field.description,
+                default,
+                required: field.required,
+                secret: field.secret,
+                choices: field.choices,
+            })
+        })
+        .collect::<Result<_, String>>()?;
+    Ok(Manifest {
+        name: manifest.name,
+        version: manifest.version,
+        description: manifest.description,
+        config,
+        capabilities: manifest.capabilities,
+        stateless: manifest.stateless,
+    })
+}

@@ -1,0 +1,76 @@
+//! The data of every instance's store: WASI, limits, captured output, and the capabilities'
+//! per-instance state. Only the runtime knows this type.
+
+use super::limits::MemoryLimiter;
+use super::stdio::{CapturedOutput, OUTPUT_CAP_BYTES};
+use crate::capabilities::log::Level;
+use crate::capabilities::{Context, HasCapabilities, InstanceState};
+use std::sync::Arc;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// Everything an instance's host functions can reach.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(super) limiter: MemoryLimiter,
+    output: CapturedOutput,
+    capabilities: InstanceState,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl HasCapabilities for HostState {
+    fn capabilities(&mut self) -> &mut InstanceState {
+        &mut self.capabilities
+    }
+}
+
+impl HostState {
+    /// State for an instance serving `ctx` with at most `memory_bytes` of linear memory.
+    pub(super) fn new(ctx: Arc<Context>, memory_bytes: usize) -> Self {
+        let output = CapturedOutput::default();
+        // No preopened directories, no environment, no sockets: only captured stdout/stderr.
+        let wasi = WasiCtx::builder()
+            .stdout(output.clone())
+            .stderr(output.clone())
+            .allow_blocking_current_thread(true)
+            .build();
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter::new(memory_bytes),
+            output,
+            capabilities: InstanceState::new(ctx),
+        }
+    }
+
+    /// The installation the instance serves in the current call.
+    pub(super) fn context(&self) -> &Arc<Context> {
+        &self.capabilities.ctx
+    }
+
+    /// Makes the instance serve `ctx` from the next call on.
+    pub(super) fn enter(&mut self, ctx: &Arc<Context>) {
+        if !Arc::ptr_eq(&self.capabilities.ctx, ctx) {
+            self.capabilities.ctx = ctx.clone();
+        }
+    }
+
+    /// Turns captured stdout/stderr into log lines and closes the call's log budget.
+    pub(super) fn end_call(&mut self) {
+        let (bytes, dropped) = self.output.take();
+        let state = &mut self.capabilities;
+        for line in String::from_utf8_lossy(&bytes).lines() {
+            state.log.line(&state.ctx, Level::Info, line);
+        }
+        state.log.end_call(&state.ctx, dropped, OUTPUT_CAP_BYTES);
+    }
+}

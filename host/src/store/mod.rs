@@ -1,0 +1,150 @@
+//! The embedded SQLite database: one file (`<data_dir>/sluice.db`) holding the ingest queue
+//! ([`crate::ingest::sqlite`]), stored events, recordings and dead letters
+//! ([`crate::sink::sqlite`]), and plugin log lines ([`logs`]); [`read`] is what the commands
+//! print.
+//!
+//! WAL mode with `synchronous = FULL`, so a committed transaction survives a crash of the process
+//! or the machine.
+
+pub mod logs;
+pub mod read;
+
+use rusqlite::Connection;
+use sluice_abi::wire::WireError;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use thiserror::Error;
+
+/// File name of the database inside the data folder.
+pub const DB_FILE: &str = "sluice.db";
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS queue (
+    id INTEGER PRIMARY KEY,
+    team_id INTEGER NOT NULL,
+    events INTEGER NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    uuid BLOB NOT NULL UNIQUE,
+    team_id INTEGER NOT NULL,
+    timestamp_ms INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    distinct_id TEXT NOT NULL,
+    ip TEXT,
+    properties TEXT NOT NULL,
+    set_json TEXT,
+    set_once_json TEXT,
+    stored_at_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_team ON events (team_id, seq);
+CREATE TABLE IF NOT EXISTS recordings (
+    seq INTEGER PRIMARY KEY,
+    uuid BLOB NOT NULL UNIQUE,
+    team_id INTEGER NOT NULL,
+    session_id TEXT NOT NULL,
+    window_id TEXT,
+    distinct_id TEXT NOT NULL,
+    timestamp_ms INTEGER NOT NULL,
+    properties TEXT NOT NULL,
+    stored_at_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS recordings_by_session ON recordings (team_id, session_id, window_id, timestamp_ms);
+CREATE TABLE IF NOT EXISTS plugin_logs (
+    id INTEGER PRIMARY KEY,
+    installation TEXT NOT NULL,
+    level TEXT NOT NULL,
+    message TEXT NOT NULL,
+    time_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS plugin_logs_by_installation ON plugin_logs (installation, id);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY,
+    team_id INTEGER NOT NULL,
+    installation TEXT NOT NULL,
+    uuid BLOB NOT NULL,
+    event BLOB NOT NULL,
+    error TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+";
+
+/// Why the embedded database failed.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The data folder could not be created.
+    #[error("cannot create {path}: {source}")]
+    CreateDir {
+        /// The folder.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A database file could not be opened or set up.
+    #[error("cannot open {path}: {source}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: rusqlite::Error,
+    },
+    /// A query or transaction failed.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A stored event cannot be decoded.
+    #[error("a stored event is corrupt: {0}")]
+    Corrupt(#[from] WireError),
+    /// A thread that writes to the database could not be started.
+    #[error("cannot start {0}: {1}")]
+    Thread(&'static str, std::io::Error),
+}
+
+impl StoreError {
+    /// An error opening the database file at `path`.
+    pub fn open(path: &Path, source: rusqlite::Error) -> Self {
+        Self::Open {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+/// Opens (creating if needed) the database in `data_dir`.
+pub fn open(data_dir: &Path) -> Result<Connection, StoreError> {
+    std::fs::create_dir_all(data_dir).map_err(|source| StoreError::CreateDir {
+        path: data_dir.to_owned(),
+        source,
+    })?;
+    let path = data_dir.join(DB_FILE);
+    let setup = |conn: &Connection| -> rusqlite::Result<()> {
+        conn.busy_timeout(Duration::from_secs(30))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(SCHEMA)
+    };
+    let conn = Connection::open(&path).map_err(|e| StoreError::open(&path, e))?;
+    setup(&conn).map_err(|e| StoreError::open(&path, e))?;
+    Ok(conn)
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// The name of session-recording events, which are stored apart and skip plugin chains.
+pub const SNAPSHOT_EVENT: &str = "$snapshot";
+
+/// UUID bytes as hyphenated text.
+pub fn uuid_text(bytes: &[u8]) -> String {
+    uuid::Uuid::from_slice(bytes).map_or_else(|_| String::from("invalid"), |u| u.to_string())
+}
+
+/// Epoch milliseconds as RFC 3339 UTC with milliseconds.
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map_or_else(
+        || ms.to_string(),
+        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    )
+}

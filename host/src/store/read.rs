@@ -1,0 +1,180 @@
+//! What the commands print: stored events, recordings and dead letters, newest last.
+
+use super::{StoreError, rfc3339, uuid_text};
+use rusqlite::{Connection, params};
+use serde::Serialize;
+use serde_json::Value;
+use sluice_abi::wire::{self, EventFields};
+
+/// A stored event as `sluice events` prints it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StoredEvent {
+    /// Event UUID.
+    pub uuid: String,
+    /// Event name.
+    pub event: String,
+    /// Distinct id.
+    pub distinct_id: String,
+    /// Team id.
+    pub team_id: u64,
+    /// Event time, RFC 3339 UTC with milliseconds.
+    pub timestamp: String,
+    /// Client IP.
+    pub ip: Option<String>,
+    /// Properties.
+    pub properties: Value,
+    /// `$set` person properties.
+    #[serde(rename = "$set", skip_serializing_if = "Option::is_none")]
+    pub set: Option<Value>,
+    /// `$set_once` person properties.
+    #[serde(rename = "$set_once", skip_serializing_if = "Option::is_none")]
+    pub set_once: Option<Value>,
+}
+
+impl StoredEvent {
+    /// The printable form of an event's fields.
+    pub fn from_fields(fields: &EventFields<'_>) -> Self {
+        Self {
+            uuid: uuid_text(&fields.uuid),
+            event: fields.event.to_owned(),
+            distinct_id: fields.distinct_id.to_owned(),
+            team_id: fields.team_id,
+            timestamp: rfc3339(fields.timestamp_ms),
+            ip: fields.ip.map(str::to_owned),
+            properties: json(fields.properties.to_owned()),
+            set: fields.set.map(|s| json(s.to_owned())),
+            set_once: fields.set_once.map(|s| json(s.to_owned())),
+        }
+    }
+}
+
+/// A dead letter as `sluice dead-letters` prints it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StoredDeadLetter {
+    /// The installation that failed.
+    pub installation: String,
+    /// What went wrong.
+    pub error: String,
+    /// The event as it was before that plugin.
+    pub event: StoredEvent,
+}
+
+/// A stored recording event as `sluice recordings` prints it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StoredRecording {
+    /// Event UUID.
+    pub uuid: String,
+    /// Team id.
+    pub team_id: u64,
+    /// `$session_id`.
+    pub session_id: String,
+    /// `$window_id`.
+    pub window_id: Option<String>,
+    /// Distinct id.
+    pub distinct_id: String,
+    /// Event time, RFC 3339 UTC with milliseconds.
+    pub timestamp: String,
+    /// The event's properties (`$snapshot_data` and the rest).
+    pub properties: Value,
+}
+
+/// The newest `limit` stored events (of `team`, if given), oldest first.
+pub fn recent_events(
+    conn: &Connection,
+    team: Option<u64>,
+    limit: usize,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT uuid, event, distinct_id, team_id, timestamp_ms, ip, properties, set_json, set_once_json \
+         FROM events WHERE ?1 IS NULL OR team_id = ?1 ORDER BY seq DESC LIMIT ?2",
+    )?;
+    let mut events = stmt
+        .query_map(params![team.map(|t| t as i64), limit as i64], |row| {
+            let uuid: Vec<u8> = row.get(0)?;
+            Ok(StoredEvent {
+                uuid: uuid_text(&uuid),
+                event: row.get(1)?,
+                distinct_id: row.get(2)?,
+                team_id: row.get::<_, i64>(3)? as u64,
+                timestamp: rfc3339(row.get(4)?),
+                ip: row.get(5)?,
+                properties: json(row.get::<_, String>(6)?),
+                set: row.get::<_, Option<String>>(7)?.map(json),
+                set_once: row.get::<_, Option<String>>(8)?.map(json),
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    events.reverse();
+    Ok(events)
+}
+
+/// The newest `limit` dead letters (of `team`, if given), oldest first.
+pub fn recent_dead_letters(
+    conn: &Connection,
+    team: Option<u64>,
+    limit: usize,
+) -> Result<Vec<StoredDeadLetter>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT installation, error, event FROM dead_letters WHERE ?1 IS NULL OR team_id = ?1 \
+         ORDER BY id DESC LIMIT ?2",
+    )?;
+    let rows = stmt
+        .query_map(params![team.map(|t| t as i64), limit as i64], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, Vec<u8>>(2)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut letters = rows
+        .into_iter()
+        .map(|(installation, error, encoded)| {
+            let fields = wire::parse_encoded(&encoded).and_then(|raw| raw.fields())?;
+            Ok(StoredDeadLetter {
+                installation,
+                error,
+                event: StoredEvent::from_fields(&fields),
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    letters.reverse();
+    Ok(letters)
+}
+
+/// The newest `limit` recording events (of `team` and `session`, if given), in session order.
+pub fn recent_recordings(
+    conn: &Connection,
+    team: Option<u64>,
+    session: Option<&str>,
+    limit: usize,
+) -> Result<Vec<StoredRecording>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT uuid, team_id, session_id, window_id, distinct_id, timestamp_ms, properties FROM recordings \
+         WHERE (?1 IS NULL OR team_id = ?1) AND (?2 IS NULL OR session_id = ?2) \
+         ORDER BY seq DESC LIMIT ?3",
+    )?;
+    let mut recordings = stmt
+        .query_map(
+            params![team.map(|t| t as i64), session, limit as i64],
+            |row| {
+                let uuid: Vec<u8> = row.get(0)?;
+                Ok(StoredRecording {
+                    uuid: uuid_text(&uuid),
+                    team_id: row.get::<_, i64>(1)? as u64,
+                    session_id: row.get(2)?,
+                    window_id: row.get(3)?,
+                    distinct_id: row.get(4)?,
+                    timestamp: rfc3339(row.get(5)?),
+                    properties: json(row.get::<_, String>(6)?),
+                })
+            },
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    recordings.reverse();
+    Ok(recordings)
+}
+
+fn json(text: String) -> Value {
+    serde_json::from_str(&text).unwrap_or(Value::String(text))
+}
