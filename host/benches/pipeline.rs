@@ -12,6 +12,8 @@
 //!     (the same MaxMind reader answering both), and what one GeoIP lookup costs at each layer.
 //! (c) The capture decoder alone: plain, gzip and base64 (form beacon) batches of 100 events
 //!     through decoding and normalization, in MB/s of request body and events/s.
+//! (e) Failure isolation: the time to finish a batch of 1,000 events with one poison event
+//!     (a panic, a stack overflow) against the same batch without it.
 
 #![allow(clippy::unwrap_used)]
 
@@ -20,7 +22,7 @@ use flate2::write::GzEncoder;
 use serde_json::{Value, json};
 use sluice::capabilities::{Context, Grants, Services};
 use sluice::chain::{ChainRunner, Installation, InstanceKey};
-use sluice::config::{Config, OnError};
+use sluice::config::{BreakerConfig, Config, OnError};
 use sluice::runtime::{Instance, InstanceSettings, Runtime, RuntimeSettings};
 use sluice::sink::Output;
 use sluice_abi::wire::{BatchWriter, EventFields};
@@ -72,6 +74,77 @@ fn main() {
     geoip_chain(&runtime, &plugins, &events);
     println!("\n(c) capture decoder: batches of 100 events, decode + normalize + encode");
     decoder();
+    println!(
+        "\n(e) failure isolation: a batch of {BATCH} events through the adversary plugin, with and without one poison event"
+    );
+    isolation(&runtime, &plugins);
+}
+
+fn isolation(runtime: &Runtime, plugins: &std::path::Path) {
+    let batch = |poison: Option<usize>| -> Vec<Vec<u8>> {
+        (0..BATCH)
+            .map(|i| {
+                let properties = properties(i).to_string();
+                let distinct_id = format!("user-{i}");
+                let mut uuid = [0u8; 16];
+                uuid[..8].copy_from_slice(&(i as u64).to_le_bytes());
+                EventFields {
+                    uuid,
+                    team_id: 1,
+                    timestamp_ms: 1_700_000_000_000,
+                    event: if poison == Some(i) {
+                        "attack"
+                    } else {
+                        "normal"
+                    },
+                    distinct_id: &distinct_id,
+                    ip: None,
+                    properties: &properties,
+                    set: None,
+                    set_once: None,
+                }
+                .encode()
+                .unwrap()
+            })
+            .collect()
+    };
+    let clean = batch(None);
+    for (mode, at) in [("panic", 500), ("panic", 0), ("recurse", 500)] {
+        let poisoned = batch(Some(at));
+        let (plugin, settings) = instance(
+            runtime,
+            plugins,
+            "adversary",
+            json!({"mode": mode}),
+            &Services::detached(),
+        );
+        let chain = [Arc::new(Installation::new(
+            InstanceKey::unique(),
+            plugin,
+            settings,
+            OnError::Skip,
+            BreakerConfig::default(),
+        ))];
+        let mut runner = ChainRunner::new(4);
+        let mut time = |events: &Vec<Vec<u8>>| {
+            let mut best = f64::INFINITY;
+            for _ in 0..20 {
+                let started = Instant::now();
+                let mut out = Output::default();
+                runner.run(&chain, events.clone(), &mut out);
+                best = best.min(started.elapsed().as_secs_f64() * 1e3);
+                assert_eq!(out.events.len(), BATCH);
+            }
+            best
+        };
+        let clean_ms = time(&clean);
+        let poisoned_ms = time(&poisoned);
+        println!(
+            "  {mode:<8} at event {at:<4} clean {clean_ms:>7.2} ms  with one poison {poisoned_ms:>7.2} ms  ({:.1}x)",
+            poisoned_ms / clean_ms
+        );
+        runner.teardown();
+    }
 }
 
 mod common;
@@ -170,6 +243,7 @@ fn geoip_chain(runtime: &Runtime, plugins: &std::path::Path, events: &[Vec<u8>])
                 plugin,
                 settings,
                 OnError::Skip,
+                BreakerConfig::default(),
             ))
         })
         .collect();
@@ -440,6 +514,7 @@ fn transforms(runtime: &Runtime, plugins: &std::path::Path, events: &[Vec<u8>]) 
         plugin,
         settings,
         OnError::Skip,
+        BreakerConfig::default(),
     ));
     let chain = [installation];
     let chain_ns = measure(|| {

@@ -165,3 +165,49 @@ fn json_labelled_as_a_form_like_plain_curl_sends_it_is_accepted() {
     sluice.drain();
     assert_eq!(sluice.events(1)[0]["event"], "curl");
 }
+
+#[test]
+fn gzip_sent_as_a_form_is_read_as_the_raw_body() {
+    // What `curl --data-binary @events.gz -H 'Content-Encoding: gzip'` sends: curl labels it
+    // `application/x-www-form-urlencoded`. Once with the header, once sniffed by magic bytes.
+    let sluice = Sluice::start(&plain_team(1, "phc_one"));
+    for (i, encoding) in [Some("gzip"), None].into_iter().enumerate() {
+        let batch = json!({"api_key": "phc_one", "batch": [{"event": "gz", "distinct_id": format!("u{i}")}]});
+        let mut headers = vec![("content-type", "application/x-www-form-urlencoded")];
+        headers.extend(encoding.map(|e| ("content-encoding", e)));
+        let (status, body) = sluice.post("/batch", gzip(batch.to_string().as_bytes()), &headers);
+        assert_eq!((status, body), (200, json!({"status": 1})));
+    }
+    sluice.drain();
+    let ids: Vec<Value> = sluice
+        .events(1)
+        .iter()
+        .map(|e| e["distinct_id"].clone())
+        .collect();
+    assert_eq!(ids, [json!("u0"), json!("u1")]);
+}
+
+#[test]
+fn an_overlong_distinct_id_is_cut_to_200_characters_as_posthog_does() {
+    let sluice = Sluice::start(&plain_team(1, "phc_one"));
+    let long = "x".repeat(100_000);
+    let with_nul = format!("a\u{0}b{}", "é".repeat(300));
+    for id in [&long, &with_nul] {
+        let event = json!({"event": "e", "distinct_id": id, "token": "phc_one"});
+        assert_eq!(sluice.post_json("/e", &event).0, 200);
+    }
+    sluice.drain();
+    let events = sluice.events(1);
+    let stored: Vec<&str> = events
+        .iter()
+        .map(|e| e["distinct_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(stored[0], "x".repeat(200));
+    assert_eq!(stored[1].chars().count(), 200);
+    assert!(stored[1].starts_with("a\u{FFFD}béé"), "{}", stored[1]);
+    let (_, metrics) = sluice.get("/metrics");
+    assert!(
+        metrics.contains("sluice_capture_distinct_ids_truncated_total 2"),
+        "{metrics}"
+    );
+}

@@ -12,5 +12,6 @@ mod cli;
 mod compat;
 mod durability;
 mod geoip_db;
+mod isolation;
 mod sdk;
 mod support;

@@ -57,8 +57,15 @@ pub struct Decoded {
 
 /// Decodes a request to JSON, with every decompressed size capped at `limit` bytes.
 pub fn decode(input: &Input<'_>, limit: usize) -> Result<Decoded, CaptureError> {
-    // A JSON body is never a meaningful form: `curl -d '{...}'` labels JSON as a form.
+    // A JSON or gzip body is never a meaningful form: `curl -d '{...}'` labels JSON as a form,
+    // and `curl --data-binary @events.gz -H 'Content-Encoding: gzip'` labels gzip as one (PostHog
+    // sniffs gzip whatever the content type says).
+    let gzip = input.body.starts_with(&GZIP_MAGIC)
+        || input
+            .content_encoding
+            .is_some_and(|e| e.trim().eq_ignore_ascii_case("gzip"));
     let is_form = !input.get
+        && !gzip
         && !looks_like_json(input.body)
         && input.content_type.is_some_and(|t| {
             t.to_ascii_lowercase()
@@ -320,6 +327,15 @@ mod tests {
             "e",
             "JSON labelled as a form is read as JSON"
         );
+        let gz = gzip(EVENT.as_bytes());
+        for content_encoding in [Some("gzip"), None] {
+            let curl_gzip = Input {
+                content_type: Some("application/x-www-form-urlencoded"),
+                content_encoding,
+                ..body(&gz)
+            };
+            assert_eq!(event_of(&curl_gzip), "e", "gzip labelled as a form");
+        }
 
         let get = Input {
             get: true,

@@ -233,11 +233,12 @@ pub fn event(
     })
 }
 
-/// A distinct id as text: strings as they are, numbers and booleans stringified, cut to 200
-/// chars; blank or structured values do not count.
+/// A distinct id as text, as PostHog's capture makes it: strings as they are, numbers and
+/// booleans stringified, NUL characters replaced by U+FFFD, cut to 200 chars (counted in
+/// `sluice_capture_distinct_ids_truncated_total`); blank or structured values do not count.
 fn distinct_id_text(value: &Value) -> Option<String> {
     let text = match value {
-        Value::String(s) => s.clone(),
+        Value::String(s) => s.replace('\0', "\u{FFFD}"),
         Value::Number(n) => n.to_string(),
         Value::Bool(b) => b.to_string(),
         _ => return None,
@@ -245,6 +246,10 @@ fn distinct_id_text(value: &Value) -> Option<String> {
     if text.trim().is_empty() {
         return None;
     }
+    if text.len() <= MAX_DISTINCT_ID_CHARS || text.chars().count() <= MAX_DISTINCT_ID_CHARS {
+        return Some(text);
+    }
+    metrics::counter!("sluice_capture_distinct_ids_truncated_total").increment(1);
     Some(text.chars().take(MAX_DISTINCT_ID_CHARS).collect())
 }
 

@@ -146,6 +146,7 @@ pub fn build(
                 plugin,
                 settings,
                 installation.on_error,
+                installation.breaker.clone(),
             )));
         }
     }
@@ -187,6 +188,7 @@ mod tests {
             timeout_ms: 1_000,
             memory_mb: 64,
             on_error: OnError::Skip,
+            breaker: Default::default(),
             grants: Grants::of(grants),
         }
     }

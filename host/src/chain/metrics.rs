@@ -4,7 +4,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Every `kind` label of `sluice_plugin_failures_total`.
-const FAILURE_KINDS: [&str; 9] = [
+const FAILURE_KINDS: [&str; 10] = [
     "timeout",
     "memory_limit",
     "panic",
@@ -14,6 +14,7 @@ const FAILURE_KINDS: [&str; 9] = [
     "plugin_error",
     "invalid_event",
     "envelope_changed",
+    "circuit_open",
 ];
 
 /// The metric handles of one installation.
@@ -22,6 +23,7 @@ pub(super) struct InstallationMetrics {
     calls: OnceLock<metrics::Counter>,
     duration: OnceLock<metrics::Histogram>,
     dropped: OnceLock<metrics::Counter>,
+    isolations: OnceLock<metrics::Counter>,
     failures: [OnceLock<metrics::Counter>; FAILURE_KINDS.len()],
 }
 
@@ -32,6 +34,7 @@ impl InstallationMetrics {
             calls: OnceLock::new(),
             duration: OnceLock::new(),
             dropped: OnceLock::new(),
+            isolations: OnceLock::new(),
             failures: Default::default(),
         }
     }
@@ -57,6 +60,13 @@ impl InstallationMetrics {
         self.dropped
             .get_or_init(|| metrics::counter!("sluice_plugin_events_dropped_total", "installation" => self.label()))
             .increment(count);
+    }
+
+    /// One failed call split in two to find the events responsible.
+    pub(super) fn isolation(&self) {
+        self.isolations
+            .get_or_init(|| metrics::counter!("sluice_plugin_isolation_splits_total", "installation" => self.label()))
+            .increment(1);
     }
 
     /// One event the plugin failed on, of `kind` (one of [`FAILURE_KINDS`]).

@@ -7,7 +7,11 @@
 //!   one after a trap, and tears down the least recently used beyond its budget.
 //! - [`outcome`] applies what a plugin decided for each event, and the installation's `on_error`
 //!   policy to the events it failed on.
+//! - Batching never widens a failure: when a call fails as a whole, the runner bisects the batch
+//!   on fresh instances until it finds the events that fail on their own; only those take
+//!   `on_error`. Each installation's [`breaker`] stops calling a plugin that keeps failing.
 
+mod breaker;
 mod builder;
 mod metrics;
 mod outcome;
@@ -16,10 +20,12 @@ mod pool;
 pub use builder::{SharingKey, build};
 pub use pool::InstanceKey;
 
-use crate::config::OnError;
-use crate::runtime::{InstanceSettings, Plugin};
+use crate::config::{BreakerConfig, OnError};
+use crate::runtime::{CallError, InstanceSettings, Plugin};
 use crate::sink::Output;
+use breaker::{Admission, Breaker};
 use metrics::InstallationMetrics;
+use outcome::Failure;
 use pool::InstancePool;
 use sluice_abi::wire::BatchWriter;
 use std::collections::HashMap;
@@ -42,6 +48,7 @@ pub struct Installation {
     /// What happens to an event the plugin fails on.
     pub on_error: OnError,
     metrics: InstallationMetrics,
+    breaker: Breaker,
 }
 
 impl Installation {
@@ -51,10 +58,12 @@ impl Installation {
         plugin: Arc<Plugin>,
         settings: InstanceSettings,
         on_error: OnError,
+        breaker: BreakerConfig,
     ) -> Self {
         let id = settings.context.installation.clone();
         Self {
             metrics: InstallationMetrics::new(&id),
+            breaker: Breaker::new(breaker, settings.context.clone()),
             id,
             instance_key,
             team_id: settings.context.team_id,
@@ -117,14 +126,96 @@ impl ChainRunner {
         self.pool.teardown();
     }
 
+    /// Runs `events` through one installation and returns those that continue.
     fn apply(
         &mut self,
         installation: &Installation,
-        events: Vec<Vec<u8>>,
+        mut events: Vec<Vec<u8>>,
         out: &mut Output,
     ) -> Vec<Vec<u8>> {
+        let mut next = Vec::with_capacity(events.len());
+        match installation.breaker.admit(Instant::now()) {
+            Admission::Call => self.resolve(installation, events, &mut next, out),
+            Admission::Trial => {
+                // One event decides; the rest follow only if it closed the breaker.
+                let rest = events.split_off(1);
+                self.resolve(installation, events, &mut next, out);
+                self.resolve(installation, rest, &mut next, out);
+            }
+            Admission::Refuse(reason) => outcome::fail_all(
+                installation,
+                events,
+                &Failure::circuit_open(reason),
+                &mut next,
+                out,
+            ),
+        }
+        next
+    }
+
+    /// Runs `events` in one call. If the call fails as a whole, the events responsible are found
+    /// by bisecting on fresh instances: each half is called on its own, down to single events,
+    /// and only an event that fails by itself takes `on_error`. Halves are run in order, so the
+    /// order of events is kept; a deterministic failure costs about two calls per halving, a
+    /// failure that does not repeat simply succeeds on the retry.
+    fn resolve(
+        &mut self,
+        installation: &Installation,
+        mut events: Vec<Vec<u8>>,
+        next: &mut Vec<Vec<u8>>,
+        out: &mut Output,
+    ) {
+        if events.is_empty() {
+            return;
+        }
+        if let Some(reason) = installation.breaker.open_reason() {
+            let failure = Failure::circuit_open(reason);
+            return outcome::fail_all(installation, events, &failure, next, out);
+        }
+        let error = match self.call(installation, &events) {
+            Ok(outcomes) => match outcome::apply(installation, events, &outcomes, next, out) {
+                Ok(applied) => {
+                    self.pool.recycle_if_bloated(installation);
+                    if applied.all_failed {
+                        installation
+                            .breaker
+                            .failure("the plugin failed every event of a call", Instant::now());
+                    } else {
+                        installation.breaker.success();
+                    }
+                    return;
+                }
+                Err((returned, error)) => {
+                    events = returned;
+                    error
+                }
+            },
+            Err(error) => error,
+        };
+        if error.poisons_instance() {
+            self.pool.discard(installation, &error);
+        }
+        if events.len() == 1 {
+            installation
+                .breaker
+                .failure(&error.to_string(), Instant::now());
+            return outcome::fail_all(installation, events, &Failure::of(&error), next, out);
+        }
+        tracing::debug!(installation = %installation.id, events = events.len(), %error, "a batch call failed; isolating the events responsible");
+        installation.metrics.isolation();
+        let second = events.split_off(events.len() / 2);
+        self.resolve(installation, events, next, out);
+        self.resolve(installation, second, next, out);
+    }
+
+    /// One `transform` call with `events`, timed and counted.
+    fn call(
+        &mut self,
+        installation: &Installation,
+        events: &[Vec<u8>],
+    ) -> Result<Vec<u8>, CallError> {
         let mut batch = BatchWriter::with_capacity(events.iter().map(Vec::len).sum());
-        for event in &events {
+        for event in events {
             batch.push_encoded(event);
         }
         let started = Instant::now();
@@ -133,21 +224,6 @@ impl ChainRunner {
             .instance(installation)
             .and_then(|instance| instance.transform(&batch.finish()));
         installation.metrics.call(started.elapsed());
-        let next = match result {
-            Ok(bytes) => outcome::apply(installation, events, &bytes, out),
-            Err(error) => Err((events, error)),
-        };
-        match next {
-            Ok(next) => {
-                self.pool.recycle_if_bloated(installation);
-                next
-            }
-            Err((events, error)) => {
-                if error.poisons_instance() {
-                    self.pool.discard(installation, &error);
-                }
-                outcome::fail_all(installation, events, &error, out)
-            }
-        }
+        result
     }
 }

@@ -1,7 +1,8 @@
 //! What a plugin decided for each event, checked and applied; and the installation's `on_error`
-//! policy for the events it failed on.
+//! policy for the events it failed on, each failure logged once.
 
 use super::Installation;
+use crate::capabilities::log::{self, Level};
 use crate::config::OnError;
 use crate::runtime::{CallError, TrapKind};
 use crate::sink::{DeadLetter, Output};
@@ -10,27 +11,70 @@ use sluice_abi::wire::{self, Outcome};
 /// Largest `properties` a plugin may return, in bytes.
 pub const MAX_PROPERTIES_BYTES: usize = 1024 * 1024;
 
-/// Applies the encoded `outcomes` of one call to `events` and returns the events that continue.
-/// Outcomes that cannot be decoded are a contract violation; the events come back with it.
+/// The hook the chain drives, as failures name it.
+const HOOK: &str = "transform";
+
+/// Why an event takes the installation's `on_error` path.
+#[derive(Debug, Clone)]
+pub(super) struct Failure {
+    /// Stable label (`panic`, `timeout`, `plugin_error`, `circuit_open`...).
+    kind: &'static str,
+    /// One line for operators.
+    message: String,
+    /// Where in the plugin it happened, when known.
+    backtrace: Option<String>,
+}
+
+impl Failure {
+    /// The failure of a call.
+    pub(super) fn of(error: &CallError) -> Self {
+        Self {
+            kind: error.kind_label(),
+            message: error.to_string(),
+            backtrace: error.backtrace().map(str::to_owned),
+        }
+    }
+
+    /// Events refused by an open circuit breaker, for `reason`.
+    pub(super) fn circuit_open(reason: String) -> Self {
+        Self {
+            kind: "circuit_open",
+            message: reason,
+            backtrace: None,
+        }
+    }
+}
+
+/// What applying one call's outcomes found.
+pub(super) struct Applied {
+    /// Whether the plugin failed every event of the call.
+    pub(super) all_failed: bool,
+}
+
+/// Applies the encoded `outcomes` of one call to `events`, appending the events that continue to
+/// `next`. Outcomes that cannot be decoded are a contract violation; the events come back with it.
 #[allow(clippy::type_complexity)]
 pub(super) fn apply(
     installation: &Installation,
     events: Vec<Vec<u8>>,
     outcomes: &[u8],
+    next: &mut Vec<Vec<u8>>,
     out: &mut Output,
-) -> Result<Vec<Vec<u8>>, (Vec<Vec<u8>>, CallError)> {
+) -> Result<Applied, (Vec<Vec<u8>>, CallError)> {
     let outcomes = match wire::read_outcomes(outcomes, events.len()) {
         Ok(outcomes) => outcomes,
         Err(e) => {
             let error = CallError::Trap {
                 kind: TrapKind::Contract,
                 message: format!("undecodable outcomes: {e}"),
+                backtrace: None,
             };
             return Err((events, error));
         }
     };
-    let mut next = Vec::with_capacity(events.len());
+    let count = events.len();
     let mut dropped = 0u64;
+    let mut failed = 0;
     for (event, outcome) in events.into_iter().zip(outcomes) {
         match outcome {
             Outcome::Keep => next.push(event),
@@ -41,30 +85,34 @@ pub(super) fn apply(
             Outcome::Replace(replacement) => {
                 match checked_replacement(installation, &event, replacement) {
                     Ok(replacement) => next.push(replacement),
-                    Err(message) => fail(
-                        installation,
-                        event,
-                        &message,
-                        "invalid_event",
-                        &mut next,
-                        out,
-                    ),
+                    Err(message) => {
+                        failed += 1;
+                        let failure = Failure {
+                            kind: "invalid_event",
+                            message,
+                            backtrace: None,
+                        };
+                        fail(installation, event, &failure, next, out);
+                    }
                 }
             }
-            Outcome::Error { message, .. } => fail(
-                installation,
-                event,
-                &format!("plugin error: {message}"),
-                "plugin_error",
-                &mut next,
-                out,
-            ),
+            Outcome::Error { message, .. } => {
+                failed += 1;
+                let failure = Failure {
+                    kind: "plugin_error",
+                    message: format!("plugin error: {message}"),
+                    backtrace: None,
+                };
+                fail(installation, event, &failure, next, out);
+            }
         }
     }
     if dropped > 0 {
         installation.metrics.dropped(dropped);
     }
-    Ok(next)
+    Ok(Applied {
+        all_failed: count > 0 && failed == count,
+    })
 }
 
 /// Checks an event a plugin returned: valid fields, properties a JSON object within the size cap,
@@ -110,46 +158,71 @@ fn is_json_object(text: &str) -> bool {
         && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
 }
 
-/// Applies the `on_error` policy to every event of a call that failed as a whole; returns the
-/// events that continue.
+/// Applies the `on_error` policy to every event in `events` for `failure`, appending the events
+/// that continue to `next`.
 pub(super) fn fail_all(
     installation: &Installation,
     events: Vec<Vec<u8>>,
-    error: &CallError,
-    out: &mut Output,
-) -> Vec<Vec<u8>> {
-    let message = error.to_string();
-    let mut next = Vec::new();
-    for event in events {
-        fail(
-            installation,
-            event,
-            &message,
-            error.kind_label(),
-            &mut next,
-            out,
-        );
-    }
-    next
-}
-
-/// Applies the installation's `on_error` policy to one event.
-fn fail(
-    installation: &Installation,
-    event: Vec<u8>,
-    message: &str,
-    kind: &'static str,
+    failure: &Failure,
     next: &mut Vec<Vec<u8>>,
     out: &mut Output,
 ) {
-    installation.metrics.failure(kind);
+    if failure.kind == "circuit_open" && !events.is_empty() {
+        tracing::debug!(installation = %installation.id, events = events.len(), "{}", failure.message);
+    }
+    for event in events {
+        fail(installation, event, failure, next, out);
+    }
+}
+
+/// Applies the installation's `on_error` policy to one event, and reports the failure: one line
+/// in the server log, one in the plugin's log (`sluice logs`), the backtrace at debug level.
+/// Events refused by an open breaker are only counted; the breaker reported its opening.
+fn fail(
+    installation: &Installation,
+    event: Vec<u8>,
+    failure: &Failure,
+    next: &mut Vec<Vec<u8>>,
+    out: &mut Output,
+) {
+    installation.metrics.failure(failure.kind);
+    if failure.kind != "circuit_open" {
+        let uuid = wire::parse_encoded(&event)
+            .map(|raw| crate::store::uuid_text(&raw.uuid()))
+            .unwrap_or_default();
+        let installation_id = &*installation.id;
+        let kind = failure.kind;
+        tracing::warn!(
+            installation = installation_id,
+            hook = HOOK,
+            kind,
+            uuid,
+            "{}",
+            failure.message
+        );
+        if let Some(backtrace) = &failure.backtrace {
+            tracing::debug!(
+                installation = installation_id,
+                hook = HOOK,
+                kind,
+                uuid,
+                "backtrace:\n{backtrace}"
+            );
+        }
+        log::record(
+            &installation.settings.context,
+            Level::Error,
+            &format!("{HOOK} failed on event {uuid}: {}", failure.message),
+        );
+    }
     match installation.on_error {
         OnError::Skip => next.push(event),
         OnError::Drop => installation.metrics.dropped(1),
         OnError::DeadLetter => out.dead_letters.push(DeadLetter {
             installation: installation.id.to_string(),
             encoded: event,
-            error: message.to_owned(),
+            error: failure.message.clone(),
+            backtrace: failure.backtrace.clone(),
         }),
     }
 }

@@ -86,7 +86,7 @@ impl InstancePool {
 
     /// Drops the instance of `installation` after `error` made it unusable.
     pub(super) fn discard(&mut self, installation: &Installation, error: &CallError) {
-        tracing::warn!(installation = %installation.id, %error, "plugin instance trapped; it will be rebuilt");
+        tracing::debug!(installation = %installation.id, %error, "plugin instance trapped; it will be rebuilt");
         self.instances.remove(&installation.instance_key);
     }
 

@@ -9,12 +9,14 @@
 //! sections (e.g. `[geoip]`) and their per-installation tables (e.g. `http`); this module hands
 //! those to [`crate::capabilities`] and knows nothing of what is in them.
 
+mod breaker;
 mod capture;
 mod ids;
 mod queue;
 mod server;
 mod teams;
 
+pub use breaker::BreakerConfig;
 pub use capture::CaptureConfig;
 pub use ids::{InstallationId, MAX_TOKEN_LEN, Token};
 pub use queue::QueueConfig;

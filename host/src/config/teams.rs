@@ -1,6 +1,6 @@
 //! `[[teams]]` and `[[teams.plugins]]`: teams, their tokens, and their plugin installations.
 
-use super::{Collector, InstallationId, Token};
+use super::{BreakerConfig, Collector, InstallationId, Token};
 use crate::capabilities::Grants;
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -49,6 +49,8 @@ pub struct InstallationConfig {
     pub memory_mb: u64,
     /// What happens to an event when this plugin fails on it.
     pub on_error: OnError,
+    /// When to stop calling the plugin while it keeps failing.
+    pub breaker: BreakerConfig,
     /// Host capabilities granted to this installation, with their settings.
     pub grants: Grants,
 }
@@ -73,6 +75,9 @@ struct RawInstallation {
     /// What happens to an event when this plugin fails on it.
     #[serde(default)]
     on_error: OnError,
+    /// When to stop calling the plugin while it keeps failing.
+    #[serde(default)]
+    breaker: BreakerConfig,
     /// Host capabilities granted to this installation (none by default).
     #[serde(default)]
     grants: Vec<String>,
@@ -198,6 +203,7 @@ fn installations(
         if !(1..=4_096).contains(&raw.memory_mb) {
             c.add(format!("{key}.memory_mb"), "must be between 1 and 4096");
         }
+        raw.breaker.check(c, &format!("{key}.breaker"));
         let grants = Grants::load(c, &key, &raw.grants, owned);
         if let Ok(id) = id {
             installations.push(InstallationConfig {
@@ -208,6 +214,7 @@ fn installations(
                 timeout_ms: raw.timeout_ms,
                 memory_mb: raw.memory_mb,
                 on_error: raw.on_error,
+                breaker: raw.breaker,
                 grants,
             });
         }

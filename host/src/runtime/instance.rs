@@ -5,13 +5,14 @@ use super::deadline_ticks;
 use super::hooks::Guests;
 use super::plugin::Plugin;
 use super::state::HostState;
+use super::stdio::panic_message;
 use crate::bindings::types;
 use crate::capabilities::Context;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
-use wasmtime::{Store, Trap};
+use wasmtime::{Store, Trap, WasmBacktrace};
 
 /// How one installation's instances are set up and limited.
 #[derive(Clone)]
@@ -32,8 +33,10 @@ pub enum CallError {
     Trap {
         /// Why it trapped.
         kind: TrapKind,
-        /// Details.
+        /// What happened, in one line a plugin author understands.
         message: String,
+        /// The guest's stack when it trapped, when known.
+        backtrace: Option<String>,
     },
     /// The plugin reported an error; the instance is fine.
     #[error("plugin error: {message}")]
@@ -49,6 +52,14 @@ impl CallError {
     /// Whether the instance is unusable after this error and must be discarded.
     pub fn poisons_instance(&self) -> bool {
         matches!(self, CallError::Trap { .. })
+    }
+
+    /// The guest's stack when it trapped, when known.
+    pub fn backtrace(&self) -> Option<&str> {
+        match self {
+            CallError::Trap { backtrace, .. } => backtrace.as_deref(),
+            CallError::Plugin { .. } => None,
+        }
     }
 
     /// A short stable label for metrics.
@@ -119,9 +130,9 @@ impl Instance {
         let instance = plugin
             .pre
             .instantiate(&mut store)
-            .map_err(|e| classify(&store, &e))?;
+            .map_err(|e| classify(&store, &e, "", timeout))?;
         let guests = Guests::load(&plugin.exports, &mut store, &instance)
-            .map_err(|e| classify(&store, &e))?;
+            .map_err(|e| classify(&store, &e, "", timeout))?;
         Ok(Self {
             store,
             guests,
@@ -165,31 +176,97 @@ impl Instance {
     ) -> Result<T, CallError> {
         self.store.set_epoch_deadline(deadline_ticks(self.timeout));
         let result = f(&self.guests, &mut self.store);
-        self.store.data_mut().end_call();
+        let stderr = self.store.data_mut().end_call();
         match result {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(CallError::Plugin {
                 message: error.message,
                 retryable: error.retryable,
             }),
-            Err(error) => Err(classify(&self.store, &error)),
+            Err(error) => Err(classify(&self.store, &error, &stderr, self.timeout)),
         }
     }
 }
 
-fn classify(store: &Store<HostState>, error: &wasmtime::Error) -> CallError {
-    let kind = if store.data().limiter.exceeded() {
-        TrapKind::MemoryLimit
+/// Frames of a full backtrace one function must fill for an out-of-bounds access to count as the
+/// guest's own stack running out (its stack lives in linear memory, below address 0 once used
+/// up, so deep recursion ends in an out-of-bounds access rather than a host stack overflow).
+const RECURSION_FRAMES: usize = 10;
+
+/// Whether `backtrace` is as deep as backtraces go and mostly one function: recursion.
+fn is_deep_recursion(backtrace: &WasmBacktrace) -> bool {
+    let frames = backtrace.frames();
+    frames.len() >= 2 * RECURSION_FRAMES
+        && frames.iter().any(|frame| {
+            frames
+                .iter()
+                .filter(|f| f.func_index() == frame.func_index())
+                .count()
+                >= RECURSION_FRAMES
+        })
+}
+
+/// What a failed call means, in the words of a plugin author: the kind, one line naming the
+/// plugin and the limit involved, and the backtrace apart. `stderr` is what the call wrote
+/// there (a Rust panic's message), `timeout` its deadline.
+fn classify(
+    store: &Store<HostState>,
+    error: &wasmtime::Error,
+    stderr: &str,
+    timeout: Duration,
+) -> CallError {
+    let state = store.data();
+    let plugin = match &*state.context().plugin {
+        "" => "the plugin".to_owned(),
+        name => format!("plugin `{name}`"),
+    };
+    let cap_mib = state.limiter.cap_bytes() >> 20;
+    let trap = error.downcast_ref::<Trap>();
+    let backtrace = error.downcast_ref::<WasmBacktrace>();
+    let recursion = backtrace.is_some_and(is_deep_recursion);
+    let (kind, message) = if state.limiter.exceeded() {
+        (
+            TrapKind::MemoryLimit,
+            format!("{plugin} ran out of memory: it tried to grow past its cap of {cap_mib} MiB"),
+        )
     } else {
-        match error.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => TrapKind::Timeout,
-            Some(Trap::StackOverflow) => TrapKind::StackOverflow,
-            Some(Trap::UnreachableCodeReached) => TrapKind::Panic,
-            _ => TrapKind::Other,
+        match trap {
+            Some(Trap::Interrupt) => (
+                TrapKind::Timeout,
+                format!(
+                    "{plugin} ran past its deadline of {} ms",
+                    timeout.as_millis()
+                ),
+            ),
+            Some(Trap::StackOverflow) => (
+                TrapKind::StackOverflow,
+                format!(
+                    "stack overflow in {plugin}: recursion too deep for the host's wasm stack (memory cap {cap_mib} MiB)"
+                ),
+            ),
+            Some(Trap::MemoryOutOfBounds) if recursion => (
+                TrapKind::StackOverflow,
+                format!(
+                    "stack overflow in {plugin}: recursion used up the plugin's own stack (memory cap {cap_mib} MiB)"
+                ),
+            ),
+            Some(Trap::UnreachableCodeReached) => (
+                TrapKind::Panic,
+                match panic_message(stderr) {
+                    Some(panic) => format!("{plugin} panicked: {panic}"),
+                    None => format!("{plugin} panicked (reached `unreachable`)"),
+                },
+            ),
+            Some(other) => (TrapKind::Other, format!("{plugin} trapped: {other}")),
+            None => (
+                TrapKind::Other,
+                format!("{plugin} failed: {}", error.root_cause()),
+            ),
         }
     };
     CallError::Trap {
         kind,
-        message: format!("{error:#}"),
+        message,
+        backtrace: backtrace.map(ToString::to_string),
     }
 }

@@ -29,6 +29,11 @@ impl MemoryLimiter {
     pub fn exceeded(&self) -> bool {
         self.exceeded
     }
+
+    /// The cap, in bytes.
+    pub fn cap_bytes(&self) -> usize {
+        self.cap_bytes
+    }
 }
 
 /// Table entries allowed per table; far above what compiled Rust guests use.

@@ -39,8 +39,8 @@ impl HostState {
         let output = CapturedOutput::default();
         // No preopened directories, no environment, no sockets: only captured stdout/stderr.
         let wasi = WasiCtx::builder()
-            .stdout(output.clone())
-            .stderr(output.clone())
+            .stdout(output.stream(false))
+            .stderr(output.stream(true))
             .allow_blocking_current_thread(true)
             .build();
         Self {
@@ -64,13 +64,21 @@ impl HostState {
         }
     }
 
-    /// Turns captured stdout/stderr into log lines and closes the call's log budget.
-    pub(super) fn end_call(&mut self) {
-        let (bytes, dropped) = self.output.take();
+    /// Turns captured stdout (info) and stderr (warn) into log lines, closes the call's log
+    /// budget, and returns what the call wrote to stderr.
+    pub(super) fn end_call(&mut self) -> String {
+        let output = self.output.take();
         let state = &mut self.capabilities;
-        for line in String::from_utf8_lossy(&bytes).lines() {
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
             state.log.line(&state.ctx, Level::Info, line);
         }
-        state.log.end_call(&state.ctx, dropped, OUTPUT_CAP_BYTES);
+        for line in stderr.lines() {
+            state.log.line(&state.ctx, Level::Warn, line);
+        }
+        state
+            .log
+            .end_call(&state.ctx, output.dropped, OUTPUT_CAP_BYTES);
+        stderr
     }
 }

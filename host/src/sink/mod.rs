@@ -29,8 +29,10 @@ pub struct DeadLetter {
     pub installation: String,
     /// The event as it was before that plugin (encoded, with length prefix).
     pub encoded: Vec<u8>,
-    /// What went wrong.
+    /// What went wrong, in one line.
     pub error: String,
+    /// Where in the plugin it went wrong, when known.
+    pub backtrace: Option<String>,
 }
 
 /// What the chains made of one poll of the ingest.

@@ -71,8 +71,8 @@ fn insert_events(tx: &Transaction<'_>, events: &[Vec<u8>]) -> Result<usize, Stor
 fn insert_dead_letters(tx: &Transaction<'_>, letters: &[DeadLetter]) -> Result<(), StoreError> {
     let now = store::now_ms();
     let mut insert = tx.prepare_cached(
-        "INSERT INTO dead_letters (team_id, installation, uuid, event, error, created_at_ms) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO dead_letters (team_id, installation, uuid, event, error, backtrace, created_at_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
     for letter in letters {
         let fields = decode(&letter.encoded)?;
@@ -82,6 +82,7 @@ fn insert_dead_letters(tx: &Transaction<'_>, letters: &[DeadLetter]) -> Result<(
             &fields.uuid[..],
             letter.encoded,
             letter.error,
+            letter.backtrace,
             now,
         ])?;
     }

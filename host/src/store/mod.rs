@@ -66,9 +66,17 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     uuid BLOB NOT NULL,
     event BLOB NOT NULL,
     error TEXT NOT NULL,
-    created_at_ms INTEGER NOT NULL
+    created_at_ms INTEGER NOT NULL,
+    backtrace TEXT
 );
 ";
+
+/// Changes to databases made by earlier versions, in order; a fresh database gets [`SCHEMA`] and
+/// counts as migrated. `PRAGMA user_version` records how many were applied.
+const MIGRATIONS: &[&str] = &[
+    // Dead letters keep the plugin's backtrace apart from the one-line error.
+    "ALTER TABLE dead_letters ADD COLUMN backtrace TEXT",
+];
 
 /// Why the embedded database failed.
 #[derive(Debug, Error)]
@@ -117,15 +125,37 @@ pub fn open(data_dir: &Path) -> Result<Connection, StoreError> {
         source,
     })?;
     let path = data_dir.join(DB_FILE);
-    let setup = |conn: &Connection| -> rusqlite::Result<()> {
+    let setup = |conn: &mut Connection| -> rusqlite::Result<()> {
         conn.busy_timeout(Duration::from_secs(30))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.execute_batch(SCHEMA)
+        migrate(conn)
     };
-    let conn = Connection::open(&path).map_err(|e| StoreError::open(&path, e))?;
-    setup(&conn).map_err(|e| StoreError::open(&path, e))?;
+    let mut conn = Connection::open(&path).map_err(|e| StoreError::open(&path, e))?;
+    setup(&mut conn).map_err(|e| StoreError::open(&path, e))?;
     Ok(conn)
+}
+
+/// Brings the schema up to date in one write transaction (several connections may open the
+/// database at once).
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let existed: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events')",
+        [],
+        |row| row.get(0),
+    )?;
+    let applied: usize = if existed {
+        tx.query_row("PRAGMA user_version", [], |row| row.get(0))?
+    } else {
+        MIGRATIONS.len()
+    };
+    for migration in MIGRATIONS.iter().skip(applied) {
+        tx.execute_batch(migration)?;
+    }
+    tx.execute_batch(SCHEMA)?;
+    tx.pragma_update(None, "user_version", MIGRATIONS.len())?;
+    tx.commit()
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -147,4 +177,32 @@ pub fn rfc3339(ms: i64) -> String {
         || ms.to_string(),
         |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_of_an_earlier_version_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        // The schema as it was before dead letters had a backtrace.
+        old.execute_batch(&SCHEMA.replace(",\n    backtrace TEXT", ""))
+            .unwrap();
+        drop(old);
+        for _ in 0..2 {
+            let conn = open(dir.path()).unwrap();
+            conn.execute(
+                "INSERT INTO dead_letters (team_id, installation, uuid, event, error, created_at_ms, backtrace) \
+                 VALUES (1, 'i', x'00', x'00', 'e', 0, 'frames')",
+                [],
+            )
+            .unwrap();
+            let version: usize = conn
+                .query_row("PRAGMA user_version", [], |row| row.get(0))
+                .unwrap();
+            assert_eq!(version, MIGRATIONS.len());
+        }
+    }
 }

@@ -53,8 +53,11 @@ impl StoredEvent {
 pub struct StoredDeadLetter {
     /// The installation that failed.
     pub installation: String,
-    /// What went wrong.
+    /// What went wrong, in one line.
     pub error: String,
+    /// Where in the plugin it went wrong, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backtrace: Option<String>,
     /// The event as it was before that plugin.
     pub event: StoredEvent,
 }
@@ -115,8 +118,8 @@ pub fn recent_dead_letters(
     limit: usize,
 ) -> Result<Vec<StoredDeadLetter>, StoreError> {
     let mut stmt = conn.prepare(
-        "SELECT installation, error, event FROM dead_letters WHERE ?1 IS NULL OR team_id = ?1 \
-         ORDER BY id DESC LIMIT ?2",
+        "SELECT installation, error, event, backtrace FROM dead_letters \
+         WHERE ?1 IS NULL OR team_id = ?1 ORDER BY id DESC LIMIT ?2",
     )?;
     let rows = stmt
         .query_map(params![team.map(|t| t as i64), limit as i64], |row| {
@@ -124,16 +127,18 @@ pub fn recent_dead_letters(
                 row.get::<_, String>(0)?,
                 row.get::<_, String>(1)?,
                 row.get::<_, Vec<u8>>(2)?,
+                row.get::<_, Option<String>>(3)?,
             ))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut letters = rows
         .into_iter()
-        .map(|(installation, error, encoded)| {
+        .map(|(installation, error, encoded, backtrace)| {
             let fields = wire::parse_encoded(&encoded).and_then(|raw| raw.fields())?;
             Ok(StoredDeadLetter {
                 installation,
                 error,
+                backtrace,
                 event: StoredEvent::from_fields(&fields),
             })
         })

@@ -13,8 +13,10 @@ use sluice_sdk::bindings::sluice::plugin::types::{ConfigField, ConfigType, Manif
 use std::cell::RefCell;
 
 /// The misbehaviours, one per `mode`.
-pub const MODES: [&str; 10] = [
+pub const MODES: [&str; 12] = [
     "panic",
+    "recurse",
+    "error_batch",
     "loop",
     "alloc",
     "tamper_envelope",
@@ -31,6 +33,7 @@ struct State {
     trigger: String,
     seq: u64,
     hoard: Vec<Vec<u8>>,
+    failed_batch: bool,
 }
 
 thread_local! {
@@ -84,6 +87,7 @@ impl lifecycle::Guest for Adversary {
             trigger: text("trigger"),
             seq: 0,
             hoard: Vec::new(),
+            failed_batch: false,
         };
         STATE.with_borrow_mut(|s| *s = Some(state));
         Ok(())
@@ -103,6 +107,10 @@ impl transform::Guest for Adversary {
                 if let Some(garbage) = state.handle(&raw, &mut out)? {
                     return Ok(garbage);
                 }
+            }
+            if state.failed_batch {
+                state.failed_batch = false;
+                return Err(error("adversary fails the whole batch"));
             }
             Ok(out.finish())
         })
@@ -137,6 +145,13 @@ impl State {
         }
         match self.mode.as_str() {
             "panic" => panic!("adversary panics on purpose"),
+            "recurse" => {
+                std::hint::black_box(recurse(u64::MAX));
+            }
+            "error_batch" => {
+                self.failed_batch = true;
+                out.keep();
+            }
             "loop" => loop {
                 self.seq = std::hint::black_box(self.seq.wrapping_add(1));
             },
@@ -182,6 +197,19 @@ impl State {
         }
         Ok(None)
     }
+}
+
+/// Recursion without end, each frame keeping a buffer on the guest's own stack (in linear
+/// memory), as deep recursion in real plugins does.
+#[inline(never)]
+fn recurse(depth: u64) -> u64 {
+    if depth == 0 {
+        return 0;
+    }
+    let mut frame = [0u8; 512];
+    frame[depth as usize % 512] = depth as u8;
+    std::hint::black_box(&mut frame);
+    frame[0] as u64 + recurse(std::hint::black_box(depth.wrapping_sub(1)))
 }
 
 #[cfg(target_family = "wasm")]
