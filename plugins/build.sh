@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds every wasm plugin (first-party plugins and test guests) once for wasm32-wasip2 and copies
 # the components into the folder given as $1, named after their crate without the prefix
-# (sluice_plugin_downsample.wasm -> downsample.wasm, sluice_guest_adversary.wasm -> adversary.wasm).
+# (sluice_plugin_downsample.wasm -> downsample.wasm, sluice_plugin_s3_export.wasm ->
+# s3-export.wasm, sluice_guest_adversary.wasm -> adversary.wasm).
 # Honours CARGO_TARGET_DIR. Usage: plugins/build.sh OUT_DIR
 set -euo pipefail
 out=${1:?usage: plugins/build.sh OUT_DIR}
@@ -19,6 +20,7 @@ for wasm in "$target"/wasm32-wasip2/release/sluice_plugin_*.wasm "$target"/wasm3
   name=$(basename "$wasm" .wasm)
   name=${name#sluice_plugin_}
   name=${name#sluice_guest_}
+  name=${name//_/-}
   cp "$wasm" "$out/$name.wasm"
 done
 echo "plugins built into $out: $(cd "$out" && ls | tr '\n' ' ')"

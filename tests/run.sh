@@ -6,8 +6,11 @@
 # 2. builds every wasm plugin and test guest once (plugins/build.sh),
 # 3. installs the real PostHog SDKs the compatibility tests drive (posthog-python from PyPI,
 #    posthog-node, posthog-js and playwright-core from npm, Debian's chromium), pinned,
-# 4. checks formatting and lints, then runs all unit, SDK and end-to-end tests.
+# 4. builds the s3s-fs S3-compatible server (crates.io, pinned) the export tests run,
+# 5. checks formatting and lints, then runs all unit, SDK and end-to-end tests.
 # Reuses CARGO_TARGET_DIR when it is set (CI keeps one outside the clone); works from nothing.
+# Tools are cached outside the clone, keyed by version (SLUICE_TOOLS_DIR, default
+# ~/.cache/sluice/tools).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -45,6 +48,17 @@ if ! cmp -s tests/sdk/package-lock.json "$sdk/node/package-lock.json" 2>/dev/nul
   (cd "$sdk/node" && npm ci --no-audit --no-fund --loglevel=error)
 fi
 export SLUICE_SDK_DIR="$sdk"
+
+# A real S3-compatible server for the export tests (it verifies SigV4 signatures).
+tools=${SLUICE_TOOLS_DIR:-$HOME/.cache/sluice/tools}
+s3s_version=0.14.1
+s3s="$tools/s3s-fs-$s3s_version/bin/s3s-fs"
+if [ ! -x "$s3s" ]; then
+  echo "tests/run.sh: building the s3s-fs S3 server $s3s_version (once, a few minutes)" >&2
+  env -u CARGO_TARGET_DIR cargo install s3s-fs --version "$s3s_version" --features binary --locked \
+    --root "$tools/s3s-fs-$s3s_version" --quiet
+fi
+export SLUICE_S3S_FS="$s3s"
 
 cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings

@@ -187,6 +187,7 @@ fn geoip_chain(runtime: &Runtime, plugins: &std::path::Path, events: &[Vec<u8>])
         storage: None,
         cache: Arc::new(sluice::capabilities::cache::MemoryBackend::default()),
         geoip: Some(database.clone()),
+        object_stores: None,
     });
     let all = batches(events);
 

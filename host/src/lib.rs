@@ -3,8 +3,9 @@
 //!
 //! The flow of one event, one module per stage: [`capture`] (PostHog-compatible HTTP API) →
 //! [`ingest`] (durable before acknowledging) → [`worker`] running each team's [`chain`] of plugins
-//! in the wasm [`runtime`] → [`sink`] (SQLite). Host [`capabilities`] are what plugins may call;
-//! [`store`] is the embedded database behind the ingest, the sink and the commands.
+//! in the wasm [`runtime`] → [`sink`] (SQLite) → [`export`] (export plugins, from storage). Host
+//! [`capabilities`] are what plugins may call; [`installations`] loads them all at start;
+//! [`store`] is the embedded database behind the ingest, the sink, the exports and the commands.
 //! `host/README.md` is the map.
 
 pub mod bindings;
@@ -12,10 +13,13 @@ pub mod capabilities;
 pub mod capture;
 pub mod chain;
 pub mod config;
+pub mod export;
 pub mod ingest;
+pub mod installations;
 pub mod net;
 pub mod runtime;
 pub mod server;
+pub mod signal;
 pub mod sink;
 pub mod store;
 pub mod telemetry;

@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use sluice::config::Config;
+use sluice::export::state as exports;
 use sluice::{server, store, telemetry};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -51,6 +52,43 @@ enum Command {
     },
     /// Print events that plugins failed on (installations with `on_error = "dead_letter"`).
     DeadLetters(#[command(flatten)] Read),
+    /// Print the status of every export installation: cursor, lag, last success, last error,
+    /// and the batch being retried; or work with export dead letters.
+    #[command(args_conflicts_with_subcommands = true)]
+    Exports {
+        #[command(subcommand)]
+        action: Option<ExportsAction>,
+        /// The sluice.toml whose data folder to read.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// What `sluice exports` can do besides printing status.
+#[derive(Subcommand)]
+enum ExportsAction {
+    /// Print batches that failed for good (after a permanent error or the last attempt).
+    DeadLetters {
+        /// The sluice.toml whose data folder to read.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only this installation, e.g. `team-1/s3`.
+        #[arg(long)]
+        installation: Option<String>,
+    },
+    /// Send dead-lettered batches again through the export runner (the running server, or the
+    /// next to start); each is removed once delivered.
+    Replay {
+        /// The sluice.toml whose data folder to use.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The installation, e.g. `team-1/s3`.
+        #[arg(long)]
+        installation: String,
+        /// Only this batch (its id, as `sluice exports dead-letters` prints it).
+        #[arg(long)]
+        batch: Option<String>,
+    },
 }
 
 /// What every command that reads storage takes.
@@ -119,6 +157,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             read.team,
             read.limit,
         )?),
+        Command::Exports { action, config } => match action {
+            None => {
+                let config = config.context("--config is required")?;
+                print_lines(exports::status(&open_existing(&load(&config)?)?)?)
+            }
+            Some(ExportsAction::DeadLetters {
+                config,
+                installation,
+            }) => print_lines(exports::dead_letters(
+                &open_existing(&load(&config)?)?,
+                installation.as_deref(),
+            )?),
+            Some(ExportsAction::Replay {
+                config,
+                installation,
+                batch,
+            }) => {
+                let conn = open_existing(&load(&config)?)?;
+                let queued = exports::request_replay(&conn, &installation, batch.as_deref())?;
+                anyhow::ensure!(
+                    queued > 0,
+                    "no dead-lettered batch of {installation}{} (see `sluice exports dead-letters`)",
+                    batch.map(|b| format!(" with id {b}")).unwrap_or_default()
+                );
+                println!("{queued} batch(es) of {installation} queued for replay");
+                Ok(())
+            }
+        },
     }
 }
 

@@ -2,11 +2,13 @@
 
 use crate::capabilities::{Services, StartError};
 use crate::capture::{self, CaptureState};
-use crate::chain;
 use crate::config::{Config, ConfigError, Problem};
+use crate::export;
 use crate::ingest::Append;
 use crate::ingest::sqlite::Queue;
+use crate::installations;
 use crate::runtime::{Runtime, RuntimeSettings};
+use crate::signal::Signal;
 use crate::sink::sqlite::SqliteSink;
 use crate::telemetry;
 use crate::worker::{self, WorkerSettings};
@@ -61,10 +63,11 @@ pub async fn serve(
             }
             other => other.into(),
         })?;
-    let chains = chain::build(&runtime, &config, &services).map_err(config_error)?;
+    let installed = installations::load(&runtime, &config, &services).map_err(config_error)?;
     drop(services);
     tracing::info!(
-        installations = chains.installations(),
+        transforms = installed.chains.installations(),
+        exports = installed.exports.len(),
         lanes,
         "plugins loaded"
     );
@@ -73,13 +76,23 @@ pub async fn serve(
         Queue::start(&config.server.data_dir, config.queue.max_depth_events)?;
     let queue: Arc<dyn Append> = Arc::new(queue);
     let stop = Arc::new(AtomicBool::new(false));
+    let stored = Arc::new(Signal::default());
+    let export_stop = Arc::new(AtomicBool::new(false));
+    let exporters = export::start(
+        &installed.exports,
+        &config.server.data_dir,
+        &stored,
+        &export_stop,
+    )?;
+    drop(installed.exports);
     let worker = worker::start(
         WorkerSettings {
-            chains: Arc::new(chains),
+            chains: Arc::new(installed.chains),
             lanes,
             max_instances: config.server.max_instances,
             batch_events: config.queue.batch_events,
             stop: stop.clone(),
+            stored: stored.clone(),
         },
         reader,
         SqliteSink::open(&config.server.data_dir)?,
@@ -134,6 +147,15 @@ pub async fn serve(
     writer.join();
     stop.store(true, Ordering::SeqCst);
     let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+    // Runners finish the call they are in; an unfinished batch is sent again after a restart.
+    export_stop.store(true, Ordering::SeqCst);
+    stored.notify();
+    let _ = tokio::task::spawn_blocking(move || {
+        for runner in exporters {
+            let _ = runner.join();
+        }
+    })
+    .await;
     drop(runtime);
     // Every installation (and its services) went with the worker; the log writer stores what
     // is left.

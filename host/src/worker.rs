@@ -8,6 +8,7 @@
 
 use crate::chain::{ChainRunner, Chains};
 use crate::ingest::{Ingest, Ingested};
+use crate::signal::Signal;
 use crate::sink::{Output, Sink};
 use crate::store::SNAPSHOT_EVENT;
 use sluice_abi::wire::{BatchReader, Field};
@@ -34,6 +35,8 @@ pub struct WorkerSettings {
     pub batch_events: usize,
     /// Set to stop once the ingest has nothing more.
     pub stop: Arc<AtomicBool>,
+    /// Notified each time events are stored (export runners wait on it).
+    pub stored: Arc<Signal>,
 }
 
 /// Starts the worker thread on `ingest` and `sink`.
@@ -86,6 +89,9 @@ fn run<I: Ingest, S: Sink>(settings: WorkerSettings, mut ingest: I, mut sink: S)
                 continue;
             }
         };
+        if stored.events > 0 {
+            settings.stored.notify();
+        }
         if let Err(error) = ingest.ack(receipt) {
             // Stored but not acknowledged: they come again and the sink keeps one copy.
             tracing::error!(%error, "worker cannot acknowledge stored events");

@@ -1,7 +1,8 @@
 //! Write sluice plugins in Rust.
 //!
-//! A plugin is a type that implements [`Plugin`] (manifest, setup, teardown) and one hook trait
-//! such as [`Transform`], exported with [`export_transform!`]. The same code runs natively in
+//! A plugin is a type that implements [`Plugin`] (manifest, setup, teardown) and the hook traits
+//! it needs, [`Transform`] (change, enrich or drop events) and [`Exporter`] (send stored events
+//! elsewhere), exported with [`export_plugin!`]. The same code runs natively in
 //! [`testing::Harness`] under plain `cargo test`, and in the sluice host once built for
 //! `wasm32-wasip2`. See `sdk/README.md` for the guide.
 
@@ -17,30 +18,30 @@ pub mod testing;
 
 pub use config::Config;
 pub use event::{Event, EventBuf};
-pub use runtime::process_batch;
+pub use runtime::{export_batch, process_batch};
 pub use serde_json::{Map, Value, json};
 pub use sluice_abi::manifest::{ConfigField, ConfigType, Manifest};
 
 use std::borrow::Cow;
 use std::fmt;
 
-/// Bindings generated from the WIT contract (`wit/v0.2.0`). Plugin authors do not need them.
+/// Bindings of what every plugin shares: the contract's types and the host's imports
+/// (`wit/v0.3.0`, world `host-services`). Each plugin's exports are generated in the plugin crate
+/// by [`export_plugin!`], for exactly the hooks it implements. Plugin authors do not need these.
 #[doc(hidden)]
 pub mod bindings {
     #![allow(missing_docs)]
     wit_bindgen::generate!({
-        world: "transformer",
-        path: "../wit/v0.2.0",
-        pub_export_macro: true,
-        export_macro_name: "export_transformer",
-        default_bindings_module: "::sluice_sdk::bindings",
+        world: "host-services",
+        path: "../wit/v0.3.0",
         runtime_path: "::sluice_sdk::__private::wit_bindgen::rt",
     });
 }
 
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::runtime::Adapter;
+    pub use crate::runtime::{Adapter, to_wit_error};
+    pub use sluice_sdk_macros::plugin_world;
     pub use wit_bindgen;
 }
 
@@ -113,7 +114,37 @@ pub trait Transform: Plugin {
     fn transform(&mut self, event: &Event<'_>) -> Outcome;
 }
 
-/// Exports a [`Transform`] plugin from a crate built for `wasm32-wasip2`.
+/// One batch of stored events an [`Exporter`] is asked to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportBatch {
+    /// Stable identity: the same on every attempt and after a crash. Name what you write after
+    /// it, so a batch sent again overwrites its earlier attempt instead of adding a copy.
+    pub id: String,
+    /// The team whose events these are.
+    pub team_id: u64,
+    /// 1 on the first attempt, then 2, 3...
+    pub attempt: u32,
+    /// Storage position of the first event the batch covers.
+    pub first_position: u64,
+    /// Storage position of the last event the batch covers.
+    pub last_position: u64,
+    /// When the batch was formed, in epoch milliseconds; the same on every attempt.
+    pub created_at_ms: i64,
+}
+
+/// A plugin that sends stored events to another system. The host batches the team's stored
+/// events (by count, bytes and age), retries a [`PluginError::retryable`] error with backoff,
+/// and dead-letters the batch after a permanent error or the last attempt.
+pub trait Exporter: Plugin {
+    /// Sends one batch; `events` are in storage order. Return a retryable error when trying
+    /// again later may succeed (the destination is down, a rate limit), a permanent one when it
+    /// cannot (the data is refused).
+    fn export(&mut self, batch: &ExportBatch, events: &[Event<'_>]) -> Result<(), PluginError>;
+}
+
+/// Exports a plugin from a crate built for `wasm32-wasip2`, with the hooks it implements:
+/// `transform` ([`Transform`]) and `exporter` ([`Exporter`]), in any combination. The
+/// component exports exactly those, and the host derives what the plugin does from them.
 ///
 /// ```
 /// use sluice_sdk::{Config, Event, Manifest, Outcome, Plugin, PluginError, Transform};
@@ -136,8 +167,43 @@ pub trait Transform: Plugin {
 ///     }
 /// }
 ///
-/// sluice_sdk::export_transform!(KeepAll);
+/// sluice_sdk::export_plugin!(KeepAll: transform);
 /// ```
+///
+/// A type that does not implement a named hook's trait is a compile error at the macro's
+/// argument:
+///
+/// ```compile_fail
+/// # use sluice_sdk::{Config, Manifest, Plugin, PluginError};
+/// struct OnlyAPlugin;
+/// impl Plugin for OnlyAPlugin {
+///     fn manifest() -> Manifest { Manifest::new("p", "0.1.0", "") }
+///     fn setup(_config: &Config) -> Result<Self, PluginError> { Ok(OnlyAPlugin) }
+/// }
+/// sluice_sdk::export_plugin!(OnlyAPlugin: exporter);
+/// ```
+///
+/// Natively (for `cargo test`) the macro only checks the trait bounds.
+#[macro_export]
+macro_rules! export_plugin {
+    ($plugin:ty: $($hook:ident),+ $(,)?) => {
+        $($crate::__assert_hook!($hook, $plugin);)+
+        // The generated export glue is `unsafe` (it is the component's ABI).
+        #[cfg(target_family = "wasm")]
+        #[allow(unsafe_code)]
+        mod __sluice_plugin {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::__private::plugin_world!(world; $($hook),+);
+            type Adapter = $crate::__private::Adapter<$plugin>;
+            $crate::__export_hook!(lifecycle, Adapter);
+            $($crate::__export_hook!($hook, Adapter);)+
+            world::export!(Adapter with_types_in world);
+        }
+    };
+}
+
+/// Exports a [`Transform`] plugin: `export_plugin!(T: transform)`.
 ///
 /// A type that is not a [`Transform`] is a compile error at the macro's argument:
 ///
@@ -145,19 +211,75 @@ pub trait Transform: Plugin {
 /// struct NotAPlugin;
 /// sluice_sdk::export_transform!(NotAPlugin);
 /// ```
-///
-/// Natively (for `cargo test`) the macro only checks the trait bounds.
 #[macro_export]
 macro_rules! export_transform {
     ($plugin:ty) => {
+        $crate::export_plugin!($plugin: transform);
+    };
+}
+
+/// Checks that a plugin implements the trait of a hook named in [`export_plugin!`].
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __assert_hook {
+    (transform, $plugin:ty) => {
         const _: () = {
             fn __sluice_assert_transform<T: $crate::Transform>() {}
             let _ = __sluice_assert_transform::<$plugin>;
         };
-        #[cfg(target_family = "wasm")]
+    };
+    (exporter, $plugin:ty) => {
         const _: () = {
-            type __SluiceAdapter = $crate::__private::Adapter<$plugin>;
-    $crate::bindings::export_transformer!(__SluiceAdapter with_types_in $crate::bindings);
+            fn __sluice_assert_exporter<T: $crate::Exporter>() {}
+            let _ = __sluice_assert_exporter::<$plugin>;
         };
+    };
+}
+
+/// Implements one generated hook interface for the SDK's adapter of a plugin.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_hook {
+    (lifecycle, $adapter:ty) => {
+        impl world::exports::sluice::plugin::lifecycle::Guest for $adapter {
+            fn describe() -> $crate::bindings::sluice::plugin::types::Manifest {
+                <$adapter>::lifecycle_describe()
+            }
+            fn setup(
+                config: String,
+            ) -> Result<(), $crate::bindings::sluice::plugin::types::PluginError> {
+                <$adapter>::lifecycle_setup(config)
+            }
+            fn teardown() {
+                <$adapter>::lifecycle_teardown()
+            }
+        }
+    };
+    (transform, $adapter:ty) => {
+        impl world::exports::sluice::plugin::transform::Guest for $adapter {
+            fn process(
+                batch: Vec<u8>,
+            ) -> Result<Vec<u8>, $crate::bindings::sluice::plugin::types::PluginError> {
+                <$adapter>::transform_process(batch)
+            }
+        }
+    };
+    (exporter, $adapter:ty) => {
+        impl world::exports::sluice::plugin::exporter::Guest for $adapter {
+            fn export_batch(
+                batch: world::exports::sluice::plugin::exporter::Batch,
+                events: Vec<u8>,
+            ) -> Result<(), $crate::bindings::sluice::plugin::types::PluginError> {
+                let batch = $crate::ExportBatch {
+                    id: batch.id,
+                    team_id: batch.team_id,
+                    attempt: batch.attempt,
+                    first_position: batch.first_position,
+                    last_position: batch.last_position,
+                    created_at_ms: batch.created_at,
+                };
+                <$adapter>::exporter_export(&batch, &events)
+            }
+        }
     };
 }

@@ -1,8 +1,10 @@
 //! The glue between the generated bindings and a plugin's trait impls.
 
-use crate::bindings::exports::sluice::plugin::{lifecycle, transform};
 use crate::bindings::sluice::plugin::types;
-use crate::{Config, ConfigType, Event, Manifest, Outcome, Plugin, PluginError, Transform};
+use crate::{
+    Config, ConfigType, Event, ExportBatch, Exporter, Manifest, Outcome, Plugin, PluginError,
+    Transform,
+};
 use serde_json::{Map, Value};
 use sluice_abi::wire::{BatchReader, OutcomeWriter};
 use std::cell::RefCell;
@@ -33,7 +35,23 @@ pub fn process_batch<T: Transform>(plugin: &mut T, batch: &[u8]) -> Result<Vec<u
     Ok(out.finish())
 }
 
-/// Implements the generated export traits for a plugin type `T`.
+/// Decodes one encoded batch and hands it to `plugin`'s [`Exporter::export`].
+///
+/// This is exactly what the exported `exporter.export-batch` does inside wasm; the native test
+/// harness calls it directly.
+pub fn export_batch<T: Exporter>(
+    plugin: &mut T,
+    batch: &ExportBatch,
+    events: &[u8],
+) -> Result<(), PluginError> {
+    let events = BatchReader::new(events)
+        .and_then(|reader| reader.map(|raw| raw.map(Event::new)).collect())
+        .map_err(|e| PluginError::new(format!("malformed batch: {e}")))?;
+    let events: Vec<Event<'_>> = events;
+    plugin.export(batch, &events)
+}
+
+/// What the generated hook interfaces call, for a plugin type `T`.
 pub struct Adapter<T>(PhantomData<T>);
 
 thread_local! {
@@ -51,12 +69,14 @@ fn with_plugin<T: 'static, R>(f: impl FnOnce(&mut T) -> R) -> Result<R, PluginEr
     })
 }
 
-impl<T: Plugin> lifecycle::Guest for Adapter<T> {
-    fn describe() -> types::Manifest {
+impl<T: Plugin> Adapter<T> {
+    /// `lifecycle.describe`.
+    pub fn lifecycle_describe() -> types::Manifest {
         to_wit_manifest(T::manifest())
     }
 
-    fn setup(config: String) -> Result<(), types::PluginError> {
+    /// `lifecycle.setup`.
+    pub fn lifecycle_setup(config: String) -> Result<(), types::PluginError> {
         let values: Map<String, Value> = serde_json::from_str(&config).map_err(|e| {
             to_wit_error(PluginError::new(format!(
                 "config is not a JSON object: {e}"
@@ -67,21 +87,33 @@ impl<T: Plugin> lifecycle::Guest for Adapter<T> {
         Ok(())
     }
 
-    fn teardown() {
+    /// `lifecycle.teardown`.
+    pub fn lifecycle_teardown() {
         let _ = with_plugin(T::teardown);
         STATE.with_borrow_mut(|state| *state = None);
     }
 }
 
-impl<T: Transform> transform::Guest for Adapter<T> {
-    fn process(batch: Vec<u8>) -> Result<Vec<u8>, types::PluginError> {
+impl<T: Transform> Adapter<T> {
+    /// `transform.process`.
+    pub fn transform_process(batch: Vec<u8>) -> Result<Vec<u8>, types::PluginError> {
         with_plugin(|plugin: &mut T| process_batch(plugin, &batch))
             .and_then(|r| r)
             .map_err(to_wit_error)
     }
 }
 
-fn to_wit_error(error: PluginError) -> types::PluginError {
+impl<T: Exporter> Adapter<T> {
+    /// `exporter.export-batch`.
+    pub fn exporter_export(batch: &ExportBatch, events: &[u8]) -> Result<(), types::PluginError> {
+        with_plugin(|plugin: &mut T| export_batch(plugin, batch, events))
+            .and_then(|r| r)
+            .map_err(to_wit_error)
+    }
+}
+
+/// The WIT form of a plugin error.
+pub fn to_wit_error(error: PluginError) -> types::PluginError {
     types::PluginError {
         message: error.message,
         retryable: error.retryable,

@@ -14,10 +14,14 @@ use crate::event::format_uuid;
 use crate::host::geoip::Location;
 use crate::host::http::{Request, Response};
 use crate::host::{HostError, Level};
-use crate::{Config, EventBuf, Outcome, Plugin, PluginError, Transform, process_batch};
+use crate::{
+    Config, EventBuf, ExportBatch, Exporter, Outcome, Plugin, PluginError, Transform, export_batch,
+    process_batch,
+};
 use serde_json::{Map, Value};
 use sluice_abi::wire::{self, BatchWriter};
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 
 /// Something a plugin sent to the host while running under the harness.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,6 +59,7 @@ pub(crate) mod fakes {
     #[derive(Default)]
     pub struct Fakes {
         pub storage: BTreeMap<String, Vec<u8>>,
+        pub objects: BTreeMap<(String, String), Vec<u8>>,
         pub cache: Namespace,
         pub geoip: Option<Locate>,
         pub http: Option<Respond>,
@@ -114,6 +119,17 @@ impl<T: Plugin> Harness<T> {
         &mut self.plugin
     }
 
+    /// The objects the plugin stored in `store` (`host::object_store`), by key.
+    pub fn objects(&self, store: &str) -> BTreeMap<String, Vec<u8>> {
+        fakes::with(|f| {
+            f.objects
+                .iter()
+                .filter(|((s, _), _)| s == store)
+                .map(|((_, key), body)| (key.clone(), body.clone()))
+                .collect()
+        })
+    }
+
     /// Takes what the plugin logged and counted since the last call.
     pub fn take_recorded(&mut self) -> Vec<Recorded> {
         RECORDED.with_borrow_mut(std::mem::take)
@@ -143,6 +159,43 @@ impl<T: Transform> Harness<T> {
         let outcomes =
             wire::read_outcomes(&bytes, count).map_err(|e| PluginError::new(e.to_string()))?;
         outcomes.into_iter().map(decode_outcome).collect()
+    }
+}
+
+impl<T: Exporter> Harness<T> {
+    /// Exports `events` as one batch, as the host does (same encoding), described by `batch`.
+    pub fn export_batch(
+        &mut self,
+        batch: &ExportBatch,
+        events: Vec<TestEvent>,
+    ) -> Result<(), PluginError> {
+        let mut encoded = BatchWriter::default();
+        let mut event = Vec::new();
+        for test_event in &events {
+            event.clear();
+            test_event.0.encode_into(&mut event)?;
+            encoded.push_encoded(&event);
+        }
+        export_batch(&mut self.plugin, batch, &encoded.finish())
+    }
+
+    /// Exports `events` as the first attempt of batch `id` of team 1, formed at
+    /// `created_at_ms`, covering positions 1 to the number of events.
+    pub fn export(
+        &mut self,
+        id: &str,
+        created_at_ms: i64,
+        events: Vec<TestEvent>,
+    ) -> Result<(), PluginError> {
+        let batch = ExportBatch {
+            id: id.to_owned(),
+            team_id: 1,
+            attempt: 1,
+            first_position: 1,
+            last_position: events.len() as u64,
+            created_at_ms,
+        };
+        self.export_batch(&batch, events)
     }
 }
 

@@ -1,9 +1,13 @@
 //! Plugin chains through the running binary: the quickstart example, plugin state, config errors.
 
 use crate::support::{Sluice, plugin, serve_fails, team_with_plugin};
+use flate2::read::GzDecoder;
 use serde_json::json;
 use sluice_plugin_downsample::hash_fraction;
 use std::collections::BTreeSet;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 #[test]
 fn the_quickstart_example_downsamples_exactly_like_the_native_logic() {
@@ -11,11 +15,13 @@ fn the_quickstart_example_downsamples_exactly_like_the_native_logic() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/quickstart.toml");
     std::fs::copy(example, dir.path().join("sluice.toml")).unwrap();
     std::fs::create_dir(dir.path().join("plugins")).unwrap();
-    std::fs::copy(
-        plugin("downsample"),
-        dir.path().join("plugins/downsample.wasm"),
-    )
-    .unwrap();
+    for name in ["downsample", "s3-export"] {
+        std::fs::copy(
+            plugin(name),
+            dir.path().join(format!("plugins/{name}.wasm")),
+        )
+        .unwrap();
+    }
     let sluice = Sluice::start_in(dir);
 
     let ids: Vec<String> = (0..300).map(|i| format!("user-{i}")).collect();
@@ -53,6 +59,44 @@ fn the_quickstart_example_downsamples_exactly_like_the_native_logic() {
             .iter()
             .all(|e| e["properties"]["$sample_rate"] == 0.5)
     );
+
+    // The example's export writes the kept events to the local folder store, once each.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while sluice.exports()[0]["exported_events"] != stored.len() {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}\n{}",
+            sluice.exports(),
+            sluice.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let folder = sluice.dir.path().join("data/objects/exports/events");
+    let exported: usize = walk(&folder)
+        .iter()
+        .map(|file| {
+            let mut text = String::new();
+            GzDecoder::new(&std::fs::read(file).unwrap()[..])
+                .read_to_string(&mut text)
+                .unwrap();
+            text.lines().count()
+        })
+        .sum();
+    assert_eq!(exported, stored.len());
+}
+
+/// Every file under `folder`.
+fn walk(folder: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(folder).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }
 
 #[test]

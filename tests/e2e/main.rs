@@ -5,13 +5,16 @@
 #![allow(clippy::unwrap_used)]
 
 mod adversary;
+mod bigquery;
 mod capabilities;
 mod capture;
 mod chain;
 mod cli;
 mod compat;
 mod durability;
+mod exports;
 mod geoip_db;
 mod isolation;
+mod s3;
 mod sdk;
 mod support;

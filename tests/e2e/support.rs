@@ -195,6 +195,32 @@ impl Sluice {
         ])
     }
 
+    /// The status of every export installation (via `sluice exports`).
+    pub fn exports(&self) -> Vec<Value> {
+        self.cli(&["exports"])
+    }
+
+    /// The export dead letters (via `sluice exports dead-letters`).
+    pub fn export_dead_letters(&self) -> Vec<Value> {
+        self.cli(&["exports", "dead-letters"])
+    }
+
+    /// Runs `sluice <args> --config <this config>`; returns whether it succeeded and its
+    /// stdout and stderr.
+    pub fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let output = Command::new(sluice_bin())
+            .args(args)
+            .arg("--config")
+            .arg(self.config_path())
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8(output.stdout).unwrap(),
+            String::from_utf8(output.stderr).unwrap(),
+        )
+    }
+
     fn cli(&self, args: &[&str]) -> Vec<Value> {
         let output = Command::new(sluice_bin())
             .args(args)

@@ -6,7 +6,7 @@
 //! answer in between. Redirects are not followed; no proxy, cookie or credential of the host is
 //! used; the deadline is capped at the installation's call deadline; the response body is capped.
 
-use super::{Capability, Context, HasCapabilities, HasView, View, to_wit};
+use super::{Capability, Context, HasCapabilities, HasView, View, grant_table, to_wit};
 use crate::bindings::sluice::plugin::http::{self, Host, Request, Response};
 use crate::bindings::types;
 use crate::config::Collector;
@@ -62,22 +62,10 @@ impl Policy {
         table: Option<&toml::Value>,
         granted: bool,
     ) -> Self {
-        let Some(table) = table else {
-            if granted {
-                c.add(
-                    key,
-                    "`http` is granted, so `http.allow_hosts` must list the hosts it may reach",
-                );
-            }
+        let needs = "`http.allow_hosts` must list the hosts it may reach";
+        let Some(policy) = grant_table::<Self>(c, key, table, granted, &CAPABILITY, needs) else {
             return Self::default();
         };
-        let Some(policy) = c.value::<Self>(key, table.clone()) else {
-            return Self::default();
-        };
-        if !granted {
-            c.add(key, "is set but `http` is not in `grants`");
-            return policy;
-        }
         if policy.allow_hosts.is_empty() {
             c.add(
                 format!("{key}.allow_hosts"),

@@ -18,10 +18,12 @@ pub mod geoip;
 pub mod http;
 pub mod log;
 pub mod metrics;
+pub mod object_store;
 pub mod storage;
 
 use crate::bindings::types;
 use crate::config::Collector;
+use serde::de::DeserializeOwned;
 use sluice_abi::limits::{ErrorKind, HostError};
 use sluice_abi::manifest::CAPABILITIES;
 use std::collections::BTreeSet;
@@ -50,6 +52,7 @@ pub const ALL: &[Capability] = &[
     cache::CAPABILITY,
     geoip::CAPABILITY,
     http::CAPABILITY,
+    object_store::CAPABILITY,
 ];
 
 /// Adds every capability's host functions to `linker`.
@@ -59,7 +62,8 @@ pub fn add_to_linker<T: HasCapabilities>(linker: &mut Linker<T>) -> wasmtime::Re
     storage::add_to_linker(linker)?;
     cache::add_to_linker(linker)?;
     geoip::add_to_linker(linker)?;
-    http::add_to_linker(linker)
+    http::add_to_linker(linker)?;
+    object_store::add_to_linker(linker)
 }
 
 /// The capability implementing `interface` (given with or without `@version`).
@@ -137,16 +141,25 @@ impl HasData for HasView<()> {
 pub struct Settings {
     /// `[geoip]`
     pub geoip: geoip::Settings,
+    /// `[object_stores.*]`
+    pub object_stores: object_store::Settings,
 }
 
 impl Settings {
     /// Names of the top-level sections read here.
-    pub const SECTIONS: &'static [&'static str] = &["geoip"];
+    pub const SECTIONS: &'static [&'static str] = &["geoip", "object_stores"];
 
-    /// Reads every capability section of `table`; relative paths are against `base`.
-    pub fn load(c: &mut Collector, table: &toml::Table, base: &Path) -> Self {
+    /// Reads every capability section of `table`; relative paths are against `base`, and `env`
+    /// supplies what the file leaves to the environment (credentials).
+    pub fn load(
+        c: &mut Collector,
+        table: &toml::Table,
+        base: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Self {
         Self {
             geoip: geoip::Settings::load(c, table, base),
+            object_stores: object_store::Settings::load(c, table, base, env),
         }
     }
 
@@ -154,6 +167,7 @@ impl Settings {
     pub fn check_grants(&self, c: &mut Collector, key: &str, grants: &Grants) {
         self.geoip
             .check_grant(c, key, grants.allows(geoip::CAPABILITY.name));
+        self.object_stores.check_grant(c, key, &grants.object_store);
     }
 }
 
@@ -164,11 +178,13 @@ pub struct Grants {
     names: BTreeSet<String>,
     /// Where `http` may go (meaningful only if `http` is granted).
     pub http: http::Policy,
+    /// Which object stores it may use, under which prefix.
+    pub object_store: object_store::Grant,
 }
 
 impl Grants {
     /// Keys of an installation's table that capabilities own.
-    const INSTALLATION_KEYS: [&'static str; 1] = ["http"];
+    const INSTALLATION_KEYS: [&'static str; 2] = ["http", "object_store"];
 
     /// Grants of `names` and nothing else, with default settings.
     pub fn of(names: &[&str]) -> Self {
@@ -211,15 +227,52 @@ impl Grants {
             owned.get("http"),
             granted.contains(http::CAPABILITY.name),
         );
+        let object_store = object_store::Grant::load(
+            c,
+            &format!("{key}.object_store"),
+            owned.get("object_store"),
+            granted.contains(object_store::CAPABILITY.name),
+        );
         Self {
             names: granted,
             http,
+            object_store,
         }
     }
 
     /// Whether `name` is granted.
     pub fn allows(&self, name: &str) -> bool {
         self.names.contains(name)
+    }
+}
+
+/// Reads an installation's table that `capability` owns (such as `http = {...}`), which must be
+/// there exactly when the capability is `granted`; `needs` says what the table must give. The
+/// table, if it is there, readable and granted; else a problem is recorded.
+fn grant_table<T: DeserializeOwned>(
+    c: &mut Collector,
+    key: &str,
+    table: Option<&toml::Value>,
+    granted: bool,
+    capability: &Capability,
+    needs: &str,
+) -> Option<T> {
+    let name = capability.name;
+    match table {
+        None => {
+            if granted {
+                c.add(key, format!("`{name}` is granted, so {needs}"));
+            }
+            None
+        }
+        Some(table) => {
+            let value = c.value::<T>(key, table.clone())?;
+            if !granted {
+                c.add(key, format!("is set but `{name}` is not in `grants`"));
+                return None;
+            }
+            Some(value)
+        }
     }
 }
 
@@ -233,6 +286,8 @@ pub struct Services {
     pub cache: Arc<dyn cache::Backend>,
     /// The GeoIP database, if the operator configured one.
     pub geoip: Option<Arc<geoip::Database>>,
+    /// The object stores, if the operator configured any.
+    pub object_stores: Option<Arc<object_store::Stores>>,
 }
 
 /// Why a capability backend could not start.
@@ -283,6 +338,7 @@ impl Services {
             storage: Some(Arc::new(storage::Storage::open(data_dir)?)),
             cache: Arc::new(cache::MemoryBackend::default()),
             geoip: settings.geoip.open()?,
+            object_stores: settings.object_stores.open(data_dir)?,
         };
         Ok((Arc::new(services), Background { log_writer }))
     }
@@ -295,6 +351,7 @@ impl Services {
             storage: None,
             cache: Arc::new(cache::MemoryBackend::default()),
             geoip: None,
+            object_stores: None,
         })
     }
 }

@@ -1,7 +1,7 @@
 //! Plugin chains: each team's ordered installations, and running a batch of events through them.
 //!
-//! - [`build`] ([`builder`]) loads every installation once at start, reporting every problem at
-//!   once, and decides which installations share instances.
+//! - [`crate::installations`] loads every installation once at start and decides which share
+//!   instances.
 //! - A [`ChainRunner`] belongs to one worker lane; its [`pool`] keeps the lane's long-lived
 //!   instances (one per installation, or one per [`SharingKey`] for stateless plugins), rebuilds
 //!   one after a trap, and tears down the least recently used beyond its budget.
@@ -12,13 +12,11 @@
 //!   `on_error`. Each installation's [`breaker`] stops calling a plugin that keeps failing.
 
 mod breaker;
-mod builder;
 mod metrics;
 mod outcome;
 mod pool;
 
-pub use builder::{SharingKey, build};
-pub use pool::InstanceKey;
+pub use pool::{InstanceKey, SharingKey};
 
 use crate::config::{BreakerConfig, OnError};
 use crate::runtime::{CallError, InstanceSettings, Plugin};
@@ -89,6 +87,14 @@ impl Chains {
     /// Number of installations across all teams.
     pub fn installations(&self) -> usize {
         self.by_team.values().map(Vec::len).sum()
+    }
+
+    /// Appends `installation` to the chain of `team_id`.
+    pub fn push(&mut self, team_id: u64, installation: Installation) {
+        self.by_team
+            .entry(team_id)
+            .or_default()
+            .push(Arc::new(installation));
     }
 }
 

@@ -3,9 +3,13 @@
 //! and one that grew its memory too far is recycled.
 
 use super::Installation;
+use crate::capabilities::Grants;
+use crate::config::InstallationConfig;
 use crate::runtime::{CallError, Instance};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Which live instance serves an installation: its own, or one shared by every installation
@@ -18,6 +22,37 @@ impl InstanceKey {
     pub fn unique() -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         Self(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// What makes installations of a stateless plugin interchangeable: the same plugin file, config,
+/// limits and grants. Installations with equal keys share one instance per worker lane; any
+/// difference (including in grants) gives them separate instances, so per-instance capability
+/// state is never shared across grants.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SharingKey {
+    /// The plugin file.
+    pub plugin: PathBuf,
+    /// The resolved config, as JSON text (object keys in sorted order).
+    pub config: String,
+    /// Deadline of one call, in milliseconds, as configured.
+    pub timeout_ms: Option<u64>,
+    /// Memory cap, in MiB.
+    pub memory_mb: u64,
+    /// What the installation was granted.
+    pub grants: Grants,
+}
+
+impl SharingKey {
+    /// The key of `installation` whose resolved config is `config`.
+    pub fn of(installation: &InstallationConfig, config: &Value) -> Self {
+        Self {
+            plugin: installation.plugin.clone(),
+            config: config.to_string(),
+            timeout_ms: installation.timeout_ms,
+            memory_mb: installation.memory_mb,
+            grants: installation.grants.clone(),
+        }
     }
 }
 
@@ -107,5 +142,46 @@ impl InstancePool {
         for (_, live) in self.instances {
             live.instance.teardown();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capabilities::Grants;
+    use crate::config::{InstallationId, OnError};
+    use std::path::PathBuf;
+
+    fn installation(grants: &[&str]) -> InstallationConfig {
+        InstallationConfig {
+            key: "teams[0].plugins[0]".into(),
+            id: InstallationId::parse("geoip").unwrap(),
+            plugin: PathBuf::from("/plugins/geoip.wasm"),
+            config: toml::Table::new(),
+            timeout_ms: None,
+            memory_mb: 64,
+            on_error: OnError::Skip,
+            breaker: Default::default(),
+            export: None,
+            grants: Grants::of(grants),
+        }
+    }
+
+    #[test]
+    fn installations_share_only_with_equal_config_limits_and_grants() {
+        let config = serde_json::json!({"a": 1});
+        let base = SharingKey::of(&installation(&["geoip"]), &config);
+        assert_eq!(base, SharingKey::of(&installation(&["geoip"]), &config));
+        assert_ne!(
+            base,
+            SharingKey::of(&installation(&["geoip", "log"]), &config)
+        );
+        assert_ne!(
+            base,
+            SharingKey::of(&installation(&["geoip"]), &serde_json::json!({"a": 2}))
+        );
+        let mut slower = installation(&["geoip"]);
+        slower.timeout_ms = Some(2_000);
+        assert_ne!(base, SharingKey::of(&slower, &config));
     }
 }

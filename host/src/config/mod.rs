@@ -11,6 +11,7 @@
 
 mod breaker;
 mod capture;
+mod export;
 mod ids;
 mod queue;
 mod server;
@@ -18,10 +19,14 @@ mod teams;
 
 pub use breaker::BreakerConfig;
 pub use capture::CaptureConfig;
+pub use export::ExportConfig;
 pub use ids::{InstallationId, MAX_TOKEN_LEN, Token};
 pub use queue::QueueConfig;
 pub use server::ServerConfig;
-pub use teams::{InstallationConfig, OnError, TeamConfig};
+pub use teams::{
+    DEFAULT_EXPORT_TIMEOUT_MS, DEFAULT_TRANSFORM_TIMEOUT_MS, InstallationConfig, OnError,
+    TeamConfig,
+};
 
 use crate::capabilities;
 use serde::de::DeserializeOwned;
@@ -180,7 +185,7 @@ impl Config {
         let server = server::load(&mut c, table, base, env);
         let capture: CaptureConfig = c.section(table, "capture");
         let queue = queue::load(&mut c, table);
-        let capabilities = capabilities::Settings::load(&mut c, table, base);
+        let capabilities = capabilities::Settings::load(&mut c, table, base, env);
         let teams = teams::load(&mut c, table.get("teams"), base);
         for installation in teams.iter().flat_map(|t| &t.plugins) {
             capabilities.check_grants(&mut c, &installation.key, &installation.grants);
@@ -250,7 +255,7 @@ mod tests {
                 || installation.plugin.starts_with(std::env::temp_dir())
         );
         assert_eq!(installation.on_error, OnError::DeadLetter);
-        assert_eq!(installation.timeout_ms, 1_000);
+        assert_eq!(installation.transform_timeout_ms(), 1_000);
         assert_eq!(installation.config["percentage"].as_integer(), Some(50));
     }
 
@@ -339,7 +344,7 @@ mod tests {
         assert_eq!(
             problems,
             [
-                "teams[0].plugins[0].grants[1]: `teleport` is not a capability (known: log, metrics, storage, cache, geoip, http)",
+                "teams[0].plugins[0].grants[1]: `teleport` is not a capability (known: log, metrics, storage, cache, geoip, http, object_store)",
                 "teams[0].plugins[0].grants[2]: `storage` is granted twice",
                 "teams[0].plugins[0].http: `http` is granted, so `http.allow_hosts` must list the hosts it may reach",
                 "teams[0].plugins[1].http: is set but `http` is not in `grants`",

@@ -1,6 +1,6 @@
 //! `[[teams]]` and `[[teams.plugins]]`: teams, their tokens, and their plugin installations.
 
-use super::{BreakerConfig, Collector, InstallationId, Token};
+use super::{BreakerConfig, Collector, ExportConfig, InstallationId, Token};
 use crate::capabilities::Grants;
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -43,14 +43,17 @@ pub struct InstallationConfig {
     pub plugin: PathBuf,
     /// Values for the plugin's config schema.
     pub config: toml::Table,
-    /// Deadline of one call into the plugin, in milliseconds.
-    pub timeout_ms: u64,
+    /// Deadline of one call into the plugin, in milliseconds, if the operator set one (the
+    /// default depends on the hook: see [`InstallationConfig::timeout_ms`]).
+    pub timeout_ms: Option<u64>,
     /// Memory cap of one instance, in MiB.
     pub memory_mb: u64,
     /// What happens to an event when this plugin fails on it.
     pub on_error: OnError,
     /// When to stop calling the plugin while it keeps failing.
     pub breaker: BreakerConfig,
+    /// How its exports are batched and retried, if the operator set it.
+    pub export: Option<ExportConfig>,
     /// Host capabilities granted to this installation, with their settings.
     pub grants: Grants,
 }
@@ -67,8 +70,8 @@ struct RawInstallation {
     #[serde(default)]
     config: toml::Table,
     /// Deadline of one call into the plugin, in milliseconds.
-    #[serde(default = "default_timeout_ms")]
-    timeout_ms: u64,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
     /// Memory cap of one instance, in MiB.
     #[serde(default = "default_memory_mb")]
     memory_mb: u64,
@@ -78,13 +81,29 @@ struct RawInstallation {
     /// When to stop calling the plugin while it keeps failing.
     #[serde(default)]
     breaker: BreakerConfig,
+    /// How its exports are batched and retried.
+    #[serde(default)]
+    export: Option<ExportConfig>,
     /// Host capabilities granted to this installation (none by default).
     #[serde(default)]
     grants: Vec<String>,
 }
 
-fn default_timeout_ms() -> u64 {
-    1_000
+/// Deadline of a `transform` call when the operator sets none: events wait for it.
+pub const DEFAULT_TRANSFORM_TIMEOUT_MS: u64 = 1_000;
+/// Deadline of an `exporter` call when the operator sets none: it uploads a whole batch.
+pub const DEFAULT_EXPORT_TIMEOUT_MS: u64 = 30_000;
+
+impl InstallationConfig {
+    /// The deadline of a `transform` call, in milliseconds.
+    pub fn transform_timeout_ms(&self) -> u64 {
+        self.timeout_ms.unwrap_or(DEFAULT_TRANSFORM_TIMEOUT_MS)
+    }
+
+    /// The deadline of an `exporter` call, in milliseconds.
+    pub fn export_timeout_ms(&self) -> u64 {
+        self.timeout_ms.unwrap_or(DEFAULT_EXPORT_TIMEOUT_MS)
+    }
 }
 
 fn default_memory_mb() -> u64 {
@@ -197,13 +216,19 @@ fn installations(
                 format!("{} does not exist (build plugins with `cargo build --release --target wasm32-wasip2`)", plugin.display()),
             );
         }
-        if !(1..=60_000).contains(&raw.timeout_ms) {
-            c.add(format!("{key}.timeout_ms"), "must be between 1 and 60000");
+        if raw
+            .timeout_ms
+            .is_some_and(|ms| !(1..=600_000).contains(&ms))
+        {
+            c.add(format!("{key}.timeout_ms"), "must be between 1 and 600000");
         }
         if !(1..=4_096).contains(&raw.memory_mb) {
             c.add(format!("{key}.memory_mb"), "must be between 1 and 4096");
         }
         raw.breaker.check(c, &format!("{key}.breaker"));
+        if let Some(export) = &raw.export {
+            export.check(c, &format!("{key}.export"));
+        }
         let grants = Grants::load(c, &key, &raw.grants, owned);
         if let Ok(id) = id {
             installations.push(InstallationConfig {
@@ -215,6 +240,7 @@ fn installations(
                 memory_mb: raw.memory_mb,
                 on_error: raw.on_error,
                 breaker: raw.breaker,
+                export: raw.export,
                 grants,
             });
         }

@@ -7,12 +7,13 @@
 //! acknowledged, by the SQLite sink inside the transaction that stores their results.
 
 use super::{Append, AppendError, Appending, Ingest, IngestError, Ingested, Polled, Receipt};
+use crate::signal::Signal;
 use crate::store::{self, StoreError};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -21,44 +22,6 @@ use tokio::sync::oneshot;
 const PENDING_REQUESTS: usize = 4_096;
 /// Most requests committed in one transaction.
 const MAX_GROUP: usize = 1_024;
-
-/// Wakes the reader when rows arrive.
-#[derive(Debug, Default)]
-struct Signal {
-    generation: Mutex<u64>,
-    changed: Condvar,
-}
-
-impl Signal {
-    fn notify(&self) {
-        *self
-            .generation
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) += 1;
-        self.changed.notify_all();
-    }
-
-    /// Waits until [`Signal::notify`] is called after `seen`, or `timeout`; returns the current
-    /// generation to pass next time.
-    fn wait(&self, seen: u64, timeout: Duration) -> u64 {
-        let guard = self
-            .generation
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let (guard, _) = self
-            .changed
-            .wait_timeout_while(guard, timeout, |generation| *generation == seen)
-            .unwrap_or_else(PoisonError::into_inner);
-        *guard
-    }
-
-    fn generation(&self) -> u64 {
-        *self
-            .generation
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-}
 
 struct Request {
     team_id: u64,

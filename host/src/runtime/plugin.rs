@@ -71,6 +71,11 @@ impl Plugin {
         self.exports.transforms()
     }
 
+    /// Whether the plugin exports the `exporter` hook.
+    pub fn exports_events(&self) -> bool {
+        self.exports.exports_events()
+    }
+
     /// Every capability the plugin needs: those it declares and those it imports.
     pub fn needs(&self) -> Vec<&str> {
         let mut needs: Vec<&str> = self

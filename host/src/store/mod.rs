@@ -1,7 +1,7 @@
 //! The embedded SQLite database: one file (`<data_dir>/sluice.db`) holding the ingest queue
 //! ([`crate::ingest::sqlite`]), stored events, recordings and dead letters
-//! ([`crate::sink::sqlite`]), and plugin log lines ([`logs`]); [`read`] is what the commands
-//! print.
+//! ([`crate::sink::sqlite`]), plugin log lines ([`logs`]), and the exports' cursors, batches
+//! and dead letters ([`crate::export::state`]); [`read`] is what the commands print.
 //!
 //! WAL mode with `synchronous = FULL`, so a committed transaction survives a crash of the process
 //! or the machine.
@@ -68,6 +68,41 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     error TEXT NOT NULL,
     created_at_ms INTEGER NOT NULL,
     backtrace TEXT
+);
+CREATE TABLE IF NOT EXISTS export_cursors (
+    installation TEXT PRIMARY KEY,
+    team_id INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    exported_events INTEGER NOT NULL DEFAULT 0,
+    last_success_ms INTEGER,
+    last_error TEXT,
+    last_error_ms INTEGER
+);
+CREATE TABLE IF NOT EXISTS export_batches (
+    installation TEXT PRIMARY KEY,
+    id TEXT NOT NULL,
+    team_id INTEGER NOT NULL,
+    first_position INTEGER NOT NULL,
+    last_position INTEGER NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    next_attempt_ms INTEGER NOT NULL,
+    last_error TEXT
+);
+CREATE TABLE IF NOT EXISTS export_dead_letters (
+    installation TEXT NOT NULL,
+    id TEXT NOT NULL,
+    team_id INTEGER NOT NULL,
+    first_position INTEGER NOT NULL,
+    last_position INTEGER NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    error TEXT NOT NULL,
+    dead_at_ms INTEGER NOT NULL,
+    replay_requested_ms INTEGER,
+    replay_attempts INTEGER NOT NULL DEFAULT 0,
+    replay_next_ms INTEGER,
+    PRIMARY KEY (installation, id)
 );
 ";
 

@@ -20,6 +20,13 @@ pub const MAX_CACHE_PUSH: usize = 1_000;
 /// Most bytes (keys and values) one cache namespace holds.
 pub const MAX_CACHE_NAMESPACE_BYTES: usize = 64 * 1024 * 1024;
 
+/// Longest object key (or listing prefix), in bytes.
+pub const MAX_OBJECT_KEY_BYTES: usize = 1024;
+/// Most objects one `object-store.list` call returns.
+pub const MAX_LIST_OBJECTS: u32 = 1_000;
+/// Default cap of one object's size, in bytes (an operator can change it per store).
+pub const DEFAULT_MAX_OBJECT_BYTES: usize = 64 * 1024 * 1024;
+
 /// What kind of failure a host capability reports (the WIT `host-error-kind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -83,6 +90,46 @@ pub fn check_key(key: &str) -> Result<(), HostError> {
     Ok(())
 }
 
+/// Checks an object key (`prefix = false`) or a listing prefix (`prefix = true`): a relative
+/// path of at most [`MAX_OBJECT_KEY_BYTES`] bytes, without a leading `/`, `.` or `..` segments,
+/// empty segments (a prefix may end with `/` and may be empty), backslashes or control
+/// characters.
+pub fn check_object_key(key: &str, prefix: bool) -> Result<(), HostError> {
+    let invalid = |why: &str| {
+        Err(HostError::new(
+            ErrorKind::Invalid,
+            format!("key {key:?} {why}"),
+        ))
+    };
+    if key.len() > MAX_OBJECT_KEY_BYTES {
+        return Err(HostError::new(
+            ErrorKind::TooLarge,
+            format!("key of {} bytes (cap {MAX_OBJECT_KEY_BYTES})", key.len()),
+        ));
+    }
+    if key.is_empty() {
+        return if prefix { Ok(()) } else { invalid("is empty") };
+    }
+    if key.starts_with('/') {
+        return invalid("is absolute");
+    }
+    if key.chars().any(|c| c == '\\' || c.is_control()) {
+        return invalid("has a backslash or a control character");
+    }
+    let path = if prefix {
+        key.strip_suffix('/').unwrap_or(key)
+    } else {
+        key
+    };
+    if path
+        .split('/')
+        .any(|segment| segment.is_empty() || segment == "." || segment == "..")
+    {
+        return invalid("has an empty, `.` or `..` segment");
+    }
+    Ok(())
+}
+
 /// Checks a value against `cap` bytes.
 pub fn check_value(value: &[u8], cap: usize) -> Result<(), HostError> {
     if value.len() > cap {
@@ -132,5 +179,37 @@ mod tests {
             ErrorKind::Invalid
         );
         assert!(add_to_integer(Some(i64::MAX.to_string().as_bytes()), 1).is_err());
+    }
+
+    #[test]
+    fn object_keys_are_relative_paths() {
+        for key in ["a", "a/b.jsonl.gz", "2024-01-02/x-1.parquet", "é/ü"] {
+            assert!(check_object_key(key, false).is_ok(), "{key}");
+        }
+        for key in [
+            "",
+            "/etc/passwd",
+            "a/../b",
+            "..",
+            "a//b",
+            "a/",
+            "./a",
+            "a\\b",
+            "a\nb",
+        ] {
+            assert_eq!(
+                check_object_key(key, false).unwrap_err().kind,
+                ErrorKind::Invalid,
+                "{key:?}"
+            );
+        }
+        for prefix in ["", "exports/", "exports/2024"] {
+            assert!(check_object_key(prefix, true).is_ok(), "{prefix}");
+        }
+        assert!(check_object_key("../", true).is_err());
+        assert_eq!(
+            check_object_key(&"k".repeat(1025), false).unwrap_err().kind,
+            ErrorKind::TooLarge
+        );
     }
 }

@@ -117,7 +117,15 @@ pub struct Manifest {
 }
 
 /// Every host capability a manifest may declare.
-pub const CAPABILITIES: &[&str] = &["log", "metrics", "storage", "cache", "geoip", "http"];
+pub const CAPABILITIES: &[&str] = &[
+    "log",
+    "metrics",
+    "storage",
+    "cache",
+    "geoip",
+    "http",
+    "object_store",
+];
 
 /// One problem found in a manifest or a config, with the key it concerns.
 #[derive(Debug, Clone, PartialEq, Eq)]

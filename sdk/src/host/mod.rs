@@ -8,6 +8,7 @@
 pub mod cache;
 pub mod geoip;
 pub mod http;
+pub mod object_store;
 pub mod storage;
 
 pub use sluice_abi::limits::{ErrorKind, HostError};

@@ -1,32 +1,14 @@
 //! `lifecycle`: every plugin exports it. `describe` returns the manifest, `setup` prepares an
 //! instance with its installation's config, `teardown` lets it clean up.
 
-use super::{Guests, Hook};
+use super::Guests;
 use crate::bindings::{lifecycle, types};
-use crate::runtime::state::HostState;
 use crate::runtime::{CallError, Instance};
-use wasmtime::Store;
-use wasmtime::component::InstancePre;
 
 /// The `lifecycle` functions of one instance.
 pub(crate) type Lifecycle = lifecycle::Guest;
 
-impl Hook for Lifecycle {
-    const INTERFACE: &'static str = "sluice:plugin/lifecycle";
-    type Indices = lifecycle::GuestIndices;
-
-    fn indices(pre: &InstancePre<HostState>) -> wasmtime::Result<Self::Indices> {
-        lifecycle::GuestIndices::new(pre)
-    }
-
-    fn load(
-        indices: &Self::Indices,
-        store: &mut Store<HostState>,
-        instance: &wasmtime::component::Instance,
-    ) -> wasmtime::Result<Self> {
-        indices.load(store, instance)
-    }
-}
+super::hook!(Lifecycle, lifecycle, "sluice:plugin/lifecycle");
 
 impl Instance {
     /// The plugin's manifest, as `describe` returns it.

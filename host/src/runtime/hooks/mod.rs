@@ -1,8 +1,10 @@
-//! Hooks: the interfaces a plugin may export, one module each. A hook module finds its
+//! Hooks: the interfaces a plugin may export, one module each (`lifecycle`, `transform`,
+//! `exporter`). A hook module finds its
 //! interface among a component's exports ([`Hook`]), and calls it under the instance's limits
 //! (a method on [`crate::runtime::Instance`]). What a plugin can do is derived from which hooks
 //! its component exports.
 
+pub mod exporter;
 pub mod lifecycle;
 pub mod transform;
 
@@ -28,6 +30,32 @@ pub(crate) trait Hook: Sized {
     ) -> wasmtime::Result<Self>;
 }
 
+/// Implements [`Hook`] for the generated guest type `$guest` of the bindings module `$module`,
+/// exported as `$interface`.
+macro_rules! hook {
+    ($guest:ident, $module:ident, $interface:literal) => {
+        impl $crate::runtime::hooks::Hook for $guest {
+            const INTERFACE: &'static str = $interface;
+            type Indices = $module::GuestIndices;
+
+            fn indices(
+                pre: &::wasmtime::component::InstancePre<$crate::runtime::state::HostState>,
+            ) -> ::wasmtime::Result<Self::Indices> {
+                $module::GuestIndices::new(pre)
+            }
+
+            fn load(
+                indices: &Self::Indices,
+                store: &mut ::wasmtime::Store<$crate::runtime::state::HostState>,
+                instance: &::wasmtime::component::Instance,
+            ) -> ::wasmtime::Result<Self> {
+                indices.load(store, instance)
+            }
+        }
+    };
+}
+use hook;
+
 /// The indices of `H` if the component exports it (`exported` lists its export names).
 fn find<H: Hook>(
     pre: &InstancePre<HostState>,
@@ -45,6 +73,7 @@ fn find<H: Hook>(
 pub(crate) struct Exports {
     lifecycle: <lifecycle::Lifecycle as Hook>::Indices,
     transform: Option<<transform::Transform as Hook>::Indices>,
+    exporter: Option<<exporter::Exporter as Hook>::Indices>,
 }
 
 impl Exports {
@@ -59,6 +88,7 @@ impl Exports {
         Ok(Self {
             lifecycle,
             transform: find::<transform::Transform>(pre, exported)?,
+            exporter: find::<exporter::Exporter>(pre, exported)?,
         })
     }
 
@@ -66,12 +96,18 @@ impl Exports {
     pub(crate) fn transforms(&self) -> bool {
         self.transform.is_some()
     }
+
+    /// Whether the plugin exports `exporter`.
+    pub(crate) fn exports_events(&self) -> bool {
+        self.exporter.is_some()
+    }
 }
 
 /// The hooks of one live instance.
 pub(crate) struct Guests {
     lifecycle: lifecycle::Lifecycle,
     transform: Option<transform::Transform>,
+    exporter: Option<exporter::Exporter>,
 }
 
 impl Guests {
@@ -85,6 +121,11 @@ impl Guests {
             lifecycle: Hook::load(&exports.lifecycle, store, instance)?,
             transform: exports
                 .transform
+                .as_ref()
+                .map(|indices| Hook::load(indices, store, instance))
+                .transpose()?,
+            exporter: exports
+                .exporter
                 .as_ref()
                 .map(|indices| Hook::load(indices, store, instance))
                 .transpose()?,

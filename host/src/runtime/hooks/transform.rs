@@ -1,31 +1,13 @@
 //! `transform`: exported by plugins that change, enrich or drop events; one call per batch.
 
-use super::{Guests, Hook};
+use super::Guests;
 use crate::bindings::{transform, types};
-use crate::runtime::state::HostState;
 use crate::runtime::{CallError, Instance};
-use wasmtime::Store;
-use wasmtime::component::InstancePre;
 
 /// The `transform` functions of one instance.
 pub(crate) type Transform = transform::Guest;
 
-impl Hook for Transform {
-    const INTERFACE: &'static str = "sluice:plugin/transform";
-    type Indices = transform::GuestIndices;
-
-    fn indices(pre: &InstancePre<HostState>) -> wasmtime::Result<Self::Indices> {
-        transform::GuestIndices::new(pre)
-    }
-
-    fn load(
-        indices: &Self::Indices,
-        store: &mut Store<HostState>,
-        instance: &wasmtime::component::Instance,
-    ) -> wasmtime::Result<Self> {
-        indices.load(store, instance)
-    }
-}
+super::hook!(Transform, transform, "sluice:plugin/transform");
 
 impl Instance {
     /// Sends one encoded batch to the plugin's `transform` and returns the encoded outcomes.

@@ -8,9 +8,11 @@
 
 use serde_json::{Map, Value, json};
 use sluice_abi::wire::{BatchReader, EventFields, OutcomeWriter, RawEvent};
-use sluice_sdk::bindings::exports::sluice::plugin::{lifecycle, transform};
 use sluice_sdk::bindings::sluice::plugin::types::{ConfigField, ConfigType, Manifest, PluginError};
 use std::cell::RefCell;
+
+sluice_sdk::__private::plugin_world!(world; transform);
+use world::exports::sluice::plugin::{lifecycle, transform};
 
 /// The misbehaviours, one per `mode`.
 pub const MODES: [&str; 12] = [
@@ -212,5 +214,10 @@ fn recurse(depth: u64) -> u64 {
     frame[0] as u64 + recurse(std::hint::black_box(depth.wrapping_sub(1)))
 }
 
+// The generated export glue is `unsafe` (it is the component's ABI).
 #[cfg(target_family = "wasm")]
-sluice_sdk::bindings::export_transformer!(Adversary with_types_in sluice_sdk::bindings);
+#[allow(unsafe_code)]
+mod export {
+    use super::{Adversary, world};
+    world::export!(Adversary with_types_in world);
+}

@@ -1,0 +1,236 @@
+//! Export benchmarks, against a real S3-compatible server (`s3s-fs`, built by `tests/run.sh`):
+//!
+//! Run: `plugins/build.sh target/plugins && SLUICE_S3S_FS=~/.cache/sluice/tools/s3s-fs-0.14.1/bin/s3s-fs cargo bench -p sluice --bench exports`
+//!
+//! (1) Throughput: 200,000 events are stored first; then the S3 export is started and the time
+//!     until it has exported them all gives events/s, for JSON lines + gzip and for Parquet.
+//! (2) Lag: capture runs at a steady 20,000 events/s for 20 s with the S3 export (JSON lines +
+//!     gzip, batches of up to 10,000 events or 1 s) running; the export lag is sampled every
+//!     second.
+
+#![allow(clippy::unwrap_used)]
+
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use serde_json::{Value, json};
+use sluice::config::Config;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+mod common;
+#[path = "../../tests/e2e/s3.rs"]
+mod s3;
+
+const STORED: usize = 200_000;
+
+fn main() {
+    sluice::telemetry::init_logging();
+    sluice::telemetry::prometheus();
+    let plugins = plugin_dir();
+    println!(
+        "sluice export benchmark ({} cores), S3 export plugin -> s3s-fs on loopback\n",
+        std::thread::available_parallelism().map_or(1, usize::from)
+    );
+    println!(
+        "(1) export throughput: {STORED} stored events, batches of up to 10000 events / 4 MiB"
+    );
+    for format in ["jsonl", "parquet"] {
+        throughput(&plugins, format);
+    }
+    println!("\n(2) export lag while capture runs at a steady 20000 events/s for 20 s");
+    lag(&plugins);
+}
+
+fn plugin_dir() -> PathBuf {
+    let dir = std::env::var_os("SLUICE_PLUGIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins"));
+    assert!(
+        dir.join("s3-export.wasm").is_file(),
+        "no plugins in {}: run `plugins/build.sh {}` first",
+        dir.display(),
+        dir.display()
+    );
+    dir
+}
+
+/// A config of one team, with the S3 export writing `format` if `export` is set.
+fn config(dir: &Path, s3: &s3::S3Server, plugins: &Path, format: Option<&str>) -> Config {
+    let mut text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nworkers = 2\n{}\
+         [[teams]]\nid = 1\ntoken = \"phc_bench\"\n",
+        s3.store_config("lake")
+    );
+    if let Some(format) = format {
+        text += &format!(
+            "[[teams.plugins]]\nid = \"s3\"\nplugin = \"{}\"\nconfig = {{ store = \"lake\", format = \"{format}\" }}\n\
+             grants = [\"object_store\"]\nobject_store = {{ stores = [\"lake\"] }}\nmemory_mb = 512\n\
+             export = {{ max_events = 10000, max_bytes = 4194304, max_age_seconds = 1 }}\n",
+            plugins.join("s3-export.wasm").display()
+        );
+    }
+    let path = dir.join("sluice.toml");
+    std::fs::write(&path, text).unwrap();
+    Config::load(&path, &|_| None).unwrap()
+}
+
+fn properties(i: usize) -> Value {
+    json!({
+        "$current_url": format!("https://example.com/products/{}", i % 500),
+        "$browser": "Chrome", "$os": "Mac OS X", "$lib": "web", "$lib_version": "1.434.18",
+        "$screen_width": 1920, "plan": "pro", "value": 12.5,
+    })
+}
+
+/// Gzip bodies of 100 events each, numbered from `start`.
+fn bodies(start: usize, requests: usize) -> Vec<Vec<u8>> {
+    (0..requests)
+        .map(|r| {
+            let batch: Vec<Value> = (0..100)
+                .map(|i| {
+                    let n = start + r * 100 + i;
+                    json!({"event": "$pageview", "distinct_id": format!("user-{}", n % 10_000), "properties": properties(n)})
+                })
+                .collect();
+            let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
+            gz.write_all(
+                json!({"api_key": "phc_bench", "batch": batch})
+                    .to_string()
+                    .as_bytes(),
+            )
+            .unwrap();
+            gz.finish().unwrap()
+        })
+        .collect()
+}
+
+/// Sends `bodies` with `concurrency` clients; at most `per_second` requests each second if set.
+fn send(
+    served: &common::Served,
+    bodies: Vec<Vec<u8>>,
+    concurrency: usize,
+    per_second: Option<usize>,
+) {
+    let url = format!("http://{}/batch", served.addr);
+    let started = Instant::now();
+    served.runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let bodies = std::sync::Arc::new(bodies);
+        let tasks: Vec<_> = (0..concurrency)
+            .map(|t| {
+                let (client, url, bodies) = (client.clone(), url.clone(), bodies.clone());
+                tokio::spawn(async move {
+                    for r in (t..bodies.len()).step_by(concurrency) {
+                        if let Some(rate) = per_second {
+                            let due = started + Duration::from_secs_f64(r as f64 / rate as f64);
+                            tokio::time::sleep_until(due.into()).await;
+                        }
+                        let response = client
+                            .post(&url)
+                            .header("content-encoding", "gzip")
+                            .body(bodies[r].clone())
+                            .send()
+                            .await
+                            .unwrap();
+                        assert_eq!(response.status(), 200);
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+    });
+}
+
+fn status(data_dir: &Path) -> Value {
+    let conn = sluice::store::open(data_dir).unwrap();
+    let statuses = sluice::export::state::status(&conn).unwrap();
+    serde_json::to_value(&statuses[0]).unwrap()
+}
+
+fn throughput(plugins: &Path, format: &str) {
+    let s3 = s3::S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    // Store the events first, without the export.
+    let served = common::Served::start(config(dir.path(), &s3, plugins, None));
+    send(&served, bodies(0, STORED / 100), 16, None);
+    let data_dir = dir.path().join("data");
+    let conn = sluice::store::open(&data_dir).unwrap();
+    while sluice::ingest::sqlite::depth(&conn).unwrap() > 0 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    served.stop();
+    // Then export them all.
+    let started = Instant::now();
+    let served = common::Served::start(config(dir.path(), &s3, plugins, Some(format)));
+    loop {
+        let status = status(&data_dir);
+        if status["exported_events"] == STORED {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    served.stop();
+    let objects = s3.objects();
+    let bytes: usize = objects.values().map(Vec::len).sum();
+    println!(
+        "  {format:<8} {:>9.0} events/s  ({STORED} events in {seconds:.2} s, {} objects, {:.1} MB written, {:.0} bytes/event)",
+        STORED as f64 / seconds,
+        objects.len(),
+        bytes as f64 / 1e6,
+        bytes as f64 / STORED as f64
+    );
+}
+
+fn lag(plugins: &Path) {
+    let s3 = s3::S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let served = common::Served::start(config(dir.path(), &s3, plugins, Some("jsonl")));
+    let data_dir = dir.path().join("data");
+    const SECONDS: usize = 20;
+    const RATE: usize = 200; // requests of 100 events per second
+    let sampler = {
+        let data_dir = data_dir.clone();
+        std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            for _ in 0..SECONDS {
+                std::thread::sleep(Duration::from_secs(1));
+                let status = status(&data_dir);
+                samples.push((
+                    status["lag_events"].as_u64().unwrap(),
+                    status["lag_seconds"].as_f64().unwrap(),
+                ));
+            }
+            samples
+        })
+    };
+    let started = Instant::now();
+    send(&served, bodies(0, SECONDS * RATE), 32, Some(RATE));
+    let sent_in = started.elapsed().as_secs_f64();
+    let samples = sampler.join().unwrap();
+    let mut seconds: Vec<f64> = samples.iter().map(|s| s.1).collect();
+    seconds.sort_by(f64::total_cmp);
+    let max_events = samples.iter().map(|s| s.0).max().unwrap_or(0);
+    let caught_up = Instant::now();
+    loop {
+        let status = status(&data_dir);
+        if status["lag_events"] == 0 && status["exported_events"] == SECONDS * RATE * 100 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!(
+        "  capture {:.0} events/s for {sent_in:.1} s; export lag sampled each second: median {:.2} s, max {:.2} s, at most {max_events} events behind",
+        (SECONDS * RATE * 100) as f64 / sent_in,
+        seconds[seconds.len() / 2],
+        seconds[seconds.len() - 1],
+    );
+    println!(
+        "  after capture stopped, the export caught up in {:.2} s",
+        caught_up.elapsed().as_secs_f64()
+    );
+    served.stop();
+}

@@ -1,0 +1,322 @@
+//! One export installation's runner: forms batches from the team's stored events after its
+//! cursor, records each before calling the plugin, retries with backoff, dead-letters, and
+//! replays dead letters on request. It owns one plugin instance and its own database connection,
+//! on its own thread, so a slow or failing export holds up nothing else.
+
+use super::ExportInstallation;
+use super::state::{self, Batch, Pending};
+use crate::runtime::hooks::exporter::Batch as WitBatch;
+use crate::runtime::{CallError, Instance};
+use crate::signal::Signal;
+use crate::store::{self, StoreError, now_ms};
+use rusqlite::Connection;
+use sluice_abi::wire::BatchWriter;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Longest a runner sleeps before looking again, even without being woken.
+const IDLE: Duration = Duration::from_secs(1);
+/// How often the lag metrics are refreshed.
+const LAG_EVERY: Duration = Duration::from_secs(1);
+
+/// What one step did.
+enum Step {
+    /// Something was sent or recorded; step again at once.
+    Worked,
+    /// Nothing to do before this epoch-ms time (or a wake-up).
+    WaitUntil(i64),
+}
+
+/// The per-installation metric handles.
+struct Metrics {
+    events: metrics::Counter,
+    batches: metrics::Counter,
+    retries: metrics::Counter,
+    dead_letters: metrics::Counter,
+    lag_events: metrics::Gauge,
+    lag_seconds: metrics::Gauge,
+}
+
+impl Metrics {
+    fn new(installation: &str) -> Self {
+        let labels = [("installation", installation.to_owned())];
+        Self {
+            events: metrics::counter!("sluice_export_events_total", &labels),
+            batches: metrics::counter!("sluice_export_batches_total", &labels),
+            retries: metrics::counter!("sluice_export_retries_total", &labels),
+            dead_letters: metrics::counter!("sluice_export_dead_letters_total", &labels),
+            lag_events: metrics::gauge!("sluice_export_lag_events", &labels),
+            lag_seconds: metrics::gauge!("sluice_export_lag_seconds", &labels),
+        }
+    }
+}
+
+/// A failed call, as the runner decides about it.
+struct Failure {
+    message: String,
+    retryable: bool,
+}
+
+impl From<CallError> for Failure {
+    fn from(error: CallError) -> Self {
+        // A trap (a timeout talking to the destination, a crash) may well pass next time.
+        let retryable = match &error {
+            CallError::Plugin { retryable, .. } => *retryable,
+            CallError::Trap { .. } => true,
+        };
+        Self {
+            message: error.to_string(),
+            retryable,
+        }
+    }
+}
+
+pub(super) struct Runner {
+    installation: Arc<ExportInstallation>,
+    conn: Connection,
+    instance: Option<Instance>,
+    metrics: Metrics,
+    lag_updated: Option<Instant>,
+}
+
+impl Runner {
+    pub(super) fn new(
+        installation: Arc<ExportInstallation>,
+        data_dir: &Path,
+    ) -> Result<Self, StoreError> {
+        let conn = store::open(data_dir)?;
+        state::register(&conn, &installation.id, installation.team_id)?;
+        Ok(Self {
+            metrics: Metrics::new(&installation.id),
+            installation,
+            conn,
+            instance: None,
+            lag_updated: None,
+        })
+    }
+
+    /// Steps until `stop` is set, sleeping on `stored` (woken when events are stored).
+    pub(super) fn run(mut self, stored: &Signal, stop: &AtomicBool) {
+        let mut seen = stored.generation();
+        while !stop.load(Ordering::SeqCst) {
+            let wait_until = match self.step() {
+                Ok(Step::Worked) => continue,
+                Ok(Step::WaitUntil(at)) => at,
+                Err(error) => {
+                    tracing::error!(installation = %self.installation.id, %error, "export runner cannot use the database; retrying");
+                    now_ms() + IDLE.as_millis() as i64
+                }
+            };
+            let wait = Duration::from_millis(
+                (wait_until - now_ms()).clamp(0, IDLE.as_millis() as i64) as u64,
+            );
+            seen = stored.wait(seen, wait);
+        }
+        if let Some(instance) = self.instance.take() {
+            instance.teardown();
+        }
+    }
+
+    fn step(&mut self) -> Result<Step, StoreError> {
+        let now = now_ms();
+        self.update_lag()?;
+        let id = self.installation.id.clone();
+        if let Some(batch) = state::in_flight(&self.conn, &id)? {
+            if batch.next_attempt_ms > now {
+                return Ok(Step::WaitUntil(batch.next_attempt_ms));
+            }
+            self.send(batch)?;
+            return Ok(Step::Worked);
+        }
+        if let Some(letter) = state::due_replay(&self.conn, &id, now)? {
+            self.replay(letter)?;
+            return Ok(Step::Worked);
+        }
+        let config = &self.installation.config;
+        let position = state::cursor(&self.conn, &id)?;
+        let pending = state::pending(
+            &self.conn,
+            self.installation.team_id,
+            position,
+            config.max_events,
+            config.max_bytes,
+        )?;
+        let (Some(first), Some(last)) = (pending.first(), pending.last()) else {
+            return Ok(Step::WaitUntil(now + IDLE.as_millis() as i64));
+        };
+        let bytes: usize = pending.iter().map(|p| p.encoded.len()).sum();
+        let full = pending.len() >= config.max_events || bytes >= config.max_bytes;
+        let due = first.stored_at_ms + (config.max_age_seconds * 1000) as i64;
+        if !full && due > now {
+            return Ok(Step::WaitUntil(due));
+        }
+        // The range is durable before the plugin sees it: after a crash, this same batch is
+        // sent again first.
+        let batch = Batch::new(
+            self.installation.team_id,
+            first.position,
+            last.position,
+            now,
+        );
+        state::record(&self.conn, &id, &batch)?;
+        Ok(Step::Worked)
+    }
+
+    /// The events of `batch` the installation does not ignore, encoded as one batch.
+    fn encode(&self, events: &[Pending]) -> (Vec<u8>, u64) {
+        let ignored = &self.installation.config.events_to_ignore;
+        let mut writer = BatchWriter::default();
+        for event in events.iter().filter(|e| !ignored.contains(&e.event)) {
+            writer.push_encoded(&event.encoded);
+        }
+        let count = writer.len() as u64;
+        (writer.finish(), count)
+    }
+
+    /// One call of the plugin with `batch` (attempt `batch.attempts + 1`), after counting it.
+    fn call(&mut self, batch: &Batch, encoded: &[u8]) -> Result<(), Failure> {
+        let started = Instant::now();
+        let instance = match &mut self.instance {
+            Some(instance) => instance,
+            slot @ None => {
+                let installation = &self.installation;
+                slot.insert(Instance::start(
+                    &installation.plugin,
+                    &installation.settings,
+                )?)
+            }
+        };
+        let descriptor = WitBatch {
+            id: batch.id.clone(),
+            team_id: batch.team_id,
+            attempt: batch.attempts,
+            first_position: batch.first as u64,
+            last_position: batch.last as u64,
+            created_at: batch.created_at_ms,
+        };
+        let result = instance.export(&descriptor, encoded);
+        metrics::histogram!("sluice_export_call_duration_seconds", "installation" => self.installation.id.to_string())
+            .record(started.elapsed().as_secs_f64());
+        if let Err(error) = &result
+            && error.poisons_instance()
+        {
+            self.instance = None;
+        }
+        result.map_err(Failure::from)
+    }
+
+    /// Sends the batch in flight and records what became of it.
+    fn send(&mut self, mut batch: Batch) -> Result<(), StoreError> {
+        let id = self.installation.id.clone();
+        let (encoded, count) = self.encode(&state::batch_events(&self.conn, &batch)?);
+        if count > 0 {
+            batch.attempts += 1;
+            state::record(&self.conn, &id, &batch)?;
+            if batch.attempts > 1 {
+                self.metrics.retries.increment(1);
+            }
+            if let Err(failure) = self.call(&batch, &encoded) {
+                return self.failed(batch, failure);
+            }
+        }
+        state::delivered(&mut self.conn, &id, &batch, count)?;
+        self.metrics.events.increment(count);
+        self.metrics.batches.increment(1);
+        Ok(())
+    }
+
+    fn failed(&mut self, mut batch: Batch, failure: Failure) -> Result<(), StoreError> {
+        let id = self.installation.id.clone();
+        let config = &self.installation.config;
+        tracing::warn!(installation = %id, batch = %batch.id, attempt = batch.attempts, retryable = failure.retryable, "export failed: {}", failure.message);
+        if failure.retryable && batch.attempts < config.max_attempts {
+            batch.next_attempt_ms = now_ms()
+                + backoff(
+                    config.retry_base_seconds,
+                    config.retry_max_seconds,
+                    batch.attempts,
+                );
+            batch.last_error = Some(failure.message);
+            return state::record(&self.conn, &id, &batch);
+        }
+        self.metrics.dead_letters.increment(1);
+        tracing::error!(installation = %id, batch = %batch.id, attempts = batch.attempts, "export batch dead-lettered: {}", failure.message);
+        state::dead_letter(&mut self.conn, &id, &batch, &failure.message)
+    }
+
+    /// Sends a dead-lettered batch again, removing it once delivered.
+    fn replay(&mut self, mut batch: Batch) -> Result<(), StoreError> {
+        let id = self.installation.id.clone();
+        let (encoded, count) = self.encode(&state::batch_events(&self.conn, &batch)?);
+        batch.attempts += 1;
+        let result = if count == 0 {
+            Ok(())
+        } else {
+            self.call(&batch, &encoded)
+        };
+        let config = &self.installation.config;
+        match result {
+            Ok(()) => {
+                self.metrics.events.increment(count);
+                self.metrics.batches.increment(1);
+                tracing::info!(installation = %id, batch = %batch.id, "dead-lettered export batch replayed");
+                state::replayed(&self.conn, &id, &batch, Ok(count))
+            }
+            Err(failure) => {
+                let retry =
+                    (failure.retryable && batch.attempts < config.max_attempts).then(|| {
+                        now_ms()
+                            + backoff(
+                                config.retry_base_seconds,
+                                config.retry_max_seconds,
+                                batch.attempts,
+                            )
+                    });
+                tracing::warn!(installation = %id, batch = %batch.id, "replay failed: {}", failure.message);
+                state::replayed(&self.conn, &id, &batch, Err((&failure.message, retry)))
+            }
+        }
+    }
+
+    fn update_lag(&mut self) -> Result<(), StoreError> {
+        if self.lag_updated.is_some_and(|at| at.elapsed() < LAG_EVERY) {
+            return Ok(());
+        }
+        self.lag_updated = Some(Instant::now());
+        let position = state::cursor(&self.conn, &self.installation.id)?;
+        let (events, oldest) = state::lag(&self.conn, self.installation.team_id, position)?;
+        self.metrics.lag_events.set(events as f64);
+        let seconds = oldest.map_or(0, |t| (now_ms() - t).max(0));
+        self.metrics.lag_seconds.set(seconds as f64 / 1e3);
+        Ok(())
+    }
+}
+
+/// Milliseconds to wait after failed attempt `attempt` (1-based): `base` seconds doubling per
+/// attempt, capped at `max` seconds, with jitter (a random half of the delay) so that many
+/// installations failing together do not retry together.
+fn backoff(base: u64, max: u64, attempt: u32) -> i64 {
+    let delay = base
+        .saturating_mul(1 << attempt.saturating_sub(1).min(30))
+        .min(max)
+        * 1000;
+    let half = delay / 2;
+    (half + rand::random_range(0..=half)) as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff;
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_its_cap() {
+        for _ in 0..100 {
+            assert!((3_000..=6_000).contains(&backoff(6, 3600, 1)));
+            assert!((6_000..=12_000).contains(&backoff(6, 3600, 2)));
+            assert!((1_800_000..=3_600_000).contains(&backoff(6, 3600, 11)));
+            assert!((1_800_000..=3_600_000).contains(&backoff(6, 3600, 40)));
+        }
+    }
+}
