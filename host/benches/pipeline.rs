@@ -148,8 +148,6 @@ fn isolation(runtime: &Runtime, plugins: &std::path::Path) {
 }
 
 mod common;
-#[path = "../../tests/e2e/geoip_db.rs"]
-mod geoip_db;
 
 /// The host's location record as the SDK's, to answer the native plugin from the same reader.
 fn sdk_location(
@@ -180,7 +178,7 @@ fn sdk_location(
 fn geoip_chain(runtime: &Runtime, plugins: &std::path::Path, events: &[Vec<u8>]) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("city.mmdb");
-    geoip_db::write(&path, "Linköping");
+    sluice_demo_geoip::write(&path, "Linköping").unwrap();
     let database = sluice::capabilities::geoip::Database::open(&path).unwrap();
     let services = Arc::new(Services {
         logs: None,
@@ -188,6 +186,8 @@ fn geoip_chain(runtime: &Runtime, plugins: &std::path::Path, events: &[Vec<u8>])
         cache: Arc::new(sluice::capabilities::cache::MemoryBackend::default()),
         geoip: Some(database.clone()),
         object_stores: None,
+        jobs: None,
+        recordings: None,
     });
     let all = batches(events);
 

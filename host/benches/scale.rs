@@ -16,8 +16,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
-#[path = "../../tests/e2e/geoip_db.rs"]
-mod geoip_db;
 
 const SIZES: [usize; 3] = [500, 5_000, 10_000];
 
@@ -71,7 +69,7 @@ fn plugin(name: &str) -> PathBuf {
 fn run(teams: usize, distinct: bool) {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("city.mmdb");
-    geoip_db::write(&db, "Linköping");
+    sluice_demo_geoip::write(&db, "Linköping").unwrap();
     let mut text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nworkers = 2\nmax_instances = 1000\n\
          [geoip]\ndatabase = \"{}\"\n",

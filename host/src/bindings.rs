@@ -1,13 +1,13 @@
-//! Host bindings generated once from the WIT contract (`wit/v0.3.0`, world `plugin`: every hook
+//! Host bindings generated once from the WIT contract (`wit/v0.4.0`, world `plugin`: every hook
 //! a plugin may export and every capability it may import), shared by the runtime (hooks) and
 //! the capabilities (imports).
 #![allow(missing_docs)]
 
 wasmtime::component::bindgen!({
     world: "plugin",
-    path: "../wit/v0.3.0",
+    path: "../wit/v0.4.0",
     imports: { default: tracing },
 });
 
-pub use self::exports::sluice::plugin::{exporter, lifecycle, transform};
+pub use self::exports::sluice::plugin::{exporter, jobs, lifecycle, scheduled, transform};
 pub use self::sluice::plugin::types;

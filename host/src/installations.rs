@@ -1,13 +1,16 @@
 //! Loads every plugin installation of the config once at start: each plugin file compiled once,
 //! each installation checked (config against the manifest, grants) and started once to prove it
 //! works, every problem reported at once. What the plugin exports decides where it goes: a
-//! `transform` joins its team's chain, an `exporter` gets an export runner, a plugin may do both.
+//! `transform` joins its team's chain, an `exporter` gets an export runner, `scheduled` and
+//! `jobs` get a task runner; a plugin may do several.
 
 use crate::capabilities::{self, Context, Grants, Services};
 use crate::chain::{Chains, Installation, InstanceKey, SharingKey};
-use crate::config::{Config, Problem};
+use crate::config::{Config, InstallationConfig, Problem};
 use crate::export::ExportInstallation;
 use crate::runtime::{Instance, InstanceSettings, Plugin, Runtime};
+use crate::schedule::timing::Schedule;
+use crate::schedule::{Task, TaskInstallation};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -21,6 +24,8 @@ pub struct Installed {
     pub chains: Chains,
     /// Every export installation.
     pub exports: Vec<Arc<ExportInstallation>>,
+    /// Every installation that runs tasks or jobs.
+    pub tasks: Vec<Arc<TaskInstallation>>,
 }
 
 /// Loads and checks every installation of `config`, whose capabilities use `services`.
@@ -53,19 +58,60 @@ pub fn load(
                 .clone();
             let Some(plugin) = plugin else { continue };
             let name = &plugin.manifest.name;
-            if !plugin.transforms() && !plugin.exports_events() {
+            let hooks = [
+                plugin.transforms(),
+                plugin.exports_events(),
+                plugin.runs_tasks(),
+                plugin.runs_jobs(),
+            ];
+            if !hooks.contains(&true) {
                 let path = installation.plugin.display();
                 problem(
                     ".plugin",
-                    format!("{path} exports neither `transform` nor `exporter`"),
+                    format!(
+                        "{path} exports no hook (`transform`, `exporter`, `scheduled` or `jobs`)"
+                    ),
                 );
                 continue;
             }
-            if installation.export.is_some() && !plugin.exports_events() {
-                problem(
+            let mismatches = [
+                (
+                    installation.export.is_some() && !plugin.exports_events(),
                     ".export",
-                    format!("is set but plugin `{name}` does not export `exporter`"),
-                );
+                    "is set but plugin `{name}` does not export `exporter`",
+                ),
+                (
+                    installation.schedule.is_some() && !plugin.runs_tasks(),
+                    ".schedule",
+                    "is set but plugin `{name}` does not export `scheduled`",
+                ),
+                (
+                    installation.jobs.is_some() && !plugin.runs_jobs(),
+                    ".jobs",
+                    "is set but plugin `{name}` does not export `jobs`",
+                ),
+                (
+                    plugin.runs_tasks() == plugin.manifest.tasks.is_empty(),
+                    ".plugin",
+                    "plugin `{name}` must declare tasks exactly when it exports `scheduled`",
+                ),
+                (
+                    plugin
+                        .needs()
+                        .contains(&capabilities::jobs::CAPABILITY.name)
+                        && !plugin.runs_jobs(),
+                    ".plugin",
+                    "plugin `{name}` queues jobs (`jobs`) but does not export `jobs` to run them",
+                ),
+            ];
+            let mut mismatched = false;
+            for (wrong, suffix, reason) in mismatches {
+                if wrong {
+                    problem(suffix, reason.replace("{name}", name));
+                    mismatched = true;
+                }
+            }
+            if mismatched {
                 continue;
             }
             let given = match serde_json::to_value(&installation.config) {
@@ -155,10 +201,83 @@ pub fn load(
                     config: installation.export.clone().unwrap_or_default(),
                 }));
             }
+            if plugin.runs_tasks() || plugin.runs_jobs() {
+                let tasks = match tasks(&plugin, installation) {
+                    Ok(tasks) => tasks,
+                    Err(task_problems) => {
+                        for (suffix, reason) in task_problems {
+                            problem(&suffix, reason);
+                        }
+                        continue;
+                    }
+                };
+                let settings = settings(installation.task_timeout_ms());
+                if !started(&settings) {
+                    continue;
+                }
+                let schedule = installation.schedule.clone().unwrap_or_default();
+                installed.tasks.push(Arc::new(TaskInstallation {
+                    id: id.clone(),
+                    plugin: plugin.clone(),
+                    settings,
+                    tasks,
+                    starting_deadline: Duration::from_secs(schedule.starting_deadline_seconds),
+                    jobs: plugin
+                        .runs_jobs()
+                        .then(|| installation.jobs.clone().unwrap_or_default()),
+                }));
+            }
         }
     }
     if problems.is_empty() {
         Ok(installed)
+    } else {
+        Err(problems)
+    }
+}
+
+/// The tasks of `plugin` for `installation`: the manifest's, with the installation's schedules
+/// where it gives them, in its time zone; or every problem as (key suffix, reason).
+fn tasks(
+    plugin: &Plugin,
+    installation: &InstallationConfig,
+) -> Result<Vec<Task>, Vec<(String, String)>> {
+    let schedule = installation.schedule.clone().unwrap_or_default();
+    let mut problems = Vec::new();
+    for name in schedule.tasks.keys() {
+        if !plugin.manifest.tasks.iter().any(|t| &t.name == name) {
+            let declared: Vec<&str> = plugin
+                .manifest
+                .tasks
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect();
+            problems.push((
+                format!(".schedule.tasks.{name}"),
+                format!(
+                    "plugin `{}` has no task `{name}` (tasks: {})",
+                    plugin.manifest.name,
+                    declared.join(", ")
+                ),
+            ));
+        }
+    }
+    let mut tasks = Vec::new();
+    for task in &plugin.manifest.tasks {
+        let (text, suffix) = match schedule.tasks.get(&task.name) {
+            Some(text) => (text, format!(".schedule.tasks.{}", task.name)),
+            None => (&task.schedule, ".plugin".to_owned()),
+        };
+        match Schedule::parse(text, &schedule.time_zone) {
+            Ok(parsed) => tasks.push(Task {
+                name: task.name.clone(),
+                schedule: parsed,
+            }),
+            Err(reason) => problems.push((suffix, format!("task `{}`: {reason}", task.name))),
+        }
+    }
+    if problems.is_empty() {
+        Ok(tasks)
     } else {
         Err(problems)
     }

@@ -3,8 +3,9 @@
 //!
 //! The flow of one event, one module per stage: [`capture`] (PostHog-compatible HTTP API) →
 //! [`ingest`] (durable before acknowledging) → [`worker`] running each team's [`chain`] of plugins
-//! in the wasm [`runtime`] → [`sink`] (SQLite) → [`export`] (export plugins, from storage). Host
-//! [`capabilities`] are what plugins may call; [`installations`] loads them all at start;
+//! in the wasm [`runtime`] → [`sink`] (SQLite) → [`export`] (export plugins, from storage);
+//! [`schedule`] runs plugins' tasks and jobs on a clock. Host [`capabilities`] are what plugins
+//! may call; [`installations`] loads them all at start;
 //! [`store`] is the embedded database behind the ingest, the sink, the exports and the commands.
 //! `host/README.md` is the map.
 
@@ -12,12 +13,15 @@ pub mod bindings;
 pub mod capabilities;
 pub mod capture;
 pub mod chain;
+pub mod cli;
 pub mod config;
 pub mod export;
 pub mod ingest;
 pub mod installations;
 pub mod net;
+pub mod retry;
 pub mod runtime;
+pub mod schedule;
 pub mod server;
 pub mod signal;
 pub mod sink;

@@ -8,6 +8,7 @@ use crate::ingest::Append;
 use crate::ingest::sqlite::Queue;
 use crate::installations;
 use crate::runtime::{Runtime, RuntimeSettings};
+use crate::schedule::{self, lock::LocalLock};
 use crate::signal::Signal;
 use crate::sink::sqlite::SqliteSink;
 use crate::telemetry;
@@ -68,6 +69,7 @@ pub async fn serve(
     tracing::info!(
         transforms = installed.chains.installations(),
         exports = installed.exports.len(),
+        tasks = installed.tasks.len(),
         lanes,
         "plugins loaded"
     );
@@ -77,14 +79,21 @@ pub async fn serve(
     let queue: Arc<dyn Append> = Arc::new(queue);
     let stop = Arc::new(AtomicBool::new(false));
     let stored = Arc::new(Signal::default());
-    let export_stop = Arc::new(AtomicBool::new(false));
+    let runners_stop = Arc::new(AtomicBool::new(false));
     let exporters = export::start(
         &installed.exports,
         &config.server.data_dir,
         &stored,
-        &export_stop,
+        &runners_stop,
     )?;
     drop(installed.exports);
+    let task_runners = schedule::start(
+        &installed.tasks,
+        &config.server.data_dir,
+        &(Arc::new(LocalLock::default()) as Arc<dyn schedule::lock::RunLock>),
+        &runners_stop,
+    )?;
+    drop(installed.tasks);
     let worker = worker::start(
         WorkerSettings {
             chains: Arc::new(installed.chains),
@@ -147,11 +156,12 @@ pub async fn serve(
     writer.join();
     stop.store(true, Ordering::SeqCst);
     let _ = tokio::task::spawn_blocking(move || worker.join()).await;
-    // Runners finish the call they are in; an unfinished batch is sent again after a restart.
-    export_stop.store(true, Ordering::SeqCst);
+    // Runners finish the call they are in; an unfinished batch is sent again after a restart, an
+    // unfinished job runs again.
+    runners_stop.store(true, Ordering::SeqCst);
     stored.notify();
     let _ = tokio::task::spawn_blocking(move || {
-        for runner in exporters {
+        for runner in exporters.into_iter().chain(task_runners) {
             let _ = runner.join();
         }
     })

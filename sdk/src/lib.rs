@@ -1,8 +1,9 @@
 //! Write sluice plugins in Rust.
 //!
 //! A plugin is a type that implements [`Plugin`] (manifest, setup, teardown) and the hook traits
-//! it needs, [`Transform`] (change, enrich or drop events) and [`Exporter`] (send stored events
-//! elsewhere), exported with [`export_plugin!`]. The same code runs natively in
+//! it needs: [`Transform`] (change, enrich or drop events), [`Exporter`] (send stored events
+//! elsewhere), [`Scheduled`] (tasks on a clock) and [`Jobs`] (queued work), exported with
+//! [`export_plugin!`]. The same code runs natively in
 //! [`testing::Harness`] under plain `cargo test`, and in the sluice host once built for
 //! `wasm32-wasip2`. See `sdk/README.md` for the guide.
 
@@ -20,20 +21,21 @@ pub use config::Config;
 pub use event::{Event, EventBuf};
 pub use runtime::{export_batch, process_batch};
 pub use serde_json::{Map, Value, json};
-pub use sluice_abi::manifest::{ConfigField, ConfigType, Manifest};
+pub use sluice_abi::manifest::{ConfigField, ConfigType, Manifest, TaskSpec};
+pub use sluice_abi::time::TimeUnit;
 
 use std::borrow::Cow;
 use std::fmt;
 
 /// Bindings of what every plugin shares: the contract's types and the host's imports
-/// (`wit/v0.3.0`, world `host-services`). Each plugin's exports are generated in the plugin crate
+/// (`wit/v0.4.0`, world `host-services`). Each plugin's exports are generated in the plugin crate
 /// by [`export_plugin!`], for exactly the hooks it implements. Plugin authors do not need these.
 #[doc(hidden)]
 pub mod bindings {
     #![allow(missing_docs)]
     wit_bindgen::generate!({
         world: "host-services",
-        path: "../wit/v0.3.0",
+        path: "../wit/v0.4.0",
         runtime_path: "::sluice_sdk::__private::wit_bindgen::rt",
     });
 }
@@ -69,6 +71,15 @@ impl PluginError {
         Self {
             message: message.into(),
             retryable: true,
+        }
+    }
+
+    /// The same error, its message prefixed with `what` was being done:
+    /// `PluginError::from(host_error).context("cannot write events/1.jsonl")`.
+    pub fn context(self, what: impl fmt::Display) -> Self {
+        Self {
+            message: format!("{what}: {}", self.message),
+            ..self
         }
     }
 }
@@ -142,9 +153,42 @@ pub trait Exporter: Plugin {
     fn export(&mut self, batch: &ExportBatch, events: &[Event<'_>]) -> Result<(), PluginError>;
 }
 
+/// A plugin that runs tasks on a clock: the tasks its manifest declares ([`Manifest::task`]), on
+/// their schedules (which the operator may change per installation). A run never overlaps
+/// another run of the same task, and is bounded by the installation's deadline and memory cap.
+pub trait Scheduled: Plugin {
+    /// Runs `task` for the tick scheduled at `scheduled_at_ms` (epoch milliseconds). A failed run
+    /// is recorded with its error; the next tick runs again.
+    fn run(&mut self, task: &str, scheduled_at_ms: i64) -> Result<(), PluginError>;
+}
+
+/// One queued job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    /// Unique and stable across attempts and crashes: make the work idempotent with it.
+    pub id: String,
+    /// What to do.
+    pub name: String,
+    /// The payload it was queued with (JSON text).
+    pub payload: String,
+    /// 1 on the first attempt, then 2, 3...
+    pub attempt: u32,
+    /// When it was due, in epoch milliseconds.
+    pub run_at_ms: i64,
+}
+
+/// A plugin that runs jobs, queued by itself ([`host::jobs`]) or by an operator
+/// (`sluice jobs enqueue`). Jobs are durable and run at least once.
+pub trait Jobs: Plugin {
+    /// Runs `job`. A retryable error runs it again later with backoff, up to the installation's
+    /// attempts; a permanent error, or the last attempt, marks it failed.
+    fn run_job(&mut self, job: &Job) -> Result<(), PluginError>;
+}
+
 /// Exports a plugin from a crate built for `wasm32-wasip2`, with the hooks it implements:
-/// `transform` ([`Transform`]) and `exporter` ([`Exporter`]), in any combination. The
-/// component exports exactly those, and the host derives what the plugin does from them.
+/// `transform` ([`Transform`]), `exporter` ([`Exporter`]), `scheduled` ([`Scheduled`]) and
+/// `jobs` ([`Jobs`]), in any combination. The component exports exactly those, and the host
+/// derives what the plugin does from them.
 ///
 /// ```
 /// use sluice_sdk::{Config, Event, Manifest, Outcome, Plugin, PluginError, Transform};
@@ -234,6 +278,18 @@ macro_rules! __assert_hook {
             let _ = __sluice_assert_exporter::<$plugin>;
         };
     };
+    (scheduled, $plugin:ty) => {
+        const _: () = {
+            fn __sluice_assert_scheduled<T: $crate::Scheduled>() {}
+            let _ = __sluice_assert_scheduled::<$plugin>;
+        };
+    };
+    (jobs, $plugin:ty) => {
+        const _: () = {
+            fn __sluice_assert_jobs<T: $crate::Jobs>() {}
+            let _ = __sluice_assert_jobs::<$plugin>;
+        };
+    };
 }
 
 /// Implements one generated hook interface for the SDK's adapter of a plugin.
@@ -279,6 +335,32 @@ macro_rules! __export_hook {
                     created_at_ms: batch.created_at,
                 };
                 <$adapter>::exporter_export(&batch, &events)
+            }
+        }
+    };
+    (scheduled, $adapter:ty) => {
+        impl world::exports::sluice::plugin::scheduled::Guest for $adapter {
+            fn run(
+                task: String,
+                scheduled_at: i64,
+            ) -> Result<(), $crate::bindings::sluice::plugin::types::PluginError> {
+                <$adapter>::scheduled_run(&task, scheduled_at)
+            }
+        }
+    };
+    (jobs, $adapter:ty) => {
+        impl world::exports::sluice::plugin::jobs::Guest for $adapter {
+            fn run_job(
+                job: world::exports::sluice::plugin::jobs::Job,
+            ) -> Result<(), $crate::bindings::sluice::plugin::types::PluginError> {
+                let job = $crate::Job {
+                    id: job.id,
+                    name: job.name,
+                    payload: job.payload,
+                    attempt: job.attempt,
+                    run_at_ms: job.run_at,
+                };
+                <$adapter>::jobs_run(&job)
             }
         }
     };

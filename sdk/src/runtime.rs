@@ -2,8 +2,8 @@
 
 use crate::bindings::sluice::plugin::types;
 use crate::{
-    Config, ConfigType, Event, ExportBatch, Exporter, Manifest, Outcome, Plugin, PluginError,
-    Transform,
+    Config, ConfigType, Event, ExportBatch, Exporter, Job, Jobs, Manifest, Outcome, Plugin,
+    PluginError, Scheduled, Transform,
 };
 use serde_json::{Map, Value};
 use sluice_abi::wire::{BatchReader, OutcomeWriter};
@@ -112,6 +112,24 @@ impl<T: Exporter> Adapter<T> {
     }
 }
 
+impl<T: Scheduled> Adapter<T> {
+    /// `scheduled.run`.
+    pub fn scheduled_run(task: &str, scheduled_at_ms: i64) -> Result<(), types::PluginError> {
+        with_plugin(|plugin: &mut T| plugin.run(task, scheduled_at_ms))
+            .and_then(|r| r)
+            .map_err(to_wit_error)
+    }
+}
+
+impl<T: Jobs> Adapter<T> {
+    /// `jobs.run-job`.
+    pub fn jobs_run(job: &Job) -> Result<(), types::PluginError> {
+        with_plugin(|plugin: &mut T| plugin.run_job(job))
+            .and_then(|r| r)
+            .map_err(to_wit_error)
+    }
+}
+
 /// The WIT form of a plugin error.
 pub fn to_wit_error(error: PluginError) -> types::PluginError {
     types::PluginError {
@@ -147,5 +165,14 @@ fn to_wit_manifest(manifest: Manifest) -> types::Manifest {
             .collect(),
         capabilities: manifest.capabilities,
         stateless: manifest.stateless,
+        tasks: manifest
+            .tasks
+            .into_iter()
+            .map(|task| types::Task {
+                name: task.name,
+                schedule: task.schedule,
+                description: task.description,
+            })
+            .collect(),
     }
 }

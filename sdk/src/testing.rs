@@ -2,7 +2,8 @@
 //!
 //! Host capabilities are in-memory fakes per test thread: `storage` and `cache` behave like the
 //! host's (same caps, same Redis semantics), `geoip` and `http` answer with what the test
-//! registers ([`Harness::with_geoip`], [`Harness::with_http`]).
+//! registers ([`Harness::with_geoip`], [`Harness::with_http`]), and `object_store` fails where
+//! the test says ([`Harness::with_put_errors`]).
 //!
 //! The harness validates config against the manifest exactly as the host does, calls `setup`,
 //! and runs events through the same batch encoding the host uses, so what passes here behaves
@@ -13,10 +14,11 @@
 use crate::event::format_uuid;
 use crate::host::geoip::Location;
 use crate::host::http::{Request, Response};
+use crate::host::recordings::{Archive, Snapshot};
 use crate::host::{HostError, Level};
 use crate::{
-    Config, EventBuf, ExportBatch, Exporter, Outcome, Plugin, PluginError, Transform, export_batch,
-    process_batch,
+    Config, EventBuf, ExportBatch, Exporter, Job, Jobs, Outcome, Plugin, PluginError, Scheduled,
+    Transform, export_batch, process_batch,
 };
 use serde_json::{Map, Value};
 use sluice_abi::wire::{self, BatchWriter};
@@ -38,15 +40,24 @@ thread_local! {
     static RECORDED: RefCell<Vec<Recorded>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Milliseconds since the Unix epoch, now.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 pub(crate) fn record(item: Recorded) {
     RECORDED.with_borrow_mut(|r| r.push(item));
 }
 
 /// The native stand-ins for host capabilities, one set per test thread.
 pub(crate) mod fakes {
+    use crate::Job;
     use crate::host::HostError;
     use crate::host::geoip::Location;
     use crate::host::http::{Request, Response};
+    use crate::host::recordings::{Archive, Snapshot};
     use sluice_abi::cache::Namespace;
     use std::cell::RefCell;
     use std::collections::BTreeMap;
@@ -55,6 +66,8 @@ pub(crate) mod fakes {
     pub type Locate = Box<dyn Fn(&str) -> Option<Location>>;
     /// A registered HTTP responder.
     pub type Respond = Box<dyn FnMut(&Request) -> Result<Response, HostError>>;
+    /// A registered object-store failure: for (store, key, size), the error to answer, if any.
+    pub type PutError = Box<dyn Fn(&str, &str, usize) -> Option<HostError>>;
 
     #[derive(Default)]
     pub struct Fakes {
@@ -63,6 +76,11 @@ pub(crate) mod fakes {
         pub cache: Namespace,
         pub geoip: Option<Locate>,
         pub http: Option<Respond>,
+        pub put_error: Option<PutError>,
+        pub jobs: Vec<Job>,
+        pub queued_jobs: u64,
+        pub recordings: Vec<(String, Snapshot)>,
+        pub archives: Vec<Archive>,
     }
 
     thread_local! {
@@ -114,6 +132,16 @@ impl<T: Plugin> Harness<T> {
         self
     }
 
+    /// Makes [`crate::host::object_store::put`] fail with what `fail` returns for (store, key,
+    /// size in bytes), to test outages (`unavailable`) and refusals (`too-large`).
+    pub fn with_put_errors(
+        self,
+        fail: impl Fn(&str, &str, usize) -> Option<HostError> + 'static,
+    ) -> Self {
+        fakes::with(|f| f.put_error = Some(Box::new(fail)));
+        self
+    }
+
     /// The plugin, for inspecting its state.
     pub fn plugin(&mut self) -> &mut T {
         &mut self.plugin
@@ -128,6 +156,40 @@ impl<T: Plugin> Harness<T> {
                 .map(|((_, key), body)| (key.clone(), body.clone()))
                 .collect()
         })
+    }
+
+    /// Stores a `$snapshot` event of `session_id` at `timestamp_ms` with `properties` (JSON
+    /// text), as `host::recordings` will see it.
+    pub fn add_recording(&mut self, session_id: &str, timestamp_ms: i64, properties: &str) {
+        fakes::with(|f| {
+            let position = f.recordings.len() as u64 + 1;
+            f.recordings.push((
+                session_id.to_owned(),
+                Snapshot {
+                    position,
+                    uuid: format!("00000000-0000-0000-0000-{position:012x}"),
+                    window_id: None,
+                    distinct_id: "user".to_owned(),
+                    timestamp_ms,
+                    properties: properties.to_owned(),
+                },
+            ));
+        });
+    }
+
+    /// The stored recordings left, by session id.
+    pub fn recordings(&self) -> Vec<(String, Snapshot)> {
+        fakes::with(|f| f.recordings.clone())
+    }
+
+    /// The archives the plugin recorded.
+    pub fn archives(&self) -> Vec<Archive> {
+        fakes::with(|f| f.archives.clone())
+    }
+
+    /// The jobs queued and not run yet, in the order they are due.
+    pub fn queued_jobs(&self) -> Vec<Job> {
+        fakes::with(|f| f.jobs.clone())
     }
 
     /// Takes what the plugin logged and counted since the last call.
@@ -196,6 +258,36 @@ impl<T: Exporter> Harness<T> {
             created_at_ms,
         };
         self.export_batch(&batch, events)
+    }
+}
+
+impl<T: Scheduled> Harness<T> {
+    /// Runs `task` as if its tick at `scheduled_at_ms` had come.
+    pub fn run_task(&mut self, task: &str, scheduled_at_ms: i64) -> Result<(), PluginError> {
+        self.plugin.run(task, scheduled_at_ms)
+    }
+}
+
+impl<T: Jobs> Harness<T> {
+    /// Runs queued jobs in the order they are due, whatever the time, including the jobs they
+    /// queue, until none is left or one fails (its error is returned and it stays queued).
+    /// Returns how many ran.
+    pub fn drain_jobs(&mut self) -> Result<usize, PluginError> {
+        let mut ran = 0;
+        loop {
+            let next = fakes::with(|f| {
+                let i = (0..f.jobs.len()).min_by_key(|i| (f.jobs[*i].run_at_ms, *i))?;
+                Some(f.jobs.remove(i))
+            });
+            let Some(job) = next else {
+                return Ok(ran);
+            };
+            if let Err(error) = self.plugin.run_job(&job) {
+                fakes::with(|f| f.jobs.insert(0, job));
+                return Err(error);
+            }
+            ran += 1;
+        }
     }
 }
 

@@ -1,7 +1,6 @@
 //! Host capabilities through the running binary: grants, the GeoIP chain, storage, cache, http
 //! and log limits, with the `prober` guest asking for what the host must refuse.
 
-use crate::geoip_db;
 use crate::support::{Sluice, plugin, serve_fails};
 use serde_json::{Value, json};
 use sluice_plugin_downsample::hash_fraction;
@@ -46,7 +45,7 @@ fn geoip_team_granted(team: u64, with_downsample: bool, grants: &str) -> String 
 fn geoip_sluice(teams: &str) -> Sluice {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("GeoIP2-City-Test.mmdb");
-    geoip_db::write(&db, "Linköping");
+    sluice_demo_geoip::write(&db, "Linköping").unwrap();
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nworkers = 1\n\
          [geoip]\ndatabase = \"{}\"\n{teams}",
@@ -198,7 +197,7 @@ fn installations_granted_differently_never_share_an_instance() {
 fn the_geoip_database_is_reloaded_when_its_file_changes() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("city.mmdb");
-    geoip_db::write(&db, "Linköping");
+    sluice_demo_geoip::write(&db, "Linköping").unwrap();
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nworkers = 1\n\
          [geoip]\ndatabase = \"city.mmdb\"\ncheck_interval_seconds = 1\n{}",
@@ -212,7 +211,7 @@ fn the_geoip_database_is_reloaded_when_its_file_changes() {
     send(&sluice, 1, event("before"));
     // A different modification time and size, as a real update has.
     std::thread::sleep(Duration::from_millis(1100));
-    geoip_db::write(&db, "Linköping (updated)");
+    sluice_demo_geoip::write(&db, "Linköping (updated)").unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut round = 0;
     loop {
@@ -273,7 +272,7 @@ fn capabilities_refuse_what_they_must_while_other_teams_are_served() {
     let private = r#"{ allow_hosts = ["127.0.0.1"], allow_private_addresses = true }"#;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("city.mmdb");
-    geoip_db::write(&db, "Linköping");
+    sluice_demo_geoip::write(&db, "Linköping").unwrap();
     let teams = [
         prober_team(1, "storage_count", "", unused),
         prober_team(2, "storage_oversize", "", unused),

@@ -89,33 +89,40 @@ impl S3Server {
         )
     }
 
-    /// Every object of [`BUCKET`] by key.
+    /// Every object of [`BUCKET`] by key (the server's own bookkeeping, dot files, left out).
     pub fn objects(&self) -> BTreeMap<String, Vec<u8>> {
-        let bucket = self.root.path().join(BUCKET);
-        let mut objects = BTreeMap::new();
-        collect(&bucket, &bucket, &mut objects);
-        objects
+        files(&self.root.path().join(BUCKET))
     }
 }
 
-fn collect(bucket: &Path, folder: &Path, objects: &mut BTreeMap<String, Vec<u8>>) {
-    for entry in std::fs::read_dir(folder).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().to_string();
-        if name.starts_with('.') {
-            continue; // the server's own bookkeeping
-        }
-        if path.is_dir() {
-            collect(bucket, &path, objects);
-        } else {
-            let key = path
-                .strip_prefix(bucket)
-                .unwrap()
-                .to_string_lossy()
-                .to_string();
-            objects.insert(key, std::fs::read(&path).unwrap());
+/// Every object under `folder` laid out as `s3s-fs` and the local folder store keep them: the
+/// key is the path relative to `folder` (names starting with `.`, bookkeeping, left out).
+/// Empty if there is no such folder.
+pub fn files(folder: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut found = BTreeMap::new();
+    let mut stack = vec![folder.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.file_name().unwrap().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let key = path
+                    .strip_prefix(folder)
+                    .unwrap()
+                    .to_string_lossy()
+                    .to_string();
+                found.insert(key, std::fs::read(&path).unwrap());
+            }
         }
     }
+    found
 }
 
 impl Drop for S3Server {

@@ -16,9 +16,11 @@
 pub mod cache;
 pub mod geoip;
 pub mod http;
+pub mod jobs;
 pub mod log;
 pub mod metrics;
 pub mod object_store;
+pub mod recordings;
 pub mod storage;
 
 use crate::bindings::types;
@@ -53,6 +55,8 @@ pub const ALL: &[Capability] = &[
     geoip::CAPABILITY,
     http::CAPABILITY,
     object_store::CAPABILITY,
+    jobs::CAPABILITY,
+    recordings::CAPABILITY,
 ];
 
 /// Adds every capability's host functions to `linker`.
@@ -63,7 +67,9 @@ pub fn add_to_linker<T: HasCapabilities>(linker: &mut Linker<T>) -> wasmtime::Re
     cache::add_to_linker(linker)?;
     geoip::add_to_linker(linker)?;
     http::add_to_linker(linker)?;
-    object_store::add_to_linker(linker)
+    object_store::add_to_linker(linker)?;
+    jobs::add_to_linker(linker)?;
+    recordings::add_to_linker(linker)
 }
 
 /// The capability implementing `interface` (given with or without `@version`).
@@ -288,6 +294,10 @@ pub struct Services {
     pub geoip: Option<Arc<geoip::Database>>,
     /// The object stores, if the operator configured any.
     pub object_stores: Option<Arc<object_store::Stores>>,
+    /// The job queue, if there is a data directory.
+    pub jobs: Option<Arc<jobs::JobQueue>>,
+    /// The session recordings, if there is a data directory.
+    pub recordings: Option<Arc<recordings::Recordings>>,
 }
 
 /// Why a capability backend could not start.
@@ -339,6 +349,8 @@ impl Services {
             cache: Arc::new(cache::MemoryBackend::default()),
             geoip: settings.geoip.open()?,
             object_stores: settings.object_stores.open(data_dir)?,
+            jobs: Some(Arc::new(jobs::JobQueue::open(data_dir)?)),
+            recordings: Some(Arc::new(recordings::Recordings::open(data_dir)?)),
         };
         Ok((Arc::new(services), Background { log_writer }))
     }
@@ -352,6 +364,8 @@ impl Services {
             cache: Arc::new(cache::MemoryBackend::default()),
             geoip: None,
             object_stores: None,
+            jobs: None,
+            recordings: None,
         })
     }
 }

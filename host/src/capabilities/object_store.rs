@@ -206,7 +206,7 @@ impl Settings {
     }
 
     /// Opens every store; local folders default to `data_dir/objects/<name>`.
-    pub(super) fn open(&self, data_dir: &Path) -> Result<Option<Arc<Stores>>, StartError> {
+    pub fn open(&self, data_dir: &Path) -> Result<Option<Arc<Stores>>, StartError> {
         if self.stores.is_empty() {
             return Ok(None);
         }
@@ -301,16 +301,12 @@ impl Grant {
         table: Option<&toml::Value>,
         granted: bool,
     ) -> Self {
-        let needs = "`object_store.stores` must list the stores it may use";
+        // An explicit `stores = []` is allowed: a plugin that uses stores only when configured
+        // to (a delete-only retention) is granted none.
+        let needs = "`object_store.stores` must list the stores it may use (`[]` for none)";
         let Some(grant) = grant_table::<Self>(c, key, table, granted, &CAPABILITY, needs) else {
             return Self::default();
         };
-        if grant.stores.is_empty() {
-            c.add(
-                format!("{key}.stores"),
-                "is empty: the plugin could reach nothing",
-            );
-        }
         let problem = match limits::check_object_key(&grant.prefix, true) {
             Err(error) => Some(error.message),
             Ok(()) if !grant.prefix.is_empty() && !grant.prefix.ends_with('/') => {
@@ -445,7 +441,33 @@ impl Stores {
         key: &str,
     ) -> Result<Option<Vec<u8>>, HostError> {
         let store = self.store(grant, name)?;
-        let path = Self::path(grant, key)?;
+        self.fetch(store, Self::path(grant, key)?, deadline)
+    }
+
+    /// The object under the full `key` in store `name`, for the host itself (no grant applies).
+    pub fn read(
+        &self,
+        name: &str,
+        key: &str,
+        deadline: Duration,
+    ) -> Result<Option<Vec<u8>>, HostError> {
+        let store = self.stores.get(name).ok_or_else(|| {
+            HostError::new(
+                ErrorKind::Unavailable,
+                format!("no store `{name}` is configured"),
+            )
+        })?;
+        let path =
+            StorePath::parse(key).map_err(|e| HostError::new(ErrorKind::Invalid, e.to_string()))?;
+        self.fetch(store, path, deadline)
+    }
+
+    fn fetch(
+        &self,
+        store: &Store,
+        path: StorePath,
+        deadline: Duration,
+    ) -> Result<Option<Vec<u8>>, HostError> {
         self.block_on(deadline, async {
             let found = match store.inner.get(&path).await {
                 Ok(found) => found,

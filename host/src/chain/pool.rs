@@ -163,6 +163,8 @@ mod tests {
             on_error: OnError::Skip,
             breaker: Default::default(),
             export: None,
+            schedule: None,
+            jobs: None,
             grants: Grants::of(grants),
         }
     }

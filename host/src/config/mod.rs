@@ -14,6 +14,7 @@ mod capture;
 mod export;
 mod ids;
 mod queue;
+mod schedule;
 mod server;
 mod teams;
 
@@ -22,10 +23,11 @@ pub use capture::CaptureConfig;
 pub use export::ExportConfig;
 pub use ids::{InstallationId, MAX_TOKEN_LEN, Token};
 pub use queue::QueueConfig;
+pub use schedule::{JobsConfig, ScheduleConfig};
 pub use server::ServerConfig;
 pub use teams::{
-    DEFAULT_EXPORT_TIMEOUT_MS, DEFAULT_TRANSFORM_TIMEOUT_MS, InstallationConfig, OnError,
-    TeamConfig,
+    DEFAULT_EXPORT_TIMEOUT_MS, DEFAULT_TASK_TIMEOUT_MS, DEFAULT_TRANSFORM_TIMEOUT_MS,
+    InstallationConfig, OnError, TeamConfig,
 };
 
 use crate::capabilities;
@@ -344,7 +346,7 @@ mod tests {
         assert_eq!(
             problems,
             [
-                "teams[0].plugins[0].grants[1]: `teleport` is not a capability (known: log, metrics, storage, cache, geoip, http, object_store)",
+                "teams[0].plugins[0].grants[1]: `teleport` is not a capability (known: log, metrics, storage, cache, geoip, http, object_store, jobs, recordings)",
                 "teams[0].plugins[0].grants[2]: `storage` is granted twice",
                 "teams[0].plugins[0].http: `http` is granted, so `http.allow_hosts` must list the hosts it may reach",
                 "teams[0].plugins[1].http: is set but `http` is not in `grants`",

@@ -1,6 +1,8 @@
 //! `[[teams]]` and `[[teams.plugins]]`: teams, their tokens, and their plugin installations.
 
-use super::{BreakerConfig, Collector, ExportConfig, InstallationId, Token};
+use super::{
+    BreakerConfig, Collector, ExportConfig, InstallationId, JobsConfig, ScheduleConfig, Token,
+};
 use crate::capabilities::Grants;
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -54,6 +56,10 @@ pub struct InstallationConfig {
     pub breaker: BreakerConfig,
     /// How its exports are batched and retried, if the operator set it.
     pub export: Option<ExportConfig>,
+    /// When its tasks run, if the operator set it.
+    pub schedule: Option<ScheduleConfig>,
+    /// How its jobs are retried, if the operator set it.
+    pub jobs: Option<JobsConfig>,
     /// Host capabilities granted to this installation, with their settings.
     pub grants: Grants,
 }
@@ -84,6 +90,12 @@ struct RawInstallation {
     /// How its exports are batched and retried.
     #[serde(default)]
     export: Option<ExportConfig>,
+    /// When its tasks run.
+    #[serde(default)]
+    schedule: Option<ScheduleConfig>,
+    /// How its jobs are retried.
+    #[serde(default)]
+    jobs: Option<JobsConfig>,
     /// Host capabilities granted to this installation (none by default).
     #[serde(default)]
     grants: Vec<String>,
@@ -93,6 +105,8 @@ struct RawInstallation {
 pub const DEFAULT_TRANSFORM_TIMEOUT_MS: u64 = 1_000;
 /// Deadline of an `exporter` call when the operator sets none: it uploads a whole batch.
 pub const DEFAULT_EXPORT_TIMEOUT_MS: u64 = 30_000;
+/// Deadline of a task run or a job when the operator sets none.
+pub const DEFAULT_TASK_TIMEOUT_MS: u64 = 60_000;
 
 impl InstallationConfig {
     /// The deadline of a `transform` call, in milliseconds.
@@ -103,6 +117,11 @@ impl InstallationConfig {
     /// The deadline of an `exporter` call, in milliseconds.
     pub fn export_timeout_ms(&self) -> u64 {
         self.timeout_ms.unwrap_or(DEFAULT_EXPORT_TIMEOUT_MS)
+    }
+
+    /// The deadline of a task run or a job, in milliseconds.
+    pub fn task_timeout_ms(&self) -> u64 {
+        self.timeout_ms.unwrap_or(DEFAULT_TASK_TIMEOUT_MS)
     }
 }
 
@@ -229,6 +248,12 @@ fn installations(
         if let Some(export) = &raw.export {
             export.check(c, &format!("{key}.export"));
         }
+        if let Some(schedule) = &raw.schedule {
+            schedule.check(c, &format!("{key}.schedule"));
+        }
+        if let Some(jobs) = &raw.jobs {
+            jobs.check(c, &format!("{key}.jobs"));
+        }
         let grants = Grants::load(c, &key, &raw.grants, owned);
         if let Ok(id) = id {
             installations.push(InstallationConfig {
@@ -241,6 +266,8 @@ fn installations(
                 on_error: raw.on_error,
                 breaker: raw.breaker,
                 export: raw.export,
+                schedule: raw.schedule,
+                jobs: raw.jobs,
                 grants,
             });
         }

@@ -5,6 +5,7 @@
 
 use super::ExportInstallation;
 use super::state::{self, Batch, Pending};
+use crate::retry::backoff;
 use crate::runtime::hooks::exporter::Batch as WitBatch;
 use crate::runtime::{CallError, Instance};
 use crate::signal::Signal;
@@ -291,32 +292,5 @@ impl Runner {
         let seconds = oldest.map_or(0, |t| (now_ms() - t).max(0));
         self.metrics.lag_seconds.set(seconds as f64 / 1e3);
         Ok(())
-    }
-}
-
-/// Milliseconds to wait after failed attempt `attempt` (1-based): `base` seconds doubling per
-/// attempt, capped at `max` seconds, with jitter (a random half of the delay) so that many
-/// installations failing together do not retry together.
-fn backoff(base: u64, max: u64, attempt: u32) -> i64 {
-    let delay = base
-        .saturating_mul(1 << attempt.saturating_sub(1).min(30))
-        .min(max)
-        * 1000;
-    let half = delay / 2;
-    (half + rand::random_range(0..=half)) as i64
-}
-
-#[cfg(test)]
-mod tests {
-    use super::backoff;
-
-    #[test]
-    fn backoff_doubles_with_jitter_up_to_its_cap() {
-        for _ in 0..100 {
-            assert!((3_000..=6_000).contains(&backoff(6, 3600, 1)));
-            assert!((6_000..=12_000).contains(&backoff(6, 3600, 2)));
-            assert!((1_800_000..=3_600_000).contains(&backoff(6, 3600, 11)));
-            assert!((1_800_000..=3_600_000).contains(&backoff(6, 3600, 40)));
-        }
     }
 }

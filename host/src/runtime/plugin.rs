@@ -6,7 +6,7 @@ use super::instance::Instance;
 use super::state::HostState;
 use crate::bindings::types;
 use crate::capabilities::{self, Capability, Context, Services};
-use sluice_abi::manifest::{ConfigField, ConfigType, Manifest};
+use sluice_abi::manifest::{ConfigField, ConfigType, Manifest, TaskSpec};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use thiserror::Error;
@@ -76,6 +76,16 @@ impl Plugin {
         self.exports.exports_events()
     }
 
+    /// Whether the plugin exports the `scheduled` hook.
+    pub fn runs_tasks(&self) -> bool {
+        self.exports.runs_tasks()
+    }
+
+    /// Whether the plugin exports the `jobs` hook.
+    pub fn runs_jobs(&self) -> bool {
+        self.exports.runs_jobs()
+    }
+
     /// Every capability the plugin needs: those it declares and those it imports.
     pub fn needs(&self) -> Vec<&str> {
         let mut needs: Vec<&str> = self
@@ -141,6 +151,7 @@ pub(super) fn load(
             config: Vec::new(),
             capabilities: Vec::new(),
             stateless: false,
+            tasks: Vec::new(),
         },
         imports,
         pre,
@@ -211,5 +222,14 @@ fn from_wit_manifest(manifest: types::Manifest) -> Result<Manifest, String> {
         config,
         capabilities: manifest.capabilities,
         stateless: manifest.stateless,
+        tasks: manifest
+            .tasks
+            .into_iter()
+            .map(|task| TaskSpec {
+                name: task.name,
+                schedule: task.schedule,
+                description: task.description,
+            })
+            .collect(),
     })
 }

@@ -1,7 +1,9 @@
 //! The embedded SQLite database: one file (`<data_dir>/sluice.db`) holding the ingest queue
 //! ([`crate::ingest::sqlite`]), stored events, recordings and dead letters
-//! ([`crate::sink::sqlite`]), plugin log lines ([`logs`]), and the exports' cursors, batches
-//! and dead letters ([`crate::export::state`]); [`read`] is what the commands print.
+//! ([`crate::sink::sqlite`]), plugin log lines ([`logs`]), the exports' cursors, batches and dead
+//! letters ([`crate::export::state`]), the scheduler's runs and jobs ([`crate::schedule::state`])
+//! and recording archives ([`crate::capabilities::recordings`]); [`read`] is what the commands
+//! print.
 //!
 //! WAL mode with `synchronous = FULL`, so a committed transaction survives a crash of the process
 //! or the machine.
@@ -103,6 +105,57 @@ CREATE TABLE IF NOT EXISTS export_dead_letters (
     replay_attempts INTEGER NOT NULL DEFAULT 0,
     replay_next_ms INTEGER,
     PRIMARY KEY (installation, id)
+);
+CREATE TABLE IF NOT EXISTS task_state (
+    installation TEXT NOT NULL,
+    task TEXT NOT NULL,
+    last_tick_ms INTEGER NOT NULL,
+    PRIMARY KEY (installation, task)
+);
+CREATE TABLE IF NOT EXISTS task_runs (
+    id INTEGER PRIMARY KEY,
+    installation TEXT NOT NULL,
+    task TEXT NOT NULL,
+    trigger TEXT NOT NULL,
+    scheduled_at_ms INTEGER NOT NULL,
+    started_at_ms INTEGER,
+    ended_at_ms INTEGER,
+    outcome TEXT NOT NULL,
+    error TEXT,
+    fencing_token INTEGER,
+    request_id INTEGER
+);
+CREATE INDEX IF NOT EXISTS task_runs_by_installation ON task_runs (installation, id);
+CREATE TABLE IF NOT EXISTS task_requests (
+    id INTEGER PRIMARY KEY,
+    installation TEXT NOT NULL,
+    task TEXT NOT NULL,
+    requested_at_ms INTEGER NOT NULL,
+    taken_at_ms INTEGER
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    installation TEXT NOT NULL,
+    name TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    run_at_ms INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    status TEXT NOT NULL,
+    last_error TEXT,
+    created_at_ms INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs (installation, status, run_at_ms);
+CREATE TABLE IF NOT EXISTS recording_archives (
+    team_id INTEGER NOT NULL,
+    session_id TEXT NOT NULL,
+    store TEXT NOT NULL,
+    key TEXT NOT NULL,
+    first_timestamp_ms INTEGER NOT NULL,
+    last_timestamp_ms INTEGER NOT NULL,
+    events INTEGER NOT NULL,
+    archived_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (team_id, session_id, key)
 );
 ";
 

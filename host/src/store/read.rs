@@ -2,7 +2,7 @@
 
 use super::{StoreError, rfc3339, uuid_text};
 use rusqlite::{Connection, params};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sluice_abi::wire::{self, EventFields};
 
@@ -62,8 +62,8 @@ pub struct StoredDeadLetter {
     pub event: StoredEvent,
 }
 
-/// A stored recording event as `sluice recordings` prints it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// A stored recording event as `sluice recordings` prints it (and as archives hold it).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StoredRecording {
     /// Event UUID.
     pub uuid: String,
@@ -182,4 +182,37 @@ pub fn recent_recordings(
 
 fn json(text: String) -> Value {
     serde_json::from_str(&text).unwrap_or(Value::String(text))
+}
+
+/// Where a session was archived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordingArchive {
+    /// The team.
+    pub team_id: u64,
+    /// The object store.
+    pub store: String,
+    /// The object's full key.
+    pub key: String,
+}
+
+/// The archives of session `session` (of `team`, if given).
+pub fn recording_archives(
+    conn: &Connection,
+    team: Option<u64>,
+    session: &str,
+) -> Result<Vec<RecordingArchive>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT team_id, store, key FROM recording_archives WHERE session_id = ?1 \
+         AND (?2 IS NULL OR team_id = ?2) ORDER BY team_id, first_timestamp_ms, key",
+    )?;
+    let archives = stmt
+        .query_map(params![session, team.map(|t| t as i64)], |row| {
+            Ok(RecordingArchive {
+                team_id: row.get::<_, i64>(0)? as u64,
+                store: row.get(1)?,
+                key: row.get(2)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(archives)
 }

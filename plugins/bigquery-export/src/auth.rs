@@ -128,8 +128,9 @@ impl Auth {
         );
         let request = Request::post(&account.token_uri, body)
             .header("Content-Type", "application/x-www-form-urlencoded");
-        let response =
-            http::fetch(&request).map_err(|e| super::unreachable_error(&account.token_uri, e))?;
+        let response = http::fetch(&request).map_err(|e| {
+            PluginError::from(e).context(format!("cannot reach {}", account.token_uri))
+        })?;
         let json = serde_json::from_slice(&response.body).unwrap_or_default();
         if response.status != 200 {
             return Err(super::api_error("token request", response.status, &json));

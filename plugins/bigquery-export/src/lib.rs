@@ -23,7 +23,6 @@ mod rows;
 mod table;
 
 use auth::{Auth, ServiceAccount};
-use sluice_sdk::host::HostError;
 use sluice_sdk::host::http::{self, Request, Response};
 use sluice_sdk::{
     Config, ConfigField, ConfigType, Event, ExportBatch, Exporter, Manifest, Plugin, PluginError,
@@ -133,7 +132,7 @@ impl BigQueryExport {
                     .header("Authorization", format!("Bearer {token}"))
                     .header("Content-Type", "application/json"),
             )
-            .map_err(|e| unreachable_error(&request.url, e))?;
+            .map_err(|e| PluginError::from(e).context(format!("cannot reach {}", request.url)))?;
             if response.status != 401 || fresh {
                 return Ok(response);
             }
@@ -158,17 +157,6 @@ impl BigQueryExport {
         let response = self.send(request)?;
         let json = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
         Ok((response.status, json))
-    }
-}
-
-/// A failure to reach `url` at all: retryable.
-fn unreachable_error(url: &str, error: HostError) -> PluginError {
-    let retryable = PluginError::from(error.clone()).retryable;
-    let message = format!("cannot reach {url}: {error}");
-    if retryable {
-        PluginError::retryable(message)
-    } else {
-        PluginError::new(message)
     }
 }
 

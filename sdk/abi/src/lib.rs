@@ -6,8 +6,10 @@
 //!   shared so that the host and the SDK's native test harness accept exactly the same configs.
 //! - [`limits`]: the errors and caps of host capabilities; [`cache`]: the in-memory cache
 //!   namespace behind the embedded `cache` capability and the harness's fake.
+//! - [`time`]: the units of job delays.
 
 pub mod cache;
 pub mod limits;
 pub mod manifest;
+pub mod time;
 pub mod wire;

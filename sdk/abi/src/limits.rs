@@ -27,6 +27,11 @@ pub const MAX_LIST_OBJECTS: u32 = 1_000;
 /// Default cap of one object's size, in bytes (an operator can change it per store).
 pub const DEFAULT_MAX_OBJECT_BYTES: usize = 64 * 1024 * 1024;
 
+/// Largest job payload, in bytes.
+pub const MAX_JOB_PAYLOAD_BYTES: usize = 64 * 1024;
+/// Longest job name, in bytes.
+pub const MAX_JOB_NAME_BYTES: usize = 128;
+
 /// What kind of failure a host capability reports (the WIT `host-error-kind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -128,6 +133,28 @@ pub fn check_object_key(key: &str, prefix: bool) -> Result<(), HostError> {
         return invalid("has an empty, `.` or `..` segment");
     }
     Ok(())
+}
+
+/// Checks a job before it is queued: a name of letters, digits, `-`, `_`, `.` or `:` (at most
+/// [`MAX_JOB_NAME_BYTES`]) and a JSON payload of at most [`MAX_JOB_PAYLOAD_BYTES`].
+pub fn check_job(name: &str, payload: &str) -> Result<(), HostError> {
+    let plain = !name.is_empty()
+        && name.len() <= MAX_JOB_NAME_BYTES
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
+    if !plain {
+        return Err(HostError::new(
+            ErrorKind::Invalid,
+            format!(
+                "job name {name:?} must be 1 to {MAX_JOB_NAME_BYTES} letters, digits, `-`, `_`, `.` or `:`"
+            ),
+        ));
+    }
+    check_value(payload.as_bytes(), MAX_JOB_PAYLOAD_BYTES)?;
+    serde_json::from_str::<serde_json::Value>(payload)
+        .map(drop)
+        .map_err(|e| HostError::new(ErrorKind::Invalid, format!("job payload is not JSON: {e}")))
 }
 
 /// Checks a value against `cap` bytes.

@@ -98,6 +98,18 @@ impl ConfigField {
     }
 }
 
+/// A task a plugin runs on a clock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskSpec {
+    /// The name `scheduled.run` receives.
+    pub name: String,
+    /// Its default schedule: `every minute|hour|day`, a 5-field crontab, or a 6/7-field cron
+    /// expression with seconds (the host checks it, and the operator may override it).
+    pub schedule: String,
+    /// One line for operators.
+    pub description: String,
+}
+
 /// What a plugin declares about itself.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Manifest {
@@ -114,6 +126,8 @@ pub struct Manifest {
     /// Whether instances keep no installation-specific state, so installations with the same
     /// config can share them.
     pub stateless: bool,
+    /// Tasks the plugin runs on a clock.
+    pub tasks: Vec<TaskSpec>,
 }
 
 /// Every host capability a manifest may declare.
@@ -125,6 +139,8 @@ pub const CAPABILITIES: &[&str] = &[
     "geoip",
     "http",
     "object_store",
+    "jobs",
+    "recordings",
 ];
 
 /// One problem found in a manifest or a config, with the key it concerns.
@@ -163,6 +179,7 @@ impl Manifest {
             config: Vec::new(),
             capabilities: Vec::new(),
             stateless: false,
+            tasks: Vec::new(),
         }
     }
 
@@ -182,6 +199,21 @@ impl Manifest {
     /// config.
     pub fn stateless(mut self) -> Self {
         self.stateless = true;
+        self
+    }
+
+    /// Declares a task run on `schedule` (see [`TaskSpec::schedule`]).
+    pub fn task(
+        mut self,
+        name: impl Into<String>,
+        schedule: impl Into<String>,
+        description: impl Into<String>,
+    ) -> Self {
+        self.tasks.push(TaskSpec {
+            name: name.into(),
+            schedule: schedule.into(),
+            description: description.into(),
+        });
         self
     }
 
@@ -206,6 +238,28 @@ impl Manifest {
                 problems.push(problem(
                     "capabilities",
                     format!("`{capability}` is declared twice"),
+                ));
+            }
+        }
+        let mut tasks = HashSet::new();
+        for task in &self.tasks {
+            let plain = !task.name.is_empty()
+                && task
+                    .name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || "-_".contains(ch));
+            if !plain {
+                problems.push(problem(
+                    "tasks",
+                    format!(
+                        "task name {:?} must use only letters, digits, `-` and `_`",
+                        task.name
+                    ),
+                ));
+            } else if !tasks.insert(task.name.as_str()) {
+                problems.push(problem(
+                    "tasks",
+                    format!("task `{}` is declared twice", task.name),
                 ));
             }
         }

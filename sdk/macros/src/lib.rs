@@ -10,13 +10,13 @@ use proc_macro::TokenStream;
 use std::path::Path;
 
 /// Version of the WIT package the SDK is built against.
-const VERSION: &str = "0.3.0";
+const VERSION: &str = "0.4.0";
 
 /// Hooks a plugin may export, besides `lifecycle` (which every plugin exports).
-const HOOKS: [&str; 2] = ["transform", "exporter"];
+const HOOKS: [&str; 4] = ["transform", "exporter", "scheduled", "jobs"];
 
 /// Interfaces shared with the SDK's bindings (`sluice_sdk::bindings`).
-const SHARED: [&str; 8] = [
+const SHARED: [&str; 10] = [
     "types",
     "log",
     "metrics",
@@ -25,10 +25,13 @@ const SHARED: [&str; 8] = [
     "geoip",
     "http",
     "object-store",
+    "job-queue",
+    "recordings",
 ];
 
 /// `plugin_world!(name; hook, hook...)`: a module `name` with the generated bindings of a world
-/// exporting `lifecycle` and the listed hooks (`transform`, `exporter`), and its `export!` macro.
+/// exporting `lifecycle` and the listed hooks (`transform`, `exporter`, `scheduled`, `jobs`), and
+/// its `export!` macro.
 #[proc_macro]
 pub fn plugin_world(input: TokenStream) -> TokenStream {
     match expand(&input.to_string()) {

@@ -8,7 +8,9 @@
 pub mod cache;
 pub mod geoip;
 pub mod http;
+pub mod jobs;
 pub mod object_store;
+pub mod recordings;
 pub mod storage;
 
 pub use sluice_abi::limits::{ErrorKind, HostError};

@@ -125,10 +125,17 @@ mod imp {
         limits::check_object_key(key, false)?;
         limits::check_value(body, DEFAULT_MAX_OBJECT_BYTES)?;
         fakes::with(|f| {
+            if let Some(error) = f
+                .put_error
+                .as_ref()
+                .and_then(|fail| fail(store, key, body.len()))
+            {
+                return Err(error);
+            }
             f.objects
-                .insert((store.to_owned(), key.to_owned()), body.to_vec())
-        });
-        Ok(())
+                .insert((store.to_owned(), key.to_owned()), body.to_vec());
+            Ok(())
+        })
     }
 
     pub fn get(store: &str, key: &str) -> Result<Option<Vec<u8>>, HostError> {

@@ -1,11 +1,13 @@
 //! Hooks: the interfaces a plugin may export, one module each (`lifecycle`, `transform`,
-//! `exporter`). A hook module finds its
+//! `exporter`, `scheduled`, `jobs`). A hook module finds its
 //! interface among a component's exports ([`Hook`]), and calls it under the instance's limits
 //! (a method on [`crate::runtime::Instance`]). What a plugin can do is derived from which hooks
 //! its component exports.
 
 pub mod exporter;
+pub mod jobs;
 pub mod lifecycle;
+pub mod scheduled;
 pub mod transform;
 
 use super::state::HostState;
@@ -74,6 +76,8 @@ pub(crate) struct Exports {
     lifecycle: <lifecycle::Lifecycle as Hook>::Indices,
     transform: Option<<transform::Transform as Hook>::Indices>,
     exporter: Option<<exporter::Exporter as Hook>::Indices>,
+    scheduled: Option<<scheduled::Scheduled as Hook>::Indices>,
+    jobs: Option<<jobs::Jobs as Hook>::Indices>,
 }
 
 impl Exports {
@@ -89,6 +93,8 @@ impl Exports {
             lifecycle,
             transform: find::<transform::Transform>(pre, exported)?,
             exporter: find::<exporter::Exporter>(pre, exported)?,
+            scheduled: find::<scheduled::Scheduled>(pre, exported)?,
+            jobs: find::<jobs::Jobs>(pre, exported)?,
         })
     }
 
@@ -101,6 +107,16 @@ impl Exports {
     pub(crate) fn exports_events(&self) -> bool {
         self.exporter.is_some()
     }
+
+    /// Whether the plugin exports `scheduled`.
+    pub(crate) fn runs_tasks(&self) -> bool {
+        self.scheduled.is_some()
+    }
+
+    /// Whether the plugin exports `jobs`.
+    pub(crate) fn runs_jobs(&self) -> bool {
+        self.jobs.is_some()
+    }
 }
 
 /// The hooks of one live instance.
@@ -108,6 +124,19 @@ pub(crate) struct Guests {
     lifecycle: lifecycle::Lifecycle,
     transform: Option<transform::Transform>,
     exporter: Option<exporter::Exporter>,
+    scheduled: Option<scheduled::Scheduled>,
+    jobs: Option<jobs::Jobs>,
+}
+
+/// The guest of one optional hook, loaded if the plugin exports it.
+fn load<H: Hook>(
+    indices: Option<&H::Indices>,
+    store: &mut Store<HostState>,
+    instance: &Instance,
+) -> wasmtime::Result<Option<H>> {
+    indices
+        .map(|indices| H::load(indices, store, instance))
+        .transpose()
 }
 
 impl Guests {
@@ -119,16 +148,10 @@ impl Guests {
     ) -> wasmtime::Result<Self> {
         Ok(Self {
             lifecycle: Hook::load(&exports.lifecycle, store, instance)?,
-            transform: exports
-                .transform
-                .as_ref()
-                .map(|indices| Hook::load(indices, store, instance))
-                .transpose()?,
-            exporter: exports
-                .exporter
-                .as_ref()
-                .map(|indices| Hook::load(indices, store, instance))
-                .transpose()?,
+            transform: load(exports.transform.as_ref(), store, instance)?,
+            exporter: load(exports.exporter.as_ref(), store, instance)?,
+            scheduled: load(exports.scheduled.as_ref(), store, instance)?,
+            jobs: load(exports.jobs.as_ref(), store, instance)?,
         })
     }
 }

@@ -74,6 +74,7 @@ impl lifecycle::Guest for Adversary {
             ],
             capabilities: vec![],
             stateless: false,
+            tasks: vec![],
         }
     }
 

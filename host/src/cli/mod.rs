@@ -1,0 +1,234 @@
+//! The `sluice` command line: one file per command family; this file parses and dispatches.
+
+mod exports;
+mod jobs;
+mod logs;
+mod recordings;
+mod tasks;
+
+use crate::config::Config;
+use crate::{server, store, telemetry};
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// sluice: capture analytics events (PostHog-compatible), run them through sandboxed WebAssembly
+/// plugins, store them, and export them.
+#[derive(Parser)]
+#[command(name = "sluice", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the capture API, the plugin chains, storage, exports and scheduled tasks until Ctrl-C
+    /// (or SIGTERM).
+    ///
+    /// Prints `listening on http://ADDR` on stdout once requests are accepted. The listen address
+    /// and data folder can be overridden with SLUICE_LISTEN and SLUICE_DATA_DIR.
+    Serve {
+        /// The sluice.toml to use.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Print stored events as JSON lines, oldest first.
+    Events(#[command(flatten)] Read),
+    /// Print stored session-recording events (`$snapshot`), oldest first; with `--session`,
+    /// also the events of that session that were archived to an object store.
+    Recordings {
+        #[command(flatten)]
+        read: Read,
+        /// Only this `$session_id`.
+        #[arg(long)]
+        session: Option<String>,
+    },
+    /// Print what plugins logged (their `log` calls, stdout and stderr, and their failures),
+    /// oldest first.
+    Logs {
+        #[command(flatten)]
+        read: Read,
+        /// Only this installation, e.g. `team-1/downsample`.
+        #[arg(long)]
+        installation: Option<String>,
+        /// Keep printing new lines as they are stored, until interrupted.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Print events that plugins failed on (installations with `on_error = "dead_letter"`).
+    DeadLetters(#[command(flatten)] Read),
+    /// Print the status of every export installation: cursor, lag, last success, last error,
+    /// and the batch being retried; or work with export dead letters.
+    #[command(args_conflicts_with_subcommands = true)]
+    Exports {
+        #[command(subcommand)]
+        action: Option<exports::Action>,
+        /// The sluice.toml whose data folder to read.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Print the runs of scheduled tasks (task, installation, tick, start, end, outcome, error);
+    /// or run a task now.
+    #[command(args_conflicts_with_subcommands = true)]
+    Tasks {
+        #[command(subcommand)]
+        action: Option<tasks::Action>,
+        #[command(flatten)]
+        list: tasks::List,
+    },
+    /// Print the jobs queued, running or failed; queue one; or queue failed ones again.
+    #[command(args_conflicts_with_subcommands = true)]
+    Jobs {
+        #[command(subcommand)]
+        action: Option<jobs::Action>,
+        #[command(flatten)]
+        list: jobs::List,
+    },
+}
+
+/// What every command that reads storage takes.
+#[derive(Args)]
+struct Read {
+    /// The sluice.toml whose data folder to read.
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Only this team id.
+    #[arg(long)]
+    team: Option<u64>,
+    /// How many of the newest to print.
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
+}
+
+/// Which installations a listing covers.
+#[derive(Args)]
+struct Scope {
+    /// The sluice.toml whose data folder to read.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Only this installation, e.g. `team-1/retention`.
+    #[arg(long)]
+    installation: Option<String>,
+}
+
+impl Scope {
+    /// The database of the config, and the installation to list.
+    fn open(&self) -> anyhow::Result<(rusqlite::Connection, Option<&str>)> {
+        let config = self.config.as_deref().context("--config is required")?;
+        Ok((open_existing(&load(config)?)?, self.installation.as_deref()))
+    }
+}
+
+impl Read {
+    fn open(&self) -> anyhow::Result<rusqlite::Connection> {
+        open_existing(&load(&self.config)?)
+    }
+}
+
+/// Runs the command line; errors are printed, with exit code 2.
+pub fn main() -> ExitCode {
+    telemetry::init_logging();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The config at `path`, with the process environment's overrides.
+fn load(path: &Path) -> anyhow::Result<Config> {
+    Ok(Config::load(path, &|key| std::env::var(key).ok())?)
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { config } => {
+            let config = load(&config)?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(server::serve(config, shutdown_signal(), |addr| {
+                println!("listening on http://{addr}");
+                let _ = std::io::stdout().flush();
+            }))
+        }
+        Command::Events(read) => print_lines(store::read::recent_events(
+            &read.open()?,
+            read.team,
+            read.limit,
+        )?),
+        Command::Recordings { read, session } => recordings::print(&read, session.as_deref()),
+        Command::Logs {
+            read,
+            installation,
+            follow,
+        } => logs::print(&read, installation.as_deref(), follow),
+        Command::DeadLetters(read) => print_lines(store::read::recent_dead_letters(
+            &read.open()?,
+            read.team,
+            read.limit,
+        )?),
+        Command::Exports { action, config } => exports::run(action, config),
+        Command::Tasks { action, list } => tasks::run(action, list),
+        Command::Jobs { action, list } => jobs::run(action, list),
+    }
+}
+
+/// The database of `config`, which `sluice serve` must have created.
+fn open_existing(config: &Config) -> anyhow::Result<rusqlite::Connection> {
+    let db = config.server.data_dir.join(store::DB_FILE);
+    anyhow::ensure!(
+        db.is_file(),
+        "no database at {} (has `sluice serve --config {}` run yet?)",
+        db.display(),
+        config.path.display()
+    );
+    store::open(&config.server.data_dir).with_context(|| format!("cannot open {}", db.display()))
+}
+
+/// Fails unless `installation` (`team-<id>/<installation id>`) is in `config`.
+fn check_installation(config: &Config, installation: &str) -> anyhow::Result<()> {
+    let known: Vec<String> = config
+        .teams
+        .iter()
+        .flat_map(|team| team.plugins.iter().map(|p| p.id.qualified(team.id)))
+        .collect();
+    anyhow::ensure!(
+        known.iter().any(|id| id == installation),
+        "{} has no installation {installation} (installations: {})",
+        config.path.display(),
+        known.join(", ")
+    );
+    Ok(())
+}
+
+/// Prints `items` as JSON lines.
+fn print_lines<T: serde::Serialize>(items: Vec<T>) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    for item in items {
+        serde_json::to_writer(&mut out, &item)?;
+        writeln!(out)?;
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

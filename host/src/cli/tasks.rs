@@ -1,0 +1,84 @@
+//! `sluice tasks`: the runs of scheduled tasks, and running one now.
+
+use super::{Scope, check_installation, load, open_existing, print_lines};
+use crate::schedule::state;
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// How long a running `sluice serve` has to take a request before the command gives up waiting.
+const TAKE_WITHIN: Duration = Duration::from_secs(15);
+
+/// `sluice tasks`: which runs to print.
+#[derive(Args)]
+pub(super) struct List {
+    #[command(flatten)]
+    scope: Scope,
+    /// How many of the newest runs to print.
+    #[arg(long, default_value_t = 50)]
+    limit: usize,
+}
+
+/// What `sluice tasks` can do besides listing runs.
+#[derive(Subcommand)]
+pub(super) enum Action {
+    /// Runs a task now, through the running `sluice serve` (never while the same task runs),
+    /// waits for it and prints the run.
+    Run {
+        /// The sluice.toml of the running server.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The installation, e.g. `team-1/retention`.
+        #[arg(long)]
+        installation: String,
+        /// The task, as the plugin's manifest names it.
+        #[arg(long)]
+        task: String,
+        /// Seconds to wait for the run to end.
+        #[arg(long, default_value_t = 600)]
+        wait: u64,
+    },
+}
+
+pub(super) fn run(action: Option<Action>, list: List) -> anyhow::Result<()> {
+    let Some(Action::Run {
+        config,
+        installation,
+        task,
+        wait,
+    }) = action
+    else {
+        let (conn, installation) = list.scope.open()?;
+        return print_lines(state::runs(&conn, installation, None, list.limit)?);
+    };
+    let config = load(&config)?;
+    check_installation(&config, &installation)?;
+    let conn = open_existing(&config)?;
+    let request = state::request_run(&conn, &installation, &task)?;
+    let started = Instant::now();
+    while !state::request_taken(&conn, request)? {
+        anyhow::ensure!(
+            started.elapsed() < TAKE_WITHIN,
+            "no running `sluice serve --config {}` took the request within {} s; it stays queued and runs when the server starts",
+            config.path.display(),
+            TAKE_WITHIN.as_secs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let deadline = Instant::now() + Duration::from_secs(wait);
+    loop {
+        let run = state::runs(&conn, Some(&installation), Some(request), 1)?.pop();
+        if let Some(run) = run.filter(|run| run.outcome != "running") {
+            let outcome = run.outcome.clone();
+            let error = run.error.clone().unwrap_or_default();
+            print_lines(vec![run])?;
+            anyhow::ensure!(outcome == "ok", "task `{task}` {outcome}: {error}");
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "task `{task}` is still running after {wait} s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
