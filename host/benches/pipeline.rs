@@ -1,7 +1,8 @@
 //! sluice benchmarks, printed as a table.
 //!
-//! Run: `plugins/build.sh target/plugins && cargo bench -p sluice --bench pipeline`
-//! (`SLUICE_PLUGIN_DIR` points elsewhere if the plugins were built into another folder).
+//! Run: `plugins/build.sh target/plugins && cargo bench -p sluice --bench pipeline [-- a b d]`
+//! (only the sections named, if any; `SLUICE_PLUGIN_DIR` points elsewhere if the plugins were
+//! built into another folder; `SLUICE_PERF_MAP=1` lets `perf` name the plugins' functions).
 //!
 //! (a) Events through a transform: the same plugin code natively (the SDK's batch path, no
 //!     boundary) and as wasm in the host, for a plugin that only keeps (the boundary alone) and
@@ -14,12 +15,18 @@
 //!     through decoding and normalization, in MB/s of request body and events/s.
 //! (e) Failure isolation: the time to finish a batch of 1,000 events with one poison event
 //!     (a panic, a stack overflow) against the same batch without it.
+//! (f) The chains of the peer model of PostHog's plugin server (`../shared/peers/posthog-vm`),
+//!     on the same events, beside the peer's own figures from the same run: sluice's wasm chain
+//!     runner plus what the sink does before storing, against node `vm` contexts with JSON in
+//!     and out. Set `SLUICE_PEER_BENCH` to the peer's `bench.js` (default: the one in
+//!     `../shared`) and `NODE_PATH` to where `npm install maxmind@4` put it.
 
 #![allow(clippy::unwrap_used)]
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use serde_json::{Value, json};
+use sluice::capabilities::geoip::Database;
 use sluice::capabilities::{Context, Grants, Services};
 use sluice::chain::{ChainRunner, Installation, InstanceKey};
 use sluice::config::{BreakerConfig, Config, OnError};
@@ -43,68 +50,79 @@ const USERS: usize = 10_000;
 fn main() {
     sluice::telemetry::init_logging();
     sluice::telemetry::prometheus();
+    // `cargo bench -p sluice --bench pipeline -- d f` runs only those sections.
+    let chosen: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let runs = |section: &str| chosen.is_empty() || chosen.iter().any(|c| c == section);
     let plugins = plugin_dir();
     println!(
-        "sluice pipeline benchmark ({} cores)\n",
+        "sluice pipeline benchmark ({} cores)",
         std::thread::available_parallelism().map_or(1, usize::from)
     );
     let events = encoded_events(EVENTS, USERS);
-    let avg = events.iter().map(Vec::len).sum::<usize>() / events.len();
-    println!(
-        "(a) transform throughput, {EVENTS} events of ~{avg} bytes from {USERS} users, in batches of {BATCH}"
-    );
     let runtime = Runtime::new(&RuntimeSettings {
         max_instances: 8,
         max_memory_bytes: 256 << 20,
         cache_dir: None,
     })
     .unwrap();
-    transforms(&runtime, &plugins, &events);
-    println!(
-        "\n(a') worst case for downsampling: every event from a different user (nothing to remember)"
-    );
-    worst_case(&runtime, &plugins, &encoded_events(EVENTS, EVENTS));
-    println!(
-        "\n(b) end to end: HTTP /batch of 100 gzip events -> queue -> downsample 50% -> SQLite"
-    );
-    end_to_end(&plugins);
-    println!(
-        "\n(d) chain [downsample 50%, geoip], every event with a known IP (89.160.20.112/28 test database)"
-    );
-    geoip_chain(&runtime, &plugins, &events);
-    println!("\n(c) capture decoder: batches of 100 events, decode + normalize + encode");
-    decoder();
-    println!(
-        "\n(e) failure isolation: a batch of {BATCH} events through the adversary plugin, with and without one poison event"
-    );
-    isolation(&runtime, &plugins);
+    if runs("a") {
+        let avg = events.iter().map(Vec::len).sum::<usize>() / events.len();
+        println!(
+            "\n(a) transform throughput, {EVENTS} events of ~{avg} bytes from {USERS} users, in batches of {BATCH}"
+        );
+        transforms(&runtime, &plugins, &events);
+        println!(
+            "\n(a') worst case for downsampling: every event from a different user (nothing to remember)"
+        );
+        worst_case(&runtime, &plugins, &encoded_events(EVENTS, EVENTS));
+    }
+    if runs("b") {
+        println!(
+            "\n(b) end to end: HTTP /batch of 100 gzip events -> queue -> downsample 50% -> SQLite"
+        );
+        end_to_end(&plugins, false);
+        println!(
+            "\n(b') end to end: HTTP /batch of 100 gzip events with $ip -> queue -> [downsample 50%, geoip] -> SQLite"
+        );
+        end_to_end(&plugins, true);
+    }
+    if runs("d") {
+        println!(
+            "\n(d) chain [downsample 50%, geoip], every event with a known IP (89.160.20.112/28 test database)"
+        );
+        geoip_chain(&runtime, &plugins, &events);
+    }
+    if runs("c") {
+        println!("\n(c) capture decoder: batches of 100 events, decode + normalize + encode");
+        decoder();
+    }
+    if runs("e") {
+        println!(
+            "\n(e) failure isolation: a batch of {BATCH} events through the adversary plugin, with and without one poison event"
+        );
+        isolation(&runtime, &plugins);
+    }
+    if runs("f") {
+        println!(
+            "\n(f) the peer's chains on the peer's events ({EVENTS} events, {USERS} users, 2 IPs in the test network), events/s in"
+        );
+        peer_chains(&runtime, &plugins);
+    }
 }
 
 fn isolation(runtime: &Runtime, plugins: &std::path::Path) {
     let batch = |poison: Option<usize>| -> Vec<Vec<u8>> {
         (0..BATCH)
             .map(|i| {
-                let properties = properties(i).to_string();
-                let distinct_id = format!("user-{i}");
-                let mut uuid = [0u8; 16];
-                uuid[..8].copy_from_slice(&(i as u64).to_le_bytes());
-                EventFields {
-                    uuid,
-                    team_id: 1,
-                    timestamp_ms: 1_700_000_000_000,
-                    event: if poison == Some(i) {
-                        "attack"
-                    } else {
-                        "normal"
-                    },
-                    distinct_id: &distinct_id,
-                    ip: None,
-                    properties: &properties,
-                    set: None,
-                    set_once: None,
-                }
-                .encode()
-                .unwrap()
+                let name = if poison == Some(i) {
+                    "attack"
+                } else {
+                    "normal"
+                };
+                bench_event(i, name, &format!("user-{i}"), None)
             })
             .collect()
     };
@@ -175,11 +193,10 @@ fn sdk_location(
     }
 }
 
-fn geoip_chain(runtime: &Runtime, plugins: &std::path::Path, events: &[Vec<u8>]) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("city.mmdb");
-    sluice_demo_geoip::write(&path, "Linköping").unwrap();
-    let database = sluice::capabilities::geoip::Database::open(&path).unwrap();
+/// Writes the test GeoIP database to `path`; returns it and services that answer from it.
+fn geoip_services(path: &std::path::Path) -> (Arc<Database>, Arc<Services>) {
+    sluice_demo_geoip::write(path, "Linköping").unwrap();
+    let database = Database::open(path).unwrap();
     let services = Arc::new(Services {
         logs: None,
         storage: None,
@@ -189,6 +206,12 @@ fn geoip_chain(runtime: &Runtime, plugins: &std::path::Path, events: &[Vec<u8>])
         jobs: None,
         recordings: None,
     });
+    (database, services)
+}
+
+fn geoip_chain(runtime: &Runtime, plugins: &std::path::Path, events: &[Vec<u8>]) {
+    let dir = tempfile::tempdir().unwrap();
+    let (database, services) = geoip_services(&dir.path().join("city.mmdb"));
     let all = batches(events);
 
     let lookup_ns = measure(|| {
@@ -219,35 +242,33 @@ fn geoip_chain(runtime: &Runtime, plugins: &std::path::Path, events: &[Vec<u8>])
     let native_geo_ns = measure_native(geo.plugin(), &kept_batches) / share;
     report("native geoip (SDK batch path + same reader)", native_geo_ns);
 
-    let (geo_plugin, geo_settings) = instance(runtime, plugins, "geoip", json!({}), &services);
-    let mut wasm_geo = Instance::start(&geo_plugin, &geo_settings).unwrap();
-    let wasm_geo_ns = measure(|| {
-        for batch in &kept_batches {
-            wasm_geo.transform(batch).unwrap();
-        }
-    }) / share;
+    let wasm_geoip = |config: Value| {
+        let (plugin, settings) = instance(runtime, plugins, "geoip", config, &services);
+        let mut wasm_geo = Instance::start(&plugin, &settings).unwrap();
+        let ns = measure(|| {
+            for batch in &kept_batches {
+                wasm_geo.transform(batch).unwrap();
+            }
+        }) / share;
+        wasm_geo.teardown();
+        ns
+    };
+    let wasm_geo_ns = wasm_geoip(json!({}));
     report("wasm geoip (one call per batch)", wasm_geo_ns);
-    wasm_geo.teardown();
+    report(
+        "wasm geoip, cache_size = 0 (every event looked up)",
+        wasm_geoip(json!({"cache_size": 0})),
+    );
 
-    let (down_plugin, down_settings) = instance(
+    let chain = chain_of(
         runtime,
         plugins,
-        "downsample",
-        json!({"percentage": 50}),
+        &[
+            ("downsample", json!({"percentage": 50})),
+            ("geoip", json!({})),
+        ],
         &services,
     );
-    let chain: Vec<Arc<Installation>> = [(down_plugin, down_settings), (geo_plugin, geo_settings)]
-        .into_iter()
-        .map(|(plugin, settings)| {
-            Arc::new(Installation::new(
-                InstanceKey::unique(),
-                plugin,
-                settings,
-                OnError::Skip,
-                BreakerConfig::default(),
-            ))
-        })
-        .collect();
     let mut runner = ChainRunner::new(16);
     let mut stored = 0;
     let chain_ns = measure(|| {
@@ -265,12 +286,29 @@ fn geoip_chain(runtime: &Runtime, plugins: &std::path::Path, events: &[Vec<u8>])
         "native logic, downsample + geoip on the kept half",
         native_chain_ns,
     );
+    let mut native_runner = ChainRunner::new(1);
+    let native_host_ns = measure(|| {
+        for chunk in events.chunks(BATCH) {
+            let kept = native_step(down.plugin(), &mut native_runner, &chain[0], chunk.to_vec());
+            std::hint::black_box(native_step(
+                geo.plugin(),
+                &mut native_runner,
+                &chain[1],
+                kept,
+            ));
+        }
+    });
+    report(
+        "the same natively, with the chain's host work",
+        native_host_ns,
+    );
     println!();
     println!(
-        "  wasm chain / native logic speed: {:.2}x ({:.0} vs {:.0} events/s in)",
-        native_chain_ns / chain_ns,
+        "  wasm chain / native logic with the host's work: {:.2}x ({:.0} vs {:.0} events/s in); / plugin logic alone: {:.2}x",
+        native_host_ns / chain_ns,
         1e9 / chain_ns,
-        1e9 / native_chain_ns
+        1e9 / native_host_ns,
+        native_chain_ns / chain_ns,
     );
     println!(
         "  one GeoIP lookup: {lookup_ns:.0} ns in the host; through the boundary (wasm - native geoip plugin): {:.0} ns",
@@ -381,25 +419,34 @@ fn properties(i: usize) -> Value {
 fn encoded_events(count: usize, users: usize) -> Vec<Vec<u8>> {
     (0..count)
         .map(|i| {
-            let properties = properties(i).to_string();
-            let distinct_id = format!("user-{}", i % users);
-            let mut uuid = [0u8; 16];
-            uuid[..8].copy_from_slice(&(i as u64).to_le_bytes());
-            EventFields {
-                uuid,
-                team_id: 1,
-                timestamp_ms: 1_700_000_000_000 + i as i64,
-                event: "$pageview",
-                distinct_id: &distinct_id,
-                ip: Some("89.160.20.115"),
-                properties: &properties,
-                set: None,
-                set_once: None,
-            }
-            .encode()
-            .unwrap()
+            bench_event(
+                i,
+                "$pageview",
+                &format!("user-{}", i % users),
+                Some("89.160.20.115"),
+            )
         })
         .collect()
+}
+
+/// Event `i` of a set: `name` by `distinct_id` from `ip`, with [`properties`]`(i)`.
+fn bench_event(i: usize, name: &str, distinct_id: &str, ip: Option<&str>) -> Vec<u8> {
+    let properties = properties(i).to_string();
+    let mut uuid = [0u8; 16];
+    uuid[..8].copy_from_slice(&(i as u64).to_le_bytes());
+    EventFields {
+        uuid,
+        team_id: 1,
+        timestamp_ms: 1_700_000_000_000 + i as i64,
+        event: name,
+        distinct_id,
+        ip,
+        properties: &properties,
+        set: None,
+        set_once: None,
+    }
+    .encode()
+    .unwrap()
 }
 
 fn batches(events: &[Vec<u8>]) -> Vec<Vec<u8>> {
@@ -411,6 +458,22 @@ fn batches(events: &[Vec<u8>]) -> Vec<Vec<u8>> {
             batch.finish()
         })
         .collect()
+}
+
+/// `events` through a plugin natively (the SDK batch path), then through what the chain runner
+/// does with its outcomes for `installation`; returns the events that continue.
+fn native_step<T: sluice_sdk::Transform>(
+    plugin: &mut T,
+    runner: &mut ChainRunner,
+    installation: &Installation,
+    events: Vec<Vec<u8>>,
+) -> Vec<Vec<u8>> {
+    let mut batch = BatchWriter::with_capacity(events.iter().map(Vec::len).sum());
+    events.iter().for_each(|e| batch.push_encoded(e));
+    let outcomes = sluice_sdk::process_batch(plugin, &batch.finish()).unwrap();
+    runner
+        .continue_with(installation, events, &outcomes, &mut Output::default())
+        .unwrap()
 }
 
 /// [`measure`] of a plugin's logic natively over `batches`, through the SDK batch path.
@@ -579,15 +642,25 @@ fn downsample_pair(
     (native_ns, wasm_ns, plugin, settings)
 }
 
-fn end_to_end(plugins: &std::path::Path) {
+/// Capture to storage through the real server, with the downsampling chain, or with
+/// `geoip` the [downsample, geoip] chain on events that carry a `$ip` of the test network.
+fn end_to_end(plugins: &std::path::Path, geoip: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let plugin = plugins.join("downsample.wasm");
-    let text = format!(
+    let mut text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nworkers = 2\n\
          [[teams]]\nid = 1\ntoken = \"phc_bench\"\n\
          [[teams.plugins]]\nid = \"downsample\"\nplugin = \"{}\"\nconfig = {{ percentage = 50 }}\n",
-        plugin.display()
+        plugins.join("downsample.wasm").display()
     );
+    if geoip {
+        let db = dir.path().join("city.mmdb");
+        sluice_demo_geoip::write(&db, "Linköping").unwrap();
+        text = format!(
+            "[geoip]\ndatabase = \"{}\"\n{text}[[teams.plugins]]\nid = \"geoip\"\nplugin = \"{}\"\ngrants = [\"geoip\"]\n",
+            db.display(),
+            plugins.join("geoip.wasm").display()
+        );
+    }
     let path = dir.path().join("sluice.toml");
     std::fs::write(&path, text).unwrap();
     let config = Config::load(&path, &|_| None).unwrap();
@@ -602,7 +675,13 @@ fn end_to_end(plugins: &std::path::Path) {
         (0..20)
             .map(|b| {
                 let batch: Vec<Value> = (0..100)
-                    .map(|i| json!({"event": "$pageview", "distinct_id": format!("user-{b}-{i}"), "properties": properties(i)}))
+                    .map(|i| {
+                        let mut properties = properties(i);
+                        if geoip {
+                            properties["$ip"] = json!(["89.160.20.115", "89.160.20.120"][i % 2]);
+                        }
+                        json!({"event": "$pageview", "distinct_id": format!("user-{b}-{i}"), "properties": properties})
+                    })
                     .collect();
                 let mut gz = GzEncoder::new(Vec::new(), Compression::default());
                 gz.write_all(json!({"api_key": "phc_bench", "batch": batch}).to_string().as_bytes()).unwrap();
@@ -646,6 +725,16 @@ fn end_to_end(plugins: &std::path::Path) {
     let stored: i64 = conn
         .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
         .unwrap();
+    if geoip {
+        let located: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM events WHERE properties LIKE '%Linköping%'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(located, stored, "every stored event was located");
+    }
     println!(
         "  {REQUESTS} requests x 100 events, {CONCURRENCY} concurrent clients in the same process"
     );
@@ -660,4 +749,138 @@ fn end_to_end(plugins: &std::path::Path) {
         stored_in.as_secs_f64()
     );
     served.stop();
+}
+
+/// A chain of wasm installations, each `(plugin name, config)`, answered by `services`.
+fn chain_of(
+    runtime: &Runtime,
+    plugins: &std::path::Path,
+    installations: &[(&str, Value)],
+    services: &Arc<Services>,
+) -> Vec<Arc<Installation>> {
+    installations
+        .iter()
+        .map(|(name, config)| {
+            let (plugin, settings) = instance(runtime, plugins, name, config.clone(), services);
+            Arc::new(Installation::new(
+                InstanceKey::unique(),
+                plugin,
+                settings,
+                OnError::Skip,
+                BreakerConfig::default(),
+            ))
+        })
+        .collect()
+}
+
+/// The events of the peer's `mkEvent`: `$pageview`s of 10,000 users from two addresses of the
+/// test network, with the same properties.
+fn peer_events(count: usize) -> Vec<Vec<u8>> {
+    (0..count)
+        .map(|i| {
+            let ip = ["89.160.20.115", "89.160.20.120"][i % 2];
+            bench_event(i, "$pageview", &format!("user-{}", i % USERS), Some(ip))
+        })
+        .collect()
+}
+
+/// What the sink does with an event before it writes it: its fields, plugins' edits applied.
+fn ready_to_store(encoded: &[u8]) {
+    let raw = sluice_abi::wire::parse_encoded(encoded).unwrap();
+    raw.with_patch_applied(|fields| {
+        std::hint::black_box(fields);
+    })
+    .unwrap();
+}
+
+/// Runs the peer's `bench.js` on the database at `db`; its events/s in, by chain name.
+fn run_peer(db: &std::path::Path) -> Result<std::collections::HashMap<String, f64>, String> {
+    let script = std::env::var_os("SLUICE_PEER_BENCH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../shared/peers/posthog-vm/bench.js"
+            ))
+        });
+    if !script.is_file() {
+        return Err(format!(
+            "{} not found (set SLUICE_PEER_BENCH)",
+            script.display()
+        ));
+    }
+    let output = std::process::Command::new("node")
+        .arg(&script)
+        .arg(db)
+        .arg(EVENTS.to_string())
+        .output()
+        .map_err(|e| format!("cannot run node: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "node {} failed (is maxmind@4 on NODE_PATH?): {}",
+            script.display(),
+            String::from_utf8_lossy(&output.stderr)
+                .lines()
+                .next()
+                .unwrap_or_default()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            let (name, rest) = line.split_once(": ")?;
+            let rate = rest.split_whitespace().next()?.parse().ok()?;
+            Some((name.to_owned(), rate))
+        })
+        .collect())
+}
+
+/// The peer's chains as sluice chains on the peer's events, beside the peer's figures.
+fn peer_chains(runtime: &Runtime, plugins: &std::path::Path) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("city.mmdb");
+    let (_, services) = geoip_services(&db);
+    let events = peer_events(EVENTS);
+    let down = ("downsample", json!({"percentage": 50}));
+    // PostHog's property filter; like PostHog's (and unlike the peer's model), naming `$ip`
+    // also removes the event's IP, so every kept event is changed.
+    let filter = (
+        "property-filter",
+        json!({"properties": "$ip,password,email"}),
+    );
+    let geoip = ("geoip", json!({}));
+    let chains = [
+        ("empty", vec![]),
+        ("downsample50+filter", vec![down.clone(), filter]),
+        ("geoip", vec![geoip.clone()]),
+        ("downsample50+geoip", vec![down, geoip]),
+    ];
+    let peer = run_peer(&db);
+    println!(
+        "  {:<22} {:>16} {:>16} {:>8}",
+        "chain", "sluice", "peer", "ratio"
+    );
+    for (name, installations) in chains {
+        let chain = chain_of(runtime, plugins, &installations, &services);
+        let mut runner = ChainRunner::new(16);
+        let ns = measure(|| {
+            for chunk in events.chunks(BATCH) {
+                let mut out = Output::default();
+                runner.run(&chain, chunk.to_vec(), &mut out);
+                out.events.iter().for_each(|e| ready_to_store(e));
+            }
+        });
+        runner.teardown();
+        let rate = 1e9 / ns;
+        match peer.as_ref().ok().and_then(|peer| peer.get(name)) {
+            Some(peer_rate) => println!(
+                "  {name:<22} {rate:>16.0} {peer_rate:>16.0} {:>7.2}x",
+                rate / peer_rate
+            ),
+            None => println!("  {name:<22} {rate:>16.0} {:>16} {:>8}", "-", "-"),
+        }
+    }
+    if let Err(why) = peer {
+        println!("  peer not run: {why}");
+    }
 }

@@ -1,11 +1,11 @@
-//! Host bindings generated once from the WIT contract (`wit/v0.4.0`, world `plugin`: every hook
+//! Host bindings generated once from the WIT contract (`wit/v0.5.0`, world `plugin`: every hook
 //! a plugin may export and every capability it may import), shared by the runtime (hooks) and
 //! the capabilities (imports).
 #![allow(missing_docs)]
 
 wasmtime::component::bindgen!({
     world: "plugin",
-    path: "../wit/v0.4.0",
+    path: "../wit/v0.5.0",
     imports: { default: tracing },
 });
 

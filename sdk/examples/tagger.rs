@@ -49,10 +49,10 @@ impl Transform for Tagger {
         {
             return Outcome::Keep; // unchanged: nothing is copied back to the host
         }
-        match event.to_buf() {
-            Ok(buf) => Outcome::Replace(buf.with_property("tag", self.tag.clone())),
-            Err(error) => Outcome::Error(error),
-        }
+        // Only the edit goes back to the host, which applies it when the event is stored.
+        let mut edit = event.edit();
+        edit.set("tag", &self.tag);
+        Outcome::Edit(edit)
     }
 }
 
@@ -69,7 +69,7 @@ mod tests {
         let mut h = Harness::<Tagger>::new(json!({"tag": "beta", "only_event": "signup"})).unwrap();
         let signup = TestEvent::new("signup").distinct_id("u1");
         let expected = signup.clone().into_buf().with_property("tag", "beta");
-        assert_eq!(h.transform(signup), Outcome::Replace(expected));
+        assert_eq!(h.stored(signup).unwrap(), Some(expected)); // what storage gets
         assert_eq!(h.transform(TestEvent::new("$pageview")), Outcome::Keep);
     }
 

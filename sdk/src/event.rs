@@ -1,17 +1,23 @@
 //! Events as a plugin sees them: a borrowed, lazily decoded [`Event`] and an owned [`EventBuf`].
 
-use crate::PluginError;
+use crate::{Edit, PluginError};
 use serde_json::{Map, Value};
+use sluice_abi::object::{self, Entries};
+use sluice_abi::patch::Applied;
 use sluice_abi::wire::{EventFields, Field, RawEvent};
 use std::cell::OnceCell;
 
 /// One event of the batch being processed, borrowed from the host's buffer.
 ///
-/// Reading a field costs only that field: text is validated when read and `properties` is parsed
-/// on first use, so a plugin that only looks at `distinct_id` never pays to parse properties.
+/// Reading a field costs only that field: text is validated when read, a single property is
+/// found without parsing the others ([`Event::property`]), and the whole `properties` object is
+/// parsed only if asked for. Edits made by earlier plugins of the chain are already visible.
 #[derive(Debug)]
 pub struct Event<'a> {
     raw: RawEvent<'a>,
+    applied: OnceCell<Option<Applied>>,
+    /// The properties text as sent, validated once.
+    sent_properties: OnceCell<&'a str>,
     properties: OnceCell<Result<Map<String, Value>, PluginError>>,
 }
 
@@ -19,6 +25,8 @@ impl<'a> Event<'a> {
     pub(crate) fn new(raw: RawEvent<'a>) -> Self {
         Self {
             raw,
+            applied: OnceCell::new(),
+            sent_properties: OnceCell::new(),
             properties: OnceCell::new(),
         }
     }
@@ -28,6 +36,17 @@ impl<'a> Event<'a> {
         self.raw
             .text(field)
             .unwrap_or_else(|e| panic!("sluice host sent a malformed event: {e}"))
+    }
+
+    /// The properties and IP with earlier plugins' edits applied, if there are any.
+    fn applied(&self) -> Option<&Applied> {
+        self.applied
+            .get_or_init(|| {
+                self.raw
+                    .applied()
+                    .unwrap_or_else(|e| panic!("sluice host sent a malformed patch: {e}"))
+            })
+            .as_ref()
     }
 
     /// The event's UUID in its 16-byte form.
@@ -61,13 +80,36 @@ impl<'a> Event<'a> {
     }
 
     /// The client's IP address, when known.
-    pub fn ip(&self) -> Option<&'a str> {
-        self.text(Field::Ip)
+    pub fn ip(&self) -> Option<&str> {
+        match self.applied() {
+            Some(applied) => applied.ip.as_deref(),
+            None => self.text(Field::Ip),
+        }
     }
 
     /// The properties as JSON text, without parsing them.
-    pub fn properties_json(&self) -> &'a str {
-        self.text(Field::Properties).unwrap_or("{}")
+    pub fn properties_json(&self) -> &str {
+        match self.applied() {
+            Some(applied) => &applied.properties,
+            None => self
+                .sent_properties
+                .get_or_init(|| self.text(Field::Properties).unwrap_or("{}")),
+        }
+    }
+
+    /// One property as JSON text, found without parsing the others (nor building a tree); `None`
+    /// if absent.
+    pub fn property_json(&self, key: &str) -> Option<&str> {
+        let text = self.properties_json();
+        if !object::may_contain_key(text, key) {
+            return None;
+        }
+        Entries::parse(text.as_bytes()).ok()?.get(key.as_bytes())
+    }
+
+    /// One property, or `None` if absent.
+    pub fn property(&self, key: &str) -> Option<Value> {
+        serde_json::from_str(self.property_json(key)?).ok()
     }
 
     /// The properties, parsed on first call.
@@ -78,11 +120,6 @@ impl<'a> Event<'a> {
             .map_err(Clone::clone)
     }
 
-    /// One property, or `None` if absent (or if properties are not a valid object).
-    pub fn property(&self, key: &str) -> Option<&Value> {
-        self.properties().ok()?.get(key)
-    }
-
     /// The `$set` person properties as JSON text.
     pub fn set_json(&self) -> Option<&'a str> {
         self.text(Field::Set)
@@ -91,6 +128,12 @@ impl<'a> Event<'a> {
     /// The `$set_once` person properties as JSON text.
     pub fn set_once_json(&self) -> Option<&'a str> {
         self.text(Field::SetOnce)
+    }
+
+    /// Edits to return as [`crate::Outcome::Edit`]: cheaper than a replacement, which copies
+    /// the whole event back.
+    pub fn edit(&self) -> Edit {
+        Edit::with_capacity(1024)
     }
 
     /// An owned, editable copy, to return as [`crate::Outcome::Replace`].
@@ -135,13 +178,29 @@ pub struct EventBuf {
 }
 
 impl EventBuf {
+    /// An owned copy of `fields`.
+    pub(crate) fn from_fields(fields: &EventFields<'_>) -> Result<Self, PluginError> {
+        let object = |json: Option<&str>, what| json.map(|j| parse_object(j, what)).transpose();
+        Ok(Self {
+            uuid: fields.uuid,
+            team_id: fields.team_id,
+            timestamp_ms: fields.timestamp_ms,
+            event: fields.event.to_owned(),
+            distinct_id: fields.distinct_id.to_owned(),
+            ip: fields.ip.map(str::to_owned),
+            properties: parse_object(fields.properties, "properties")?,
+            set: object(fields.set, "$set")?,
+            set_once: object(fields.set_once, "$set_once")?,
+        })
+    }
+
     /// Sets one property, returning `self` for chaining.
     pub fn with_property(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
         self.properties.insert(key.into(), value.into());
         self
     }
 
-    /// Encodes the event for the host (with its length prefix).
+    /// Encodes the event for the host (with its length prefix), without a patch.
     pub(crate) fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), PluginError> {
         // Serialized in place: cloning into a `Value` first would copy the whole tree.
         let to_text = |map: &Map<String, Value>| serde_json::to_string(map).unwrap_or_default();

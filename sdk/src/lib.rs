@@ -11,6 +11,7 @@
 extern crate self as sluice_sdk;
 
 mod config;
+mod edit;
 mod event;
 pub mod host;
 mod runtime;
@@ -18,8 +19,10 @@ mod runtime;
 pub mod testing;
 
 pub use config::Config;
+pub use edit::Edit;
 pub use event::{Event, EventBuf};
 pub use runtime::{export_batch, process_batch};
+pub use serde::Serialize;
 pub use serde_json::{Map, Value, json};
 pub use sluice_abi::manifest::{ConfigField, ConfigType, Manifest, TaskSpec};
 pub use sluice_abi::time::TimeUnit;
@@ -28,14 +31,14 @@ use std::borrow::Cow;
 use std::fmt;
 
 /// Bindings of what every plugin shares: the contract's types and the host's imports
-/// (`wit/v0.4.0`, world `host-services`). Each plugin's exports are generated in the plugin crate
+/// (`wit/v0.5.0`, world `host-services`). Each plugin's exports are generated in the plugin crate
 /// by [`export_plugin!`], for exactly the hooks it implements. Plugin authors do not need these.
 #[doc(hidden)]
 pub mod bindings {
     #![allow(missing_docs)]
     wit_bindgen::generate!({
         world: "host-services",
-        path: "../wit/v0.4.0",
+        path: "../wit/v0.5.0",
         runtime_path: "::sluice_sdk::__private::wit_bindgen::rt",
     });
 }
@@ -110,12 +113,26 @@ pub trait Plugin: Sized + 'static {
 pub enum Outcome {
     /// The event continues unchanged (nothing is sent back to the host).
     Keep,
+    /// The event continues with these edits ([`Event::edit`]); only they cross back to the
+    /// host. Prefer it to `Replace` whenever the plugin only sets or removes properties.
+    Edit(Edit),
     /// The event continues as this new version.
     Replace(EventBuf),
     /// The event is dropped; the reason is counted and logged by the host.
     Drop(Cow<'static, str>),
     /// Processing failed; the installation's `on_error` policy decides what happens.
     Error(PluginError),
+}
+
+impl From<Edit> for Outcome {
+    /// The edits, or `Keep` when there are none.
+    fn from(edit: Edit) -> Self {
+        if edit.is_empty() {
+            Outcome::Keep
+        } else {
+            Outcome::Edit(edit)
+        }
+    }
 }
 
 /// A plugin that changes, enriches or drops events.

@@ -23,6 +23,10 @@ pub fn process_batch<T: Transform>(plugin: &mut T, batch: &[u8]) -> Result<Vec<u
             Outcome::Keep => out.keep(),
             Outcome::Drop(reason) => out.drop_event(&reason),
             Outcome::Error(error) => out.error(&error.message, error.retryable),
+            Outcome::Edit(edit) => match edit.patch() {
+                Ok(patch) => out.patch(patch),
+                Err(error) => out.error(&error.message, false),
+            },
             Outcome::Replace(event) => {
                 let mut encoded = Vec::new();
                 match event.encode_into(&mut encoded) {

@@ -75,6 +75,7 @@ pub(crate) mod fakes {
         pub objects: BTreeMap<(String, String), Vec<u8>>,
         pub cache: Namespace,
         pub geoip: Option<Locate>,
+        pub geoip_version: u64,
         pub http: Option<Respond>,
         pub put_error: Option<PutError>,
         pub jobs: Vec<Job>,
@@ -118,9 +119,18 @@ impl<T: Plugin> Harness<T> {
     }
 
     /// Answers the plugin's [`crate::host::geoip::locate`] calls with `locate`.
-    pub fn with_geoip(self, locate: impl Fn(&str) -> Option<Location> + 'static) -> Self {
-        fakes::with(|f| f.geoip = Some(Box::new(locate)));
+    pub fn with_geoip(mut self, locate: impl Fn(&str) -> Option<Location> + 'static) -> Self {
+        self.reload_geoip(locate);
         self
+    }
+
+    /// Answers [`crate::host::geoip::locate`] with `locate` from now on, as after the host
+    /// loaded a new version of the database ([`crate::host::geoip::version`] changes).
+    pub fn reload_geoip(&mut self, locate: impl Fn(&str) -> Option<Location> + 'static) {
+        fakes::with(|f| {
+            f.geoip = Some(Box::new(locate));
+            f.geoip_version += 1;
+        });
     }
 
     /// Answers the plugin's [`crate::host::http::fetch`] calls with `respond`.
@@ -205,6 +215,36 @@ impl<T: Transform> Harness<T> {
             Ok(mut outcomes) => outcomes.remove(0),
             Err(error) => Outcome::Error(error),
         }
+    }
+
+    /// Runs one event through the plugin and returns it as the host would store it: unchanged,
+    /// replaced, or with its edits applied by the host's own code (`None` if dropped).
+    pub fn stored(&mut self, event: TestEvent) -> Result<Option<EventBuf>, PluginError> {
+        let mut encoded = Vec::new();
+        event.0.encode_into(&mut encoded)?;
+        let mut batch = BatchWriter::default();
+        batch.push_encoded(&encoded);
+        let bytes = process_batch(&mut self.plugin, &batch.finish())?;
+        let outcomes = wire::read_outcomes(&bytes, 1).map_err(wire_error)?;
+        let continued = match outcomes[0] {
+            wire::Outcome::Keep => encoded,
+            wire::Outcome::Drop(_) => return Ok(None),
+            wire::Outcome::Error { message, retryable } => {
+                return Err(PluginError {
+                    message: message.to_owned(),
+                    retryable,
+                });
+            }
+            wire::Outcome::Replace(replacement) => replacement.to_vec(),
+            wire::Outcome::Patch(patch) => {
+                sluice_abi::patch::check(patch).map_err(wire_error)?;
+                wire::append_patch(&encoded, patch).map_err(wire_error)?
+            }
+        };
+        let raw = wire::parse_encoded(&continued).map_err(wire_error)?;
+        raw.with_patch_applied(EventBuf::from_fields)
+            .map_err(wire_error)?
+            .map(Some)
     }
 
     /// Runs a batch through the plugin's encoded path and decodes the outcomes.
@@ -303,7 +343,12 @@ fn decode_outcome(outcome: wire::Outcome<'_>) -> Result<Outcome, PluginError> {
             let raw = wire::parse_encoded(encoded).map_err(|e| PluginError::new(e.to_string()))?;
             Outcome::Replace(crate::Event::new(raw).to_buf()?)
         }
+        wire::Outcome::Patch(patch) => Outcome::Edit(crate::Edit::from_patch(patch)?),
     })
+}
+
+fn wire_error(error: impl std::fmt::Display) -> PluginError {
+    PluginError::new(error.to_string())
 }
 
 /// An event to feed the harness, built field by field.

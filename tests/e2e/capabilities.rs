@@ -236,6 +236,89 @@ fn the_geoip_database_is_reloaded_when_its_file_changes() {
     );
 }
 
+/// A team whose chain is `[geoip, patcher]`, the patcher in `mode`.
+fn geoip_then_patcher(team: u64, mode: &str) -> String {
+    format!(
+        "{}[[teams.plugins]]\nid = \"patcher\"\nplugin = \"{}\"\nconfig = {{ mode = \"{mode}\" }}\n",
+        geoip_team(team, false),
+        plugin("patcher").display()
+    )
+}
+
+/// What GeoIP writes for the test database's network, as properties, `$set` and `$set_once`.
+fn located(properties: Value) -> Value {
+    let fields = json!({
+        "city_name": "Linköping", "country_name": "Sweden", "country_code": "SE",
+        "continent_name": "Europe", "continent_code": "EU", "latitude": 58.4167,
+        "longitude": 15.6167, "accuracy_radius": 76, "time_zone": "Europe/Stockholm",
+        "subdivision_1_code": "E", "subdivision_1_name": "Östergötland County",
+    });
+    let mut stored = properties;
+    let (mut set, mut set_once) = (json!({}), json!({}));
+    for (key, value) in fields.as_object().unwrap() {
+        stored[format!("$geoip_{key}")] = value.clone();
+        set[format!("$geoip_{key}")] = value.clone();
+        set_once[format!("$initial_geoip_{key}")] = value.clone();
+    }
+    for stale in ["postal_code", "subdivision_2_code", "subdivision_2_name"] {
+        set[format!("$geoip_{stale}")] = Value::Null;
+    }
+    stored["$set"] = set;
+    stored["$set_once"] = set_once;
+    stored
+}
+
+#[test]
+fn edits_of_two_plugins_compose_in_chain_order_and_a_replacement_keeps_earlier_edits() {
+    let sluice = geoip_sluice(&(geoip_then_patcher(1, "edit") + &geoip_then_patcher(2, "replace")));
+    let event = json!({"event": "e", "distinct_id": "u", "properties": {"$ip": "89.160.20.115", "plan": "pro"}});
+    send(&sluice, 1, vec![event.clone()]);
+    send(&sluice, 2, vec![event]);
+
+    // GeoIP's edits, then the patcher's on the same keys: later sets win, `if absent` loses to
+    // what GeoIP set, and the patcher saw GeoIP's edits.
+    let mut expected = located(json!({"$ip": "89.160.20.115", "plan": "pro"}));
+    expected["seen_city"] = json!("Linköping");
+    expected["$geoip_city_name"] = json!("Override");
+    expected
+        .as_object_mut()
+        .unwrap()
+        .remove("$geoip_country_code");
+    expected["$set"]["$geoip_time_zone"] = json!("UTC");
+    let stored = sluice.events(1);
+    assert_eq!(stored[0]["properties"], expected);
+
+    // A replacement after edits is the event with those edits applied, then its own changes.
+    let mut expected = located(json!({"$ip": "89.160.20.115", "plan": "pro"}));
+    expected["seen_city"] = json!("Linköping");
+    expected["replaced"] = json!(true);
+    let stored = sluice.events(2);
+    assert_eq!(stored[0]["properties"], expected);
+}
+
+#[test]
+fn a_dead_letter_shows_the_event_with_the_edits_made_before_the_failure() {
+    let teams = format!(
+        "{}[[teams.plugins]]\nid = \"adversary\"\nplugin = \"{}\"\nconfig = {{ mode = \"panic\" }}\non_error = \"dead_letter\"\n",
+        geoip_team(1, false),
+        plugin("adversary").display()
+    );
+    let sluice = geoip_sluice(&teams);
+    send(
+        &sluice,
+        1,
+        vec![
+            json!({"event": "attack", "distinct_id": "u", "properties": {"$ip": "89.160.20.115"}}),
+        ],
+    );
+    let letters = sluice.dead_letters(1);
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(
+        letters[0]["event"]["properties"],
+        located(json!({"$ip": "89.160.20.115"}))
+    );
+}
+
 #[test]
 fn a_plugin_needing_an_ungranted_capability_is_refused_by_name() {
     let installation = format!(

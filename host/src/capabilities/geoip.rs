@@ -1,6 +1,7 @@
 //! `geoip`: `locate(ip)` from the operator's MaxMind City database (`[geoip]`), read with the
 //! `maxminddb` crate, loaded once and shared by every instance, and reloaded when the file
-//! changes.
+//! changes. The last [`CACHED_ADDRESSES`] answers are kept decoded (as MaxMind's own readers
+//! do): most traffic comes from addresses seen moments ago.
 
 use super::{Capability, HasCapabilities, HasView, StartError, View, to_wit};
 use crate::bindings::sluice::plugin::geoip::{self, Host, Location, Subdivision};
@@ -12,6 +13,7 @@ use serde::Deserialize;
 use sluice_abi::limits::{ErrorKind, HostError};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
@@ -22,6 +24,9 @@ pub const CAPABILITY: Capability = Capability {
     name: "geoip",
     interface: "sluice:plugin/geoip",
 };
+
+/// Addresses whose location is kept decoded.
+pub const CACHED_ADDRESSES: usize = 10_000;
 
 /// `[geoip]`
 #[derive(Debug, Clone, Deserialize)]
@@ -90,6 +95,9 @@ pub struct Database {
     path: PathBuf,
     reader: RwLock<Arc<Reader<Vec<u8>>>>,
     stamp: Mutex<Stamp>,
+    /// Which version of the file is loaded; cached answers of older versions are misses.
+    version: AtomicU64,
+    cache: quick_cache::sync::Cache<IpAddr, (u64, Option<Location>)>,
 }
 
 fn stamp(path: &Path) -> std::io::Result<Stamp> {
@@ -117,6 +125,8 @@ impl Database {
             path: path.to_owned(),
             reader: RwLock::new(Arc::new(reader)),
             stamp: Mutex::new(stamp),
+            version: AtomicU64::new(0),
+            cache: quick_cache::sync::Cache::new(CACHED_ADDRESSES),
         }))
     }
 
@@ -136,6 +146,8 @@ impl Database {
             Ok((reader, stamp)) => {
                 if let Ok(mut slot) = self.reader.write() {
                     *slot = Arc::new(reader);
+                    self.version.fetch_add(1, Ordering::SeqCst);
+                    self.cache.clear();
                 }
                 *known = stamp;
                 tracing::info!(path = %self.path.display(), "GeoIP database reloaded");
@@ -166,6 +178,11 @@ impl Database {
             })
     }
 
+    /// Which version of the file is loaded (0 for the first, then one more per reload).
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::SeqCst)
+    }
+
     /// Locates `ip`; private, reserved, unparseable and unknown addresses give `None`.
     pub fn locate(&self, ip: &str) -> Result<Option<Location>, HostError> {
         let Ok(ip) = ip.trim().parse::<IpAddr>() else {
@@ -174,18 +191,26 @@ impl Database {
         if !net::is_public(ip) {
             return Ok(None);
         }
-        let reader = self
-            .reader
-            .read()
-            .map_err(|_| HostError::new(ErrorKind::Unavailable, "GeoIP database lock poisoned"))?
-            .clone();
+        let (reader, version) = {
+            let reader = self.reader.read().map_err(|_| {
+                HostError::new(ErrorKind::Unavailable, "GeoIP database lock poisoned")
+            })?;
+            (reader.clone(), self.version.load(Ordering::SeqCst))
+        };
+        if let Some((cached, location)) = self.cache.get(&ip)
+            && cached == version
+        {
+            return Ok(location);
+        }
         let found = reader
             .lookup(ip)
             .and_then(|result| result.decode::<geoip2::City>())
             .map_err(|e| {
                 HostError::new(ErrorKind::Unavailable, format!("GeoIP lookup failed: {e}"))
             })?;
-        Ok(found.map(|city| to_location(&city)))
+        let location = found.map(|city| to_location(&city));
+        self.cache.insert(ip, (version, location.clone()));
+        Ok(location)
     }
 }
 
@@ -216,16 +241,25 @@ fn to_location(city: &geoip2::City<'_>) -> Location {
     }
 }
 
-impl Host for View<'_, ()> {
-    fn locate(&mut self, ip: String) -> Result<Option<Location>, types::HostError> {
+impl View<'_, ()> {
+    fn database(&self) -> Result<&Database, types::HostError> {
         self.ctx.check(&CAPABILITY).map_err(to_wit)?;
-        let database = self.ctx.services.geoip.as_deref().ok_or_else(|| {
+        self.ctx.services.geoip.as_deref().ok_or_else(|| {
             to_wit(HostError::new(
                 ErrorKind::Unavailable,
                 "no GeoIP database is configured",
             ))
-        })?;
-        database.locate(&ip).map_err(to_wit)
+        })
+    }
+}
+
+impl Host for View<'_, ()> {
+    fn locate(&mut self, ip: String) -> Result<Option<Location>, types::HostError> {
+        self.database()?.locate(&ip).map_err(to_wit)
+    }
+
+    fn version(&mut self) -> Result<u64, types::HostError> {
+        Ok(self.database()?.version())
     }
 }
 

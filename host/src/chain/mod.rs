@@ -101,6 +101,7 @@ impl Chains {
 /// Runs chains for one worker lane, with the lane's live instances.
 pub struct ChainRunner {
     pool: InstancePool,
+    checked: outcome::CheckedPatches,
 }
 
 impl ChainRunner {
@@ -108,6 +109,7 @@ impl ChainRunner {
     pub fn new(capacity: usize) -> Self {
         Self {
             pool: InstancePool::new(capacity),
+            checked: outcome::CheckedPatches::default(),
         }
     }
 
@@ -125,6 +127,29 @@ impl ChainRunner {
             events = self.apply(installation, events, out);
         }
         out.events.extend(events);
+    }
+
+    /// Applies `outcomes`, a transform's encoded answer for `events`, as the runner does after
+    /// a call of `installation`, and returns the events that continue. For running the same
+    /// plugin code natively with the host's work on its answers (benchmarks).
+    pub fn continue_with(
+        &mut self,
+        installation: &Installation,
+        events: Vec<Vec<u8>>,
+        outcomes: &[u8],
+        out: &mut Output,
+    ) -> Result<Vec<Vec<u8>>, CallError> {
+        let mut next = Vec::with_capacity(events.len());
+        outcome::apply(
+            installation,
+            events,
+            outcomes,
+            &mut self.checked,
+            &mut next,
+            out,
+        )
+        .map_err(|(_, error)| error)?;
+        Ok(next)
     }
 
     /// Tears down every instance.
@@ -179,7 +204,14 @@ impl ChainRunner {
             return outcome::fail_all(installation, events, &failure, next, out);
         }
         let error = match self.call(installation, &events) {
-            Ok(outcomes) => match outcome::apply(installation, events, &outcomes, next, out) {
+            Ok(outcomes) => match outcome::apply(
+                installation,
+                events,
+                &outcomes,
+                &mut self.checked,
+                next,
+                out,
+            ) {
                 Ok(applied) => {
                     self.pool.recycle_if_bloated(installation);
                     if applied.all_failed {

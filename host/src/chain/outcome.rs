@@ -45,6 +45,32 @@ impl Failure {
     }
 }
 
+/// Patches checked lately, by content: a plugin that returns the same edits for many events
+/// (GeoIP for one place) has them checked once.
+#[derive(Debug, Default)]
+pub(super) struct CheckedPatches {
+    recent: std::collections::VecDeque<Vec<u8>>,
+}
+
+impl CheckedPatches {
+    /// Patches remembered.
+    const KEPT: usize = 8;
+
+    /// Checks `patch` unless the same bytes were checked lately.
+    fn check(&mut self, patch: &[u8]) -> Result<(), String> {
+        if self.recent.iter().any(|known| known.as_slice() == patch) {
+            return Ok(());
+        }
+        sluice_abi::patch::check(patch)
+            .map_err(|e| format!("plugin returned an invalid patch: {e}"))?;
+        if self.recent.len() == Self::KEPT {
+            self.recent.pop_back();
+        }
+        self.recent.push_front(patch.to_vec());
+        Ok(())
+    }
+}
+
 /// What applying one call's outcomes found.
 pub(super) struct Applied {
     /// Whether the plugin failed every event of the call.
@@ -58,6 +84,7 @@ pub(super) fn apply(
     installation: &Installation,
     events: Vec<Vec<u8>>,
     outcomes: &[u8],
+    checked: &mut CheckedPatches,
     next: &mut Vec<Vec<u8>>,
     out: &mut Output,
 ) -> Result<Applied, (Vec<Vec<u8>>, CallError)> {
@@ -76,31 +103,36 @@ pub(super) fn apply(
     let mut dropped = 0u64;
     let mut failed = 0;
     for (event, outcome) in events.into_iter().zip(outcomes) {
-        match outcome {
-            Outcome::Keep => next.push(event),
+        let changed = match outcome {
+            Outcome::Keep => {
+                next.push(event);
+                continue;
+            }
             Outcome::Drop(reason) => {
                 tracing::trace!(installation = %installation.id, reason, "event dropped by plugin");
                 dropped += 1;
-            }
-            Outcome::Replace(replacement) => {
-                match checked_replacement(installation, &event, replacement) {
-                    Ok(replacement) => next.push(replacement),
-                    Err(message) => {
-                        failed += 1;
-                        let failure = Failure {
-                            kind: "invalid_event",
-                            message,
-                            backtrace: None,
-                        };
-                        fail(installation, event, &failure, next, out);
-                    }
-                }
+                continue;
             }
             Outcome::Error { message, .. } => {
                 failed += 1;
                 let failure = Failure {
                     kind: "plugin_error",
                     message: format!("plugin error: {message}"),
+                    backtrace: None,
+                };
+                fail(installation, event, &failure, next, out);
+                continue;
+            }
+            Outcome::Replace(replacement) => checked_replacement(installation, &event, replacement),
+            Outcome::Patch(patch) => checked.check(patch).and_then(|()| patched(&event, patch)),
+        };
+        match changed {
+            Ok(changed) => next.push(changed),
+            Err(message) => {
+                failed += 1;
+                let failure = Failure {
+                    kind: "invalid_event",
+                    message,
                     backtrace: None,
                 };
                 fail(installation, event, &failure, next, out);
@@ -115,16 +147,43 @@ pub(super) fn apply(
     })
 }
 
+/// The event with the edits of `patch` added to it (applied when it is stored), once the patch
+/// is checked: well-formed ops with JSON values, and no more than the properties' size cap.
+fn patched(event: &[u8], patch: &[u8]) -> Result<Vec<u8>, String> {
+    sluice_abi::patch::check(patch)
+        .map_err(|e| format!("plugin returned an invalid patch: {e}"))?;
+    let corrupt = |e: wire::WireError| format!("host event is corrupt: {e}");
+    let raw = wire::parse_encoded(event).map_err(corrupt)?;
+    let size = raw
+        .required_text(wire::Field::Properties)
+        .map_err(corrupt)?
+        .len();
+    let pending = raw.patch().map_or(0, <[u8]>::len);
+    if size + pending + patch.len() > MAX_PROPERTIES_BYTES {
+        return Err(format!(
+            "plugin's edits would make properties larger than {MAX_PROPERTIES_BYTES} bytes"
+        ));
+    }
+    wire::append_patch(event, patch).map_err(corrupt)
+}
+
 /// Checks an event a plugin returned: valid fields, properties a JSON object within the size cap,
-/// and the envelope (`uuid`, `team_id`) unchanged; a changed envelope is restored and reported.
+/// any patch well-formed, and the envelope (`uuid`, `team_id`) unchanged; a changed envelope is
+/// restored and reported.
 fn checked_replacement(
     installation: &Installation,
     original: &[u8],
     replacement: &[u8],
 ) -> Result<Vec<u8>, String> {
-    let fields = wire::parse_encoded(replacement)
-        .and_then(|raw| raw.fields())
+    let raw = wire::parse_encoded(replacement)
         .map_err(|e| format!("plugin returned an invalid event: {e}"))?;
+    let fields = raw
+        .fields()
+        .map_err(|e| format!("plugin returned an invalid event: {e}"))?;
+    if let Some(patch) = raw.patch() {
+        sluice_abi::patch::check(patch)
+            .map_err(|e| format!("plugin returned an event with an invalid patch: {e}"))?;
+    }
     if fields.properties.len() > MAX_PROPERTIES_BYTES {
         return Err(format!(
             "plugin returned properties of {} bytes (cap {MAX_PROPERTIES_BYTES})",

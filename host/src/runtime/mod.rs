@@ -41,6 +41,10 @@ fn deadline_ticks(timeout: Duration) -> u64 {
     (timeout.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1
 }
 
+/// Set (to anything) to have the engine write `/tmp/perf-<pid>.map`, so that `perf record` /
+/// `perf report` name the functions of plugins (their wasm name section) in profiles.
+pub const PERF_MAP_ENV: &str = "SLUICE_PERF_MAP";
+
 /// Sizing of the engine's instance pool.
 #[derive(Debug, Clone)]
 pub struct RuntimeSettings {
@@ -78,6 +82,9 @@ impl Runtime {
             .wasm_component_model(true)
             .epoch_interruption(true)
             .allocation_strategy(pool);
+        if std::env::var_os(PERF_MAP_ENV).is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         if let Some(dir) = &settings.cache_dir {
             let mut cache = wasmtime::CacheConfig::new();
             cache.with_directory(dir);

@@ -51,19 +51,21 @@ fn insert_events(tx: &Transaction<'_>, events: &[Vec<u8>]) -> Result<usize, Stor
     )?;
     let mut inserted = 0;
     for encoded in events {
-        let fields = decode(encoded)?;
-        inserted += insert.execute(params![
-            &fields.uuid[..],
-            fields.team_id as i64,
-            fields.timestamp_ms,
-            fields.event,
-            fields.distinct_id,
-            fields.ip,
-            fields.properties,
-            fields.set,
-            fields.set_once,
-            now,
-        ])?;
+        // Plugins' edits are applied here, once, as the event is written.
+        inserted += wire::parse_encoded(encoded)?.with_patch_applied(|fields| {
+            insert.execute(params![
+                &fields.uuid[..],
+                fields.team_id as i64,
+                fields.timestamp_ms,
+                fields.event,
+                fields.distinct_id,
+                fields.ip,
+                fields.properties,
+                fields.set,
+                fields.set_once,
+                now,
+            ])
+        })??;
     }
     Ok(inserted)
 }

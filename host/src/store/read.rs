@@ -134,12 +134,14 @@ pub fn recent_dead_letters(
     let mut letters = rows
         .into_iter()
         .map(|(installation, error, encoded, backtrace)| {
-            let fields = wire::parse_encoded(&encoded).and_then(|raw| raw.fields())?;
+            // The event as it was before the plugin that failed, earlier plugins' edits applied.
+            let event =
+                wire::parse_encoded(&encoded)?.with_patch_applied(StoredEvent::from_fields)?;
             Ok(StoredDeadLetter {
                 installation,
                 error,
                 backtrace,
-                event: StoredEvent::from_fields(&fields),
+                event,
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;

@@ -134,10 +134,9 @@ impl Transform for Downsample {
         if !self.set_sample_rate {
             return Outcome::Keep;
         }
-        match event.to_buf() {
-            Ok(buf) => Outcome::Replace(buf.with_property("$sample_rate", self.fraction)),
-            Err(error) => Outcome::Error(error),
-        }
+        let mut edit = event.edit();
+        edit.set("$sample_rate", self.fraction);
+        Outcome::Edit(edit)
     }
 }
 
@@ -237,8 +236,12 @@ mod tests {
         assert_eq!(plain.transform(event.clone()), Outcome::Keep);
 
         let mut annotated = harness(json!({ "percentage": 50, "set_sample_rate": true }));
+        assert!(matches!(
+            annotated.transform(event.clone()),
+            Outcome::Edit(_)
+        ));
         let expected = event.clone().into_buf().with_property("$sample_rate", 0.5);
-        assert_eq!(annotated.transform(event), Outcome::Replace(expected));
+        assert_eq!(annotated.stored(event).unwrap(), Some(expected));
     }
 
     #[test]

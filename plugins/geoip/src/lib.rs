@@ -18,11 +18,20 @@
 //!   null forever, and null properties are noise.
 //! - The database is the host's (`geoip` capability), shared by every team; the plugin keeps no
 //!   state and declares itself stateless, so one instance pool serves all installations.
+//! - It returns edits ([`sluice_sdk::Edit`]), not the event: the host applies them natively, and
+//!   "the producer's value wins" is the host's `set_if_absent`, so the plugin never reads `$set`.
+//!   The edits depend only on the location, so they are kept for the next `cache_size` (1,000)
+//!   addresses, as MaxMind's own readers keep decoded answers, until the host loads a new
+//!   version of the database.
 
+use sluice_sdk::host::HostError;
 use sluice_sdk::host::geoip::{self, Location};
 use sluice_sdk::{
-    Config, Event, Manifest, Map, Outcome, Plugin, PluginError, Transform, Value, json,
+    Config, ConfigField, ConfigType, Edit, Event, Manifest, Outcome, Plugin, PluginError,
+    Serialize, Transform, Value,
 };
+use std::borrow::Cow;
+use std::collections::HashMap;
 
 /// PostHog's standard keys, seeded as `null` in `$set` when a lookup does not produce them.
 pub const STANDARD_KEYS: [&str; 14] = [
@@ -42,9 +51,19 @@ pub const STANDARD_KEYS: [&str; 14] = [
     "time_zone",
 ];
 
+/// Most addresses whose edits an instance keeps.
+pub const MAX_CACHE_SIZE: i64 = 100_000;
+
 /// The GeoIP plugin.
 #[derive(Debug)]
-pub struct GeoIp;
+pub struct GeoIp {
+    /// Addresses whose edits are kept (0: none).
+    capacity: usize,
+    /// The database version the kept edits were made from.
+    version: Option<u64>,
+    /// The edits of recently seen addresses (`None`: the database does not know it).
+    known: HashMap<String, Option<Edit>>,
+}
 
 impl Plugin for GeoIp {
     fn manifest() -> Manifest {
@@ -55,10 +74,59 @@ impl Plugin for GeoIp {
         )
         .needs(&["geoip"])
         .stateless()
+        .config(vec![
+            ConfigField::new(
+                "cache_size",
+                ConfigType::Integer,
+                "Addresses whose edits are kept for the next event from them (0: none)",
+            )
+            .with_default(1_000),
+        ])
     }
 
-    fn setup(_config: &Config) -> Result<Self, PluginError> {
-        Ok(Self)
+    fn setup(config: &Config) -> Result<Self, PluginError> {
+        let size = config.integer("cache_size")?;
+        if !(0..=MAX_CACHE_SIZE).contains(&size) {
+            return Err(PluginError::new(format!(
+                "cache_size must be between 0 and {MAX_CACHE_SIZE}, got {size}"
+            )));
+        }
+        Ok(Self {
+            capacity: size as usize,
+            version: None,
+            known: HashMap::new(),
+        })
+    }
+}
+
+impl GeoIp {
+    /// The edits for the location of `ip`, `None` if the database does not know it: kept from
+    /// an earlier event if the same version of the database answered.
+    fn edits_for(&mut self, ip: &str) -> Result<Option<Edit>, HostError> {
+        let located = |ip| {
+            Ok(geoip::locate(ip)?.map(|location| {
+                let mut edit = Edit::with_capacity(1024);
+                edits(&mut edit, &location);
+                edit
+            }))
+        };
+        if self.capacity == 0 {
+            return located(ip);
+        }
+        let version = geoip::version()?;
+        if self.version != Some(version) {
+            self.known.clear();
+            self.version = Some(version);
+        }
+        if let Some(known) = self.known.get(ip) {
+            return Ok(known.clone());
+        }
+        let edit = located(ip)?;
+        if self.known.len() >= self.capacity {
+            self.known.clear();
+        }
+        self.known.insert(ip.to_owned(), edit.clone());
+        Ok(edit)
     }
 }
 
@@ -75,252 +143,205 @@ fn truthy(value: Option<&Value>) -> bool {
 
 /// The address to locate: a truthy `properties.$ip` (as text), else the event's IP.
 fn address(event: &Event<'_>) -> Option<String> {
-    let property = event.property("$ip").filter(|v| truthy(Some(v)));
-    match property {
-        Some(Value::String(ip)) => Some(ip.clone()),
+    match event.property("$ip").filter(|v| truthy(Some(v))) {
+        Some(Value::String(ip)) => Some(ip),
         Some(other) => Some(other.to_string()),
         None => event.ip().filter(|ip| !ip.is_empty()).map(str::to_owned),
     }
 }
 
-/// The location as `(key, value)` pairs, without the fields the database left empty.
-pub fn fields(location: &Location) -> Vec<(String, Value)> {
-    let mut fields: Vec<(String, Value)> = [
-        ("city_name", location.city_name.clone().map(Value::from)),
-        (
-            "country_name",
-            location.country_name.clone().map(Value::from),
-        ),
-        (
-            "country_code",
-            location.country_code.clone().map(Value::from),
-        ),
-        (
-            "continent_name",
-            location.continent_name.clone().map(Value::from),
-        ),
-        (
-            "continent_code",
-            location.continent_code.clone().map(Value::from),
-        ),
-        ("postal_code", location.postal_code.clone().map(Value::from)),
-        ("latitude", location.latitude.map(Value::from)),
-        ("longitude", location.longitude.map(Value::from)),
-        ("accuracy_radius", location.accuracy_radius.map(Value::from)),
-        ("time_zone", location.time_zone.clone().map(Value::from)),
+/// A field of the location.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Field<'a> {
+    /// Text.
+    Text(&'a str),
+    /// A number.
+    Number(f64),
+    /// A whole number.
+    Integer(u16),
+}
+
+/// The names a field is written under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    /// `<key>`, e.g. `city_name`.
+    pub key: Cow<'static, str>,
+    /// `$geoip_<key>`: the property, and the person property in `$set`.
+    pub property: Cow<'static, str>,
+    /// `$initial_geoip_<key>`: the person property in `$set_once`.
+    pub initial: Cow<'static, str>,
+}
+
+/// The names of the fields in the order [`fields`] reads them (the first 14 are PostHog's
+/// standard keys), written out so that no event pays for formatting them.
+const NAMES: [[&str; 3]; 16] = [
+    ["city_name", "$geoip_city_name", "$initial_geoip_city_name"],
+    [
+        "country_name",
+        "$geoip_country_name",
+        "$initial_geoip_country_name",
+    ],
+    [
+        "country_code",
+        "$geoip_country_code",
+        "$initial_geoip_country_code",
+    ],
+    [
+        "continent_name",
+        "$geoip_continent_name",
+        "$initial_geoip_continent_name",
+    ],
+    [
+        "continent_code",
+        "$geoip_continent_code",
+        "$initial_geoip_continent_code",
+    ],
+    [
+        "postal_code",
+        "$geoip_postal_code",
+        "$initial_geoip_postal_code",
+    ],
+    ["latitude", "$geoip_latitude", "$initial_geoip_latitude"],
+    ["longitude", "$geoip_longitude", "$initial_geoip_longitude"],
+    [
+        "accuracy_radius",
+        "$geoip_accuracy_radius",
+        "$initial_geoip_accuracy_radius",
+    ],
+    ["time_zone", "$geoip_time_zone", "$initial_geoip_time_zone"],
+    [
+        "subdivision_1_code",
+        "$geoip_subdivision_1_code",
+        "$initial_geoip_subdivision_1_code",
+    ],
+    [
+        "subdivision_1_name",
+        "$geoip_subdivision_1_name",
+        "$initial_geoip_subdivision_1_name",
+    ],
+    [
+        "subdivision_2_code",
+        "$geoip_subdivision_2_code",
+        "$initial_geoip_subdivision_2_code",
+    ],
+    [
+        "subdivision_2_name",
+        "$geoip_subdivision_2_name",
+        "$initial_geoip_subdivision_2_name",
+    ],
+    [
+        "subdivision_3_code",
+        "$geoip_subdivision_3_code",
+        "$initial_geoip_subdivision_3_code",
+    ],
+    [
+        "subdivision_3_name",
+        "$geoip_subdivision_3_name",
+        "$initial_geoip_subdivision_3_name",
+    ],
+];
+
+/// The names of entry `at` of [`NAMES`].
+fn named(at: usize) -> Names {
+    let [key, property, initial] = NAMES[at];
+    Names {
+        key: Cow::Borrowed(key),
+        property: Cow::Borrowed(property),
+        initial: Cow::Borrowed(initial),
+    }
+}
+
+/// The names of subdivision `n` (from 1), `code` or `name`.
+fn subdivision(n: usize, what: &str) -> Names {
+    let at = 10 + 2 * (n - 1) + usize::from(what == "name");
+    match NAMES.get(at) {
+        Some(_) if n <= 3 => named(at),
+        _ => {
+            let key = format!("subdivision_{n}_{what}");
+            Names {
+                property: Cow::Owned(format!("$geoip_{key}")),
+                initial: Cow::Owned(format!("$initial_geoip_{key}")),
+                key: Cow::Owned(key),
+            }
+        }
+    }
+}
+
+/// The location's fields with their names, without the fields the database left empty.
+pub fn fields(location: &Location) -> Vec<(Names, Field<'_>)> {
+    fn text(value: &Option<String>) -> Option<Field<'_>> {
+        value.as_deref().map(Field::Text)
+    }
+    let mut fields: Vec<_> = [
+        text(&location.city_name),
+        text(&location.country_name),
+        text(&location.country_code),
+        text(&location.continent_name),
+        text(&location.continent_code),
+        text(&location.postal_code),
+        location.latitude.map(Field::Number),
+        location.longitude.map(Field::Number),
+        location.accuracy_radius.map(Field::Integer),
+        text(&location.time_zone),
     ]
     .into_iter()
-    .filter_map(|(key, value)| Some((key.to_owned(), value?)))
+    .enumerate()
+    .filter_map(|(at, field)| Some((named(at), field?)))
     .collect();
-    for (i, subdivision) in location.subdivisions.iter().enumerate() {
-        let n = i + 1;
-        if let Some(code) = &subdivision.code {
-            fields.push((format!("subdivision_{n}_code"), json!(code)));
+    for (i, division) in location.subdivisions.iter().enumerate() {
+        if let Some(code) = &division.code {
+            fields.push((subdivision(i + 1, "code"), Field::Text(code)));
         }
-        if let Some(name) = &subdivision.name {
-            fields.push((format!("subdivision_{n}_name"), json!(name)));
+        if let Some(name) = &division.name {
+            fields.push((subdivision(i + 1, "name"), Field::Text(name)));
         }
     }
     fields
 }
 
-/// The object under `properties[key]`, made one if absent or not an object.
-fn object<'m>(properties: &'m mut Map<String, Value>, key: &str) -> &'m mut Map<String, Value> {
-    let slot = properties
-        .entry(key.to_owned())
-        .or_insert_with(|| Value::Object(Map::new()));
-    if !slot.is_object() {
-        *slot = Value::Object(Map::new());
+/// Writes `value` under `names`: as a property, and as person properties unless the producer
+/// set them.
+fn write(edit: &mut Edit, names: &Names, value: impl Serialize + Copy) {
+    edit.set(&names.property, value)
+        .set_person_if_absent(&names.property, value)
+        .set_person_once_if_absent(&names.initial, value);
+}
+
+/// The edits for `location`: every field as a property, in `$set` and in `$set_once` (unless
+/// the producer set it), and `null` in `$set` for the standard keys it lacks.
+pub fn edits(edit: &mut Edit, location: &Location) {
+    let fields = fields(location);
+    for (names, value) in &fields {
+        match *value {
+            Field::Text(text) => write(edit, names, text),
+            Field::Number(number) => write(edit, names, number),
+            Field::Integer(number) => write(edit, names, number),
+        }
     }
-    match slot {
-        Value::Object(map) => map,
-        _ => unreachable!("just made an object"),
+    for [key, property, _] in &NAMES[..STANDARD_KEYS.len()] {
+        if !fields.iter().any(|(names, _)| names.key == *key) {
+            edit.set_person_if_absent(property, ());
+        }
     }
 }
 
 impl Transform for GeoIp {
     fn transform(&mut self, event: &Event<'_>) -> Outcome {
-        if truthy(event.property("$geoip_disable")) {
+        if truthy(event.property("$geoip_disable").as_ref()) {
             return Outcome::Keep;
         }
         let Some(ip) = address(event) else {
             return Outcome::Keep;
         };
-        let location = match geoip::locate(&ip) {
-            Ok(Some(location)) => location,
-            Ok(None) => return Outcome::Keep,
-            Err(error) => return Outcome::Error(error.into()),
-        };
-        let mut buf = match event.to_buf() {
-            Ok(buf) => buf,
-            Err(error) => return Outcome::Error(error),
-        };
-        let fields = fields(&location);
-        let top_set = buf.set.take().unwrap_or_default();
-        let top_set_once = buf.set_once.take().unwrap_or_default();
-        for (key, value) in &fields {
-            buf.properties
-                .insert(format!("$geoip_{key}"), value.clone());
+        match self.edits_for(&ip) {
+            Ok(Some(edit)) => Outcome::Edit(edit),
+            Ok(None) => Outcome::Keep,
+            Err(error) => Outcome::Error(error.into()),
         }
-        let set = object(&mut buf.properties, "$set");
-        let stale = STANDARD_KEYS
-            .iter()
-            .filter(|key| !fields.iter().any(|(k, _)| k == *key))
-            .map(|key| ((*key).to_owned(), Value::Null));
-        for (key, value) in fields.iter().cloned().chain(stale) {
-            let key = format!("$geoip_{key}");
-            if !set.contains_key(&key) && !top_set.contains_key(&key) {
-                set.insert(key, value);
-            }
-        }
-        let set_once = object(&mut buf.properties, "$set_once");
-        for (key, value) in fields {
-            let key = format!("$initial_geoip_{key}");
-            if !set_once.contains_key(&key) && !top_set_once.contains_key(&key) {
-                set_once.insert(key, value);
-            }
-        }
-        buf.set = (!top_set.is_empty()).then_some(top_set);
-        buf.set_once = (!top_set_once.is_empty()).then_some(top_set_once);
-        Outcome::Replace(buf)
     }
 }
 
 sluice_sdk::export_transform!(GeoIp);
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use sluice_sdk::host::geoip::Subdivision;
-    use sluice_sdk::testing::{Harness, TestEvent};
-
-    fn linkoping() -> Location {
-        Location {
-            city_name: Some("Linköping".into()),
-            country_name: Some("Sweden".into()),
-            country_code: Some("SE".into()),
-            continent_name: Some("Europe".into()),
-            continent_code: Some("EU".into()),
-            postal_code: None,
-            latitude: Some(58.4167),
-            longitude: Some(15.6167),
-            accuracy_radius: Some(76),
-            time_zone: Some("Europe/Stockholm".into()),
-            subdivisions: vec![Subdivision {
-                code: Some("E".into()),
-                name: Some("Östergötland County".into()),
-            }],
-        }
-    }
-
-    fn harness() -> Harness<GeoIp> {
-        Harness::<GeoIp>::new(json!({}))
-            .unwrap()
-            .with_geoip(|ip| (ip == "89.160.20.112").then(linkoping))
-    }
-
-    fn replaced(outcome: Outcome) -> sluice_sdk::EventBuf {
-        match outcome {
-            Outcome::Replace(buf) => buf,
-            other => panic!("expected a replacement, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn writes_properties_set_and_set_once() {
-        let buf = replaced(harness().transform(TestEvent::new("$pageview").ip("89.160.20.112")));
-        let p = &buf.properties;
-        assert_eq!(p["$geoip_city_name"], "Linköping");
-        assert_eq!(p["$geoip_country_code"], "SE");
-        assert_eq!(p["$geoip_continent_code"], "EU");
-        assert_eq!(p["$geoip_latitude"], 58.4167);
-        assert_eq!(p["$geoip_accuracy_radius"], 76);
-        assert_eq!(p["$geoip_time_zone"], "Europe/Stockholm");
-        assert_eq!(p["$geoip_subdivision_1_code"], "E");
-        assert_eq!(p["$geoip_subdivision_1_name"], "Östergötland County");
-        assert!(
-            !p.contains_key("$geoip_postal_code"),
-            "absent fields are not written"
-        );
-        assert_eq!(p["$set"]["$geoip_city_name"], "Linköping");
-        assert_eq!(p["$set_once"]["$initial_geoip_city_name"], "Linköping");
-        assert_eq!(
-            p["$set_once"]["$initial_geoip_subdivision_1_name"],
-            "Östergötland County"
-        );
-    }
-
-    #[test]
-    fn stale_keys_are_nulled_in_set_only() {
-        let buf = replaced(harness().transform(TestEvent::new("e").ip("89.160.20.112")));
-        let p = &buf.properties;
-        assert_eq!(p["$set"]["$geoip_subdivision_2_name"], Value::Null);
-        assert_eq!(p["$set"]["$geoip_postal_code"], Value::Null);
-        let set_once = p["$set_once"].as_object().unwrap();
-        assert!(set_once.values().all(|v| !v.is_null()), "{set_once:?}");
-        assert!(p.values().all(|v| !v.is_null()));
-    }
-
-    #[test]
-    fn the_ip_property_wins_over_the_event_ip() {
-        let event = TestEvent::new("e")
-            .ip("10.0.0.1")
-            .property("$ip", "89.160.20.112");
-        let buf = replaced(harness().transform(event));
-        assert_eq!(buf.properties["$geoip_country_name"], "Sweden");
-        let fallback = TestEvent::new("e").ip("89.160.20.112").property("$ip", "");
-        assert!(matches!(harness().transform(fallback), Outcome::Replace(_)));
-    }
-
-    #[test]
-    fn skips_without_address_when_disabled_and_when_unknown() {
-        let mut h = harness();
-        assert_eq!(h.transform(TestEvent::new("e")), Outcome::Keep);
-        let disabled = TestEvent::new("e")
-            .ip("89.160.20.112")
-            .property("$geoip_disable", true);
-        assert_eq!(h.transform(disabled), Outcome::Keep);
-        let not_disabled = TestEvent::new("e")
-            .ip("89.160.20.112")
-            .property("$geoip_disable", 0);
-        assert!(matches!(h.transform(not_disabled), Outcome::Replace(_)));
-        assert_eq!(
-            h.transform(TestEvent::new("e").ip("192.168.1.1")),
-            Outcome::Keep
-        );
-    }
-
-    #[test]
-    fn person_properties_the_producer_set_win() {
-        let mut event = TestEvent::new("e")
-            .ip("89.160.20.112")
-            .property("$set", json!({"$geoip_city_name": "Mine"}))
-            .into_buf();
-        event.set_once = Some(
-            json!({"$initial_geoip_country_code": "XX"})
-                .as_object()
-                .cloned()
-                .unwrap(),
-        );
-        let buf = replaced(harness().transform(TestEvent::from(event)));
-        assert_eq!(buf.properties["$set"]["$geoip_city_name"], "Mine");
-        assert_eq!(buf.properties["$geoip_city_name"], "Linköping");
-        assert!(
-            !buf.properties["$set_once"]
-                .as_object()
-                .unwrap()
-                .contains_key("$initial_geoip_country_code")
-        );
-        assert_eq!(buf.set_once.unwrap()["$initial_geoip_country_code"], "XX");
-    }
-
-    #[test]
-    fn an_unavailable_database_is_a_retryable_error() {
-        // No lookup registered: the harness answers `unavailable`, as a host without a database.
-        let mut h = Harness::<GeoIp>::new(json!({})).unwrap();
-        match h.transform(TestEvent::new("e").ip("89.160.20.112")) {
-            Outcome::Error(error) => assert!(error.retryable, "{error:?}"),
-            other => panic!("expected an error, got {other:?}"),
-        }
-    }
-}
+mod tests;

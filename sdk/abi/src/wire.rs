@@ -4,28 +4,34 @@
 //! `u32 body_len` followed by its body:
 //!
 //! ```text
-//! uuid [16] | team_id u64 | timestamp_ms i64 | 6 × u32 field lengths | field bytes
+//! uuid [16] | team_id u64 | timestamp_ms i64 | 7 × u32 field lengths | field bytes
 //! ```
 //!
 //! The six text fields, in order, are `event`, `distinct_id`, `ip`, `properties`, `set`,
-//! `set_once`; an absent optional field has length `u32::MAX` and no bytes. Outcomes are
-//! `u32 count` followed by one tagged outcome per input event: `0` keep, `1` drop (`u32 len`,
-//! reason), `2` replace (an encoded event), `3` error (`u8 retryable`, `u32 len`, message).
+//! `set_once`; the seventh is the event's `patch` (the edits earlier plugins made, not applied
+//! yet: [`crate::patch`]). An absent optional field has length `u32::MAX` and no bytes.
+//! Outcomes are `u32 count` followed by one tagged outcome per input event: `0` keep, `1` drop
+//! (`u32 len`, reason), `2` replace (an encoded event), `3` error (`u8 retryable`, `u32 len`,
+//! message), `4` patch (`u32 len`, a patch).
 //!
 //! Decoding never trusts its input: every length is bounds-checked and text is validated as UTF-8
 //! when it is read, so a reader only pays for the fields it looks at.
 
+use crate::patch::{self, Applied, PatchError};
 use thiserror::Error;
 
-/// Bytes of an event body before its text fields.
-const FIXED_LEN: usize = 16 + 8 + 8 + FIELD_COUNT * 4;
+/// Bytes of an event body before its fields: envelope, then the text fields' and the patch's
+/// lengths.
+const FIXED_LEN: usize = PATCH_LEN_AT + 4;
 const FIELD_COUNT: usize = 6;
+const PATCH_LEN_AT: usize = 32 + FIELD_COUNT * 4;
 const ABSENT: u32 = u32::MAX;
 
 const TAG_KEEP: u8 = 0;
 const TAG_DROP: u8 = 1;
 const TAG_REPLACE: u8 = 2;
 const TAG_ERROR: u8 = 3;
+const TAG_PATCH: u8 = 4;
 
 /// Why bytes could not be decoded.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -39,7 +45,7 @@ pub enum WireError {
     /// A required field was marked absent.
     #[error("required field `{0}` is absent")]
     MissingField(&'static str),
-    /// An outcome tag is not one of the four known ones.
+    /// An outcome tag is not one of the known ones.
     #[error("unknown outcome tag {0}")]
     UnknownTag(u8),
     /// Bytes were left over after the declared number of items.
@@ -56,6 +62,9 @@ pub enum WireError {
     /// A field is longer than the encoding can express.
     #[error("field `{0}` is longer than 4 GiB")]
     TooLong(&'static str),
+    /// The event's patch is malformed or cannot be applied.
+    #[error(transparent)]
+    Patch(#[from] PatchError),
 }
 
 /// The text fields of an event, in encoding order.
@@ -127,8 +136,17 @@ pub struct EventFields<'a> {
 }
 
 impl<'a> EventFields<'a> {
-    /// Appends this event (length prefix and body) to `out`.
+    /// Appends this event (length prefix and body) to `out`, without a patch.
     pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), WireError> {
+        self.encode_with_patch(None, out)
+    }
+
+    /// Appends this event with `patch` (edits not applied yet) to `out`.
+    pub fn encode_with_patch(
+        &self,
+        patch: Option<&[u8]>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), WireError> {
         let texts = [
             Some(self.event),
             Some(self.distinct_id),
@@ -137,13 +155,16 @@ impl<'a> EventFields<'a> {
             self.set,
             self.set_once,
         ];
-        let mut body_len = FIXED_LEN;
+        let mut body_len = FIXED_LEN + patch.map_or(0, <[u8]>::len);
         for (field, text) in Field::ALL.iter().zip(texts) {
             let len = text.map_or(0, str::len);
             if len >= ABSENT as usize {
                 return Err(WireError::TooLong(field.name()));
             }
             body_len += len;
+        }
+        if patch.is_some_and(|p| p.len() >= ABSENT as usize) {
+            return Err(WireError::TooLong("patch"));
         }
         let body_len = u32::try_from(body_len).map_err(|_| WireError::TooLong("event"))?;
         out.reserve(4 + body_len as usize);
@@ -156,9 +177,11 @@ impl<'a> EventFields<'a> {
             let len = text.map_or(ABSENT, |t| t.len() as u32);
             out.extend_from_slice(&len.to_le_bytes());
         }
+        out.extend_from_slice(&patch.map_or(ABSENT, |p| p.len() as u32).to_le_bytes());
         for text in texts.into_iter().flatten() {
             out.extend_from_slice(text.as_bytes());
         }
+        out.extend_from_slice(patch.unwrap_or_default());
         Ok(())
     }
 
@@ -175,6 +198,7 @@ impl<'a> EventFields<'a> {
 pub struct RawEvent<'a> {
     body: &'a [u8],
     offsets: [(u32, u32); FIELD_COUNT],
+    patch: Option<&'a [u8]>,
 }
 
 impl<'a> RawEvent<'a> {
@@ -200,10 +224,62 @@ impl<'a> RawEvent<'a> {
             offsets[i] = (at as u32, len);
             at = end;
         }
+        let patch = match read_u32(body, PATCH_LEN_AT) {
+            ABSENT => None,
+            len => {
+                let end = at
+                    .checked_add(len as usize)
+                    .filter(|end| *end <= body.len())
+                    .ok_or(WireError::Truncated("patch"))?;
+                let patch = &body[at..end];
+                at = end;
+                Some(patch)
+            }
+        };
         if at != body.len() {
             return Err(WireError::Trailing(body.len() - at));
         }
-        Ok(Self { body, offsets })
+        Ok(Self {
+            body,
+            offsets,
+            patch,
+        })
+    }
+
+    /// The edits earlier plugins made and that are not applied yet, if any.
+    pub fn patch(&self) -> Option<&'a [u8]> {
+        self.patch
+    }
+
+    /// The properties and IP with the patch applied; `None` when there is no patch.
+    pub fn applied(&self) -> Result<Option<Applied>, WireError> {
+        let Some(patch) = self.patch else {
+            return Ok(None);
+        };
+        let fields = self.fields()?;
+        Ok(Some(patch::apply(
+            fields.properties,
+            fields.ip,
+            fields.set,
+            fields.set_once,
+            patch,
+        )?))
+    }
+
+    /// Calls `f` with every field as it is stored: the patch, if any, applied.
+    pub fn with_patch_applied<R>(
+        &self,
+        f: impl FnOnce(&EventFields<'_>) -> R,
+    ) -> Result<R, WireError> {
+        let fields = self.fields()?;
+        Ok(match self.applied()? {
+            None => f(&fields),
+            Some(applied) => f(&EventFields {
+                properties: &applied.properties,
+                ip: applied.ip.as_deref(),
+                ..fields
+            }),
+        })
     }
 
     /// The whole body, for copying the event unchanged.
@@ -240,6 +316,14 @@ impl<'a> RawEvent<'a> {
             .map_err(|_| WireError::NotUtf8(field.name()))
     }
 
+    /// The length in bytes of a text field (0 if absent), without validating it.
+    pub fn text_len(&self, field: Field) -> usize {
+        match self.offsets[field as usize] {
+            (_, ABSENT) => 0,
+            (_, len) => len as usize,
+        }
+    }
+
     /// A required text field (absent required fields were rejected by [`RawEvent::parse`]).
     pub fn required_text(&self, field: Field) -> Result<&'a str, WireError> {
         self.text(field)?
@@ -260,6 +344,23 @@ impl<'a> RawEvent<'a> {
             set_once: self.text(Field::SetOnce)?,
         })
     }
+}
+
+/// The encoded event (length prefix included) with `ops` (a checked patch) added after its
+/// patch. Only the patch is rewritten: the fields are copied as they are.
+pub fn append_patch(encoded: &[u8], ops: &[u8]) -> Result<Vec<u8>, WireError> {
+    let raw = parse_encoded(encoded)?;
+    let fields_end = 4 + raw.body.len() - raw.patch().map_or(0, <[u8]>::len);
+    let mut out = Vec::with_capacity(encoded.len() + ops.len());
+    out.extend_from_slice(&encoded[..fields_end]);
+    patch::merge_into(&mut out, raw.patch(), ops);
+    let body_len = u32::try_from(out.len() - 4).map_err(|_| WireError::TooLong("event"))?;
+    let patch_len =
+        u32::try_from(out.len() - fields_end).map_err(|_| WireError::TooLong("patch"))?;
+    out[..4].copy_from_slice(&body_len.to_le_bytes());
+    let slot = 4 + PATCH_LEN_AT;
+    out[slot..slot + 4].copy_from_slice(&patch_len.to_le_bytes());
+    Ok(out)
 }
 
 /// Overwrites the uuid and team id of an encoded event (length prefix included) in place.
@@ -377,6 +478,8 @@ pub enum Outcome<'a> {
         /// Whether trying again later may succeed.
         retryable: bool,
     },
+    /// The event continues with these edits ([`crate::patch`], not checked yet).
+    Patch(&'a [u8]),
 }
 
 /// Builds the outcome list a plugin returns.
@@ -428,6 +531,13 @@ impl OutcomeWriter {
         self.count += 1;
     }
 
+    /// The event continues with the edits of `patch`.
+    pub fn patch(&mut self, patch: &[u8]) {
+        self.buf.push(TAG_PATCH);
+        push_bytes(&mut self.buf, patch);
+        self.count += 1;
+    }
+
     /// Processing the event failed.
     pub fn error(&mut self, message: &str, retryable: bool) {
         self.buf.push(TAG_ERROR);
@@ -466,6 +576,7 @@ pub fn read_outcomes(bytes: &[u8], expected: usize) -> Result<Vec<Outcome<'_>>, 
                 RawEvent::parse(body)?;
                 Outcome::Replace(&start[..4 + body.len()])
             }
+            TAG_PATCH => Outcome::Patch(take_bytes(&mut rest, "patch")?),
             TAG_ERROR => {
                 let (&retryable, tail) = rest.split_first().ok_or(WireError::Truncated("error"))?;
                 rest = tail;
@@ -491,6 +602,11 @@ pub fn parse_encoded(encoded: &[u8]) -> Result<RawEvent<'_>, WireError> {
         return Err(WireError::Trailing(rest.len()));
     }
     RawEvent::parse(body)
+}
+
+fn push_bytes(buf: &mut Vec<u8>, bytes: &[u8]) {
+    buf.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    buf.extend_from_slice(bytes);
 }
 
 fn push_text(buf: &mut Vec<u8>, text: &str) {
@@ -646,6 +762,42 @@ mod tests {
         let name_len_at = 4 + 32;
         encoded[name_len_at..name_len_at + 4].copy_from_slice(&ABSENT.to_le_bytes());
         assert!(parse_encoded(&encoded).is_err());
+    }
+
+    #[test]
+    fn patches_travel_with_the_event_and_apply_when_read() {
+        use crate::patch::{Mode, PatchWriter, Target};
+        let mut first = PatchWriter::default();
+        first.push_json(Target::Properties, Mode::Set, "b", "2");
+        let mut second = PatchWriter::default();
+        second.push_json(Target::Properties, Mode::Set, "a", "3");
+        second.push_json(Target::Ip, Mode::Set, "", r#""9.9.9.9""#);
+        let encoded = sample("ev").encode().unwrap();
+        let once = append_patch(&encoded, &first.finish()).unwrap();
+        let twice = append_patch(&once, &second.finish()).unwrap();
+        let raw = parse_encoded(&twice).unwrap();
+        assert_eq!(
+            raw.fields().unwrap(),
+            sample("ev"),
+            "the fields are as sent"
+        );
+        let applied = raw.applied().unwrap().unwrap();
+        assert_eq!(applied.properties, r#"{"a":3,"b":2}"#);
+        assert_eq!(applied.ip.as_deref(), Some("9.9.9.9"));
+        let stored = raw
+            .with_patch_applied(|f| (f.properties.to_owned(), f.event.to_owned()))
+            .unwrap();
+        assert_eq!(stored, (r#"{"a":3,"b":2}"#.to_owned(), "ev".to_owned()));
+        assert_eq!(parse_encoded(&encoded).unwrap().applied().unwrap(), None);
+
+        let mut writer = OutcomeWriter::default();
+        writer.patch(raw.patch().unwrap());
+        let bytes = writer.finish();
+        let outcomes = read_outcomes(&bytes, 1).unwrap();
+        assert!(matches!(outcomes[0], Outcome::Patch(p) if p == raw.patch().unwrap()));
+        for cut in 0..twice.len() {
+            assert!(parse_encoded(&twice[..cut]).is_err(), "cut at {cut}");
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use proc_macro::TokenStream;
 use std::path::Path;
 
 /// Version of the WIT package the SDK is built against.
-const VERSION: &str = "0.4.0";
+const VERSION: &str = "0.5.0";
 
 /// Hooks a plugin may export, besides `lifecycle` (which every plugin exports).
 const HOOKS: [&str; 4] = ["transform", "exporter", "scheduled", "jobs"];

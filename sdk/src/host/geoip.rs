@@ -45,11 +45,21 @@ pub fn locate(ip: &str) -> Result<Option<Location>, HostError> {
     imp::locate(ip)
 }
 
+/// Which version of the database is loaded; it changes when the host loads a new version of
+/// the file. Key what you keep of answers by it.
+pub fn version() -> Result<u64, HostError> {
+    imp::version()
+}
+
 #[cfg(target_family = "wasm")]
 mod imp {
     use super::super::{HostError, from_wit};
     use super::{Location, Subdivision};
     use crate::bindings::sluice::plugin::geoip;
+
+    pub fn version() -> Result<u64, HostError> {
+        geoip::version().map_err(from_wit)
+    }
 
     pub fn locate(ip: &str) -> Result<Option<Location>, HostError> {
         let found = geoip::locate(ip).map_err(from_wit)?;
@@ -82,13 +92,24 @@ mod imp {
     use crate::testing::fakes;
     use sluice_abi::limits::ErrorKind;
 
+    fn unregistered() -> HostError {
+        HostError::new(
+            ErrorKind::Unavailable,
+            "no GeoIP lookup registered (Harness::with_geoip)",
+        )
+    }
+
     pub fn locate(ip: &str) -> Result<Option<Location>, HostError> {
         fakes::with(|f| match &f.geoip {
             Some(locate) => Ok(locate(ip)),
-            None => Err(HostError::new(
-                ErrorKind::Unavailable,
-                "no GeoIP lookup registered (Harness::with_geoip)",
-            )),
+            None => Err(unregistered()),
+        })
+    }
+
+    pub fn version() -> Result<u64, HostError> {
+        fakes::with(|f| match &f.geoip {
+            Some(_) => Ok(f.geoip_version),
+            None => Err(unregistered()),
         })
     }
 }

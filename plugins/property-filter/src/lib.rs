@@ -1,0 +1,162 @@
+//! Property filtering with the observable behaviour of PostHog's property filter plugin.
+//!
+//! - `properties` is a comma-separated list of property names to remove from every event
+//!   (spaces around names are ignored, empty names skipped). A dotted name removes a nested key:
+//!   `$set.email` removes `email` from the `$set` object; a path through something that is not
+//!   an object removes nothing.
+//! - Naming `$ip` also removes the event's IP address, as PostHog's plugin does.
+//! - Events that have none of the properties are kept unchanged; the others come back as edits
+//!   (removals), not as whole events.
+
+use sluice_sdk::{
+    Config, ConfigField, ConfigType, Event, Manifest, Map, Outcome, Plugin, PluginError, Transform,
+    Value,
+};
+
+/// The property filter plugin.
+#[derive(Debug)]
+pub struct PropertyFilter {
+    /// Each name to remove, split at its dots.
+    paths: Vec<Vec<String>>,
+    /// Whether `$ip` is one of them.
+    removes_ip: bool,
+}
+
+impl Plugin for PropertyFilter {
+    fn manifest() -> Manifest {
+        Manifest::new(
+            "property-filter",
+            env!("CARGO_PKG_VERSION"),
+            "Removes the configured properties from every event",
+        )
+        .stateless()
+        .config(vec![
+            ConfigField::new(
+                "properties",
+                ConfigType::Text,
+                "Comma-separated properties to remove; `a.b` removes key `b` of object `a`; `$ip` also removes the event's IP",
+            )
+            .required(),
+        ])
+    }
+
+    fn setup(config: &Config) -> Result<Self, PluginError> {
+        let paths: Vec<Vec<String>> = config
+            .text("properties")?
+            .split(',')
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
+            .map(|name| name.split('.').map(str::to_owned).collect())
+            .collect();
+        if paths.iter().flatten().any(String::is_empty) {
+            return Err(PluginError::new(
+                "properties: a dotted name has an empty part (e.g. `a..b` or `a.`)",
+            ));
+        }
+        let removes_ip = paths.iter().any(|path| path.len() == 1 && path[0] == "$ip");
+        Ok(Self { paths, removes_ip })
+    }
+}
+
+/// Removes `path` from `object`; returns whether anything was removed.
+fn remove(object: &mut Map<String, Value>, path: &[String]) -> bool {
+    match path {
+        [] => false,
+        [key] => object.remove(key).is_some(),
+        [key, rest @ ..] => match object.get_mut(key) {
+            Some(Value::Object(inner)) => remove(inner, rest),
+            _ => false,
+        },
+    }
+}
+
+impl Transform for PropertyFilter {
+    fn transform(&mut self, event: &Event<'_>) -> Outcome {
+        let mut edit = event.edit();
+        // Objects that lose a nested key are rewritten whole, once, with every such key gone.
+        let mut rewritten: Vec<(&str, Map<String, Value>, bool)> = Vec::new();
+        for path in &self.paths {
+            let [key, rest @ ..] = path.as_slice() else {
+                continue;
+            };
+            if rest.is_empty() {
+                if event.property_json(key).is_some() {
+                    edit.remove(key);
+                }
+                continue;
+            }
+            let at = match rewritten.iter().position(|(k, _, _)| k == key) {
+                Some(at) => at,
+                None => match event.property(key) {
+                    Some(Value::Object(object)) => {
+                        rewritten.push((key, object, false));
+                        rewritten.len() - 1
+                    }
+                    _ => continue,
+                },
+            };
+            let (_, object, changed) = &mut rewritten[at];
+            *changed |= remove(object, rest);
+        }
+        for (key, object, changed) in rewritten {
+            let removed = self.paths.iter().any(|p| p.len() == 1 && p[0] == key);
+            if changed && !removed {
+                edit.set(key, object);
+            }
+        }
+        if self.removes_ip && event.ip().is_some() {
+            edit.remove_ip();
+        }
+        Outcome::from(edit)
+    }
+}
+
+sluice_sdk::export_transform!(PropertyFilter);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_sdk::json;
+    use sluice_sdk::testing::{Harness, TestEvent};
+
+    fn filter(properties: &str) -> Harness<PropertyFilter> {
+        Harness::<PropertyFilter>::new(json!({ "properties": properties })).unwrap()
+    }
+
+    fn stored(filter: &mut Harness<PropertyFilter>, event: TestEvent) -> sluice_sdk::EventBuf {
+        filter.stored(event).unwrap().expect("kept")
+    }
+
+    #[test]
+    fn removes_top_level_and_nested_properties() {
+        let event = TestEvent::new("e")
+            .property("password", "hunter2")
+            .property("plan", "pro")
+            .property("$set", json!({"email": "a@b.c", "name": "A", "phone": "1"}));
+        let mut filter = filter("password, $set.email,missing.key,$set.missing,$set.phone");
+        assert!(matches!(filter.transform(event.clone()), Outcome::Edit(_)));
+        let buf = stored(&mut filter, event);
+        assert_eq!(
+            Value::Object(buf.properties),
+            json!({"plan": "pro", "$set": {"name": "A"}})
+        );
+    }
+
+    #[test]
+    fn ip_goes_with_the_ip_property() {
+        let event = TestEvent::new("e").ip("1.2.3.4").property("$ip", "1.2.3.4");
+        let buf = stored(&mut filter("$ip"), event);
+        assert_eq!(buf.ip, None);
+        assert!(buf.properties.is_empty());
+        let only_ip = TestEvent::new("e").ip("1.2.3.4");
+        assert_eq!(stored(&mut filter("$ip"), only_ip).ip, None);
+    }
+
+    #[test]
+    fn events_without_the_properties_are_kept() {
+        let event = TestEvent::new("e").ip("1.2.3.4").property("plan", "pro");
+        assert_eq!(filter("password,email").transform(event), Outcome::Keep);
+        let error = Harness::<PropertyFilter>::new(json!({"properties": "a..b"})).unwrap_err();
+        assert!(error.message.contains("empty part"), "{error}");
+    }
+}
