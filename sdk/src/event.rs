@@ -18,6 +18,8 @@ pub struct Event<'a> {
     applied: OnceCell<Option<Applied>>,
     /// The properties text as sent, validated once.
     sent_properties: OnceCell<&'a str>,
+    /// Whether the properties text has escapes (a key could be written escaped).
+    escaped: OnceCell<bool>,
     properties: OnceCell<Result<Map<String, Value>, PluginError>>,
 }
 
@@ -27,6 +29,7 @@ impl<'a> Event<'a> {
             raw,
             applied: OnceCell::new(),
             sent_properties: OnceCell::new(),
+            escaped: OnceCell::new(),
             properties: OnceCell::new(),
         }
     }
@@ -101,7 +104,8 @@ impl<'a> Event<'a> {
     /// if absent.
     pub fn property_json(&self, key: &str) -> Option<&str> {
         let text = self.properties_json();
-        if !object::may_contain_key(text, key) {
+        let escaped = *self.escaped.get_or_init(|| text.contains('\\'));
+        if !escaped && !object::mentions(text, key) {
             return None;
         }
         Entries::parse(text.as_bytes()).ok()?.get(key.as_bytes())
@@ -241,4 +245,44 @@ pub(crate) fn format_uuid(bytes: [u8; 16]) -> String {
         out.push_str(&format!("{byte:02x}"));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use sluice_abi::wire::parse_encoded;
+
+    fn encoded(properties: &str) -> Vec<u8> {
+        EventFields {
+            uuid: [1; 16],
+            team_id: 1,
+            timestamp_ms: 0,
+            event: "e",
+            distinct_id: "u",
+            ip: None,
+            properties,
+            set: None,
+            set_once: None,
+        }
+        .encode()
+        .unwrap()
+    }
+
+    #[test]
+    fn one_property_is_found_however_it_is_written() {
+        let escaped = encoded(r#"{"\u0024ip":"1.2.3.4","note":"a\nb","n":{"$ip":2}}"#);
+        let event = Event::new(parse_encoded(&escaped).unwrap());
+        assert_eq!(event.property("$ip"), Some(json!("1.2.3.4")));
+        assert_eq!(event.property_json("n"), Some(r#"{"$ip":2}"#));
+        assert_eq!(event.property("missing"), None);
+        let plain = encoded(r#"{"a":1,"n":{"$ip":2}}"#);
+        let event = Event::new(parse_encoded(&plain).unwrap());
+        assert_eq!(
+            event.property("$ip"),
+            None,
+            "a nested key is not a property"
+        );
+        assert_eq!(event.property("a"), Some(json!(1)));
+    }
 }
