@@ -21,6 +21,6 @@ cargo build --release --locked -p sluice
 target=${CARGO_TARGET_DIR:-target}
 if [ "$example" = full ]; then
   cargo build --release --locked -p sluice-demo-geoip
-  "$target/release/sluice-demo-geoip" examples/data/demo-city.mmdb
+  "$target/release/sluice-demo-geoip" examples/data/full/demo-city.mmdb
 fi
 exec "$target/release/sluice" serve --config "examples/$example.toml"

@@ -107,8 +107,8 @@ fn the_quickstart_example_downsamples_exactly_like_the_native_logic() {
 fn the_full_example_locates_exports_and_retains_recordings() {
     let dir = example("full.toml", &["geoip", "s3-export", "recording-retention"]);
     // What `examples/quickstart.sh full` writes before it starts sluice.
-    std::fs::create_dir(dir.path().join("data")).unwrap();
-    sluice_demo_geoip::write(&dir.path().join("data/demo-city.mmdb"), "Linköping").unwrap();
+    std::fs::create_dir_all(dir.path().join("data/full")).unwrap();
+    sluice_demo_geoip::write(&dir.path().join("data/full/demo-city.mmdb"), "Linköping").unwrap();
     let sluice = Sluice::start_in(dir);
 
     let now = chrono::Utc::now();
@@ -131,7 +131,7 @@ fn the_full_example_locates_exports_and_retains_recordings() {
     assert_eq!(located["properties"]["$geoip_city_name"], "Linköping");
     assert_eq!(located["properties"]["$geoip_country_code"], "SE");
     wait_exported(&sluice, 2);
-    let exported = gzip_lines(&sluice.dir.path().join("data/objects/exports/events"));
+    let exported = gzip_lines(&sluice.dir.path().join("data/full/objects/exports/events"));
     assert_eq!(exported.len(), 2);
 
     let before = sluice.recordings(1, Some("old"));
@@ -149,7 +149,7 @@ fn the_full_example_locates_exports_and_retains_recordings() {
         &sluice
             .dir
             .path()
-            .join("data/objects/recordings/session_recordings/team_id/1/session_id/old"),
+            .join("data/full/objects/recordings/session_recordings/team_id/1/session_id/old"),
     );
     assert_eq!(archived.len(), 2);
     let sessions: BTreeSet<String> = sluice
