@@ -19,6 +19,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 mod common;
+#[path = "common/events.rs"]
+mod events;
+use events::properties;
 #[path = "../../tests/e2e/s3.rs"]
 mod s3;
 
@@ -73,14 +76,6 @@ fn config(dir: &Path, s3: &s3::S3Server, plugins: &Path, format: Option<&str>) -
     let path = dir.join("sluice.toml");
     std::fs::write(&path, text).unwrap();
     Config::load(&path, &|_| None).unwrap()
-}
-
-fn properties(i: usize) -> Value {
-    json!({
-        "$current_url": format!("https://example.com/products/{}", i % 500),
-        "$browser": "Chrome", "$os": "Mac OS X", "$lib": "web", "$lib_version": "1.434.18",
-        "$screen_width": 1920, "plan": "pro", "value": 12.5,
-    })
 }
 
 /// Gzip bodies of 100 events each, numbered from `start`.

@@ -166,6 +166,9 @@ fn isolation(runtime: &Runtime, plugins: &std::path::Path) {
 }
 
 mod common;
+#[path = "common/events.rs"]
+mod events;
+use events::properties;
 
 /// The host's location record as the SDK's, to answer the native plugin from the same reader.
 fn sdk_location(
@@ -406,14 +409,6 @@ fn plugin_dir() -> PathBuf {
         dir.display()
     );
     dir
-}
-
-fn properties(i: usize) -> Value {
-    json!({
-        "$current_url": format!("https://example.com/products/{}", i % 500),
-        "$browser": "Chrome", "$os": "Mac OS X", "$lib": "web", "$lib_version": "1.434.18",
-        "$screen_width": 1920, "plan": "pro", "value": 12.5,
-    })
 }
 
 fn encoded_events(count: usize, users: usize) -> Vec<Vec<u8>> {
