@@ -550,7 +550,6 @@ impl<'a> Object<'a> {
             object::write_string(out, key);
             out.push(b':');
         };
-        let nested_of = |key: &Key<'_>| nested.iter().find(|(k, _)| k.is(key)).map(|(_, o)| *o);
         let mut done = vec![false; self.edits.len()];
         let mut nested_done = vec![false; nested.len()];
         for (i, (key, value)) in self.base.iter().enumerate() {
@@ -592,13 +591,11 @@ impl<'a> Object<'a> {
             if done[at] {
                 continue;
             }
-            if let Some(object) = nested_of(&edit.key) {
-                if let Some(n) = nested.iter().position(|(k, _)| k.is(&edit.key))
-                    && !nested_done[n]
-                {
-                    nested_done[n] = true;
+            if let Some(at) = nested.iter().position(|(k, _)| k.is(&edit.key)) {
+                if !nested_done[at] {
+                    nested_done[at] = true;
                     entry(out, edit.key.bytes);
-                    object.write(out, &[]);
+                    nested[at].1.write(out, &[]);
                 }
             } else if let Some(value) = edit.value {
                 entry(out, edit.key.bytes);

@@ -253,10 +253,17 @@ impl<'a> RawEvent<'a> {
 
     /// The properties and IP with the patch applied; `None` when there is no patch.
     pub fn applied(&self) -> Result<Option<Applied>, WireError> {
+        match self.patch {
+            None => Ok(None),
+            Some(_) => self.apply_to(&self.fields()?),
+        }
+    }
+
+    /// The patch, if any, applied to `fields` (this event's).
+    fn apply_to(&self, fields: &EventFields<'_>) -> Result<Option<Applied>, WireError> {
         let Some(patch) = self.patch else {
             return Ok(None);
         };
-        let fields = self.fields()?;
         Ok(Some(patch::apply(
             fields.properties,
             fields.ip,
@@ -272,7 +279,7 @@ impl<'a> RawEvent<'a> {
         f: impl FnOnce(&EventFields<'_>) -> R,
     ) -> Result<R, WireError> {
         let fields = self.fields()?;
-        Ok(match self.applied()? {
+        Ok(match self.apply_to(&fields)? {
             None => f(&fields),
             Some(applied) => f(&EventFields {
                 properties: &applied.properties,
