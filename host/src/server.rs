@@ -1,12 +1,12 @@
 //! `sluice serve`: wires config, runtime, chains, ingest, worker, sink and the HTTP API together.
 
-use crate::capabilities::{Services, StartError};
+use crate::capabilities::{Background, Services, StartError};
 use crate::capture::{self, CaptureState};
 use crate::config::{Config, ConfigError, Problem};
 use crate::export;
 use crate::ingest::Append;
 use crate::ingest::sqlite::Queue;
-use crate::installations;
+use crate::installations::{self, Installed};
 use crate::runtime::{Runtime, RuntimeSettings};
 use crate::schedule::{self, lock::LocalLock};
 use crate::signal::Signal;
@@ -32,40 +32,12 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let prometheus = telemetry::prometheus();
     let lanes = config.workers();
-    let installations: usize = config.teams.iter().map(|t| t.plugins.len()).sum();
-    let max_memory_mb = config
-        .teams
-        .iter()
-        .flat_map(|t| &t.plugins)
-        .map(|p| p.memory_mb)
-        .max()
-        .unwrap_or(64);
-    let runtime = Runtime::new(&RuntimeSettings {
-        // At most one instance per installation and lane, within the instance budget, plus the
-        // ones used while loading.
-        max_instances: u32::try_from(
-            installations
-                .saturating_mul(lanes)
-                .min(config.server.max_instances)
-                + 2,
-        )
-        .unwrap_or(u32::MAX),
-        max_memory_bytes: (max_memory_mb as usize) << 20,
-        cache_dir: Some(config.server.data_dir.join("compiled")),
-    })?;
-    let config_error = |problems| ConfigError {
-        path: config.path.clone(),
-        problems,
-    };
-    let (services, background) = Services::start(&config.capabilities, &config.server.data_dir)
-        .map_err(|error| match error {
-            StartError::Config { key, reason } => {
-                anyhow::Error::from(config_error(vec![Problem { key, reason }]))
-            }
-            other => other.into(),
-        })?;
-    let installed = installations::load(&runtime, &config, &services).map_err(config_error)?;
-    drop(services);
+    // Plugins' `setup` calls capabilities that block (object stores, http, storage): it runs on
+    // a blocking thread, never on the server's async threads.
+    let (config, runtime, installed, background) =
+        tokio::task::spawn_blocking(move || load(config))
+            .await
+            .map_err(|_| anyhow::anyhow!("loading the plugins panicked"))??;
     tracing::info!(
         transforms = installed.chains.installations(),
         exports = installed.exports.len(),
@@ -153,7 +125,7 @@ pub async fn serve(
 
     tracing::info!("shutting down: committing the queue and finishing the current round");
     // The router (and with it every queue handle) is gone once serve returns.
-    writer.join();
+    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     stop.store(true, Ordering::SeqCst);
     let _ = tokio::task::spawn_blocking(move || worker.join()).await;
     // Runners finish the call they are in; an unfinished batch is sent again after a restart, an
@@ -166,9 +138,52 @@ pub async fn serve(
         }
     })
     .await;
-    drop(runtime);
     // Every installation (and its services) went with the worker; the log writer stores what
     // is left.
-    let _ = tokio::task::spawn_blocking(move || background.join()).await;
+    let _ = tokio::task::spawn_blocking(move || {
+        drop(runtime);
+        background.join();
+    })
+    .await;
     Ok(())
+}
+
+/// Starts the engine and the capability services, and loads every installation (running each
+/// plugin's `setup`). Blocking: never call it on an async thread.
+fn load(config: Config) -> anyhow::Result<(Config, Runtime, Installed, Background)> {
+    let lanes = config.workers();
+    let installations: usize = config.teams.iter().map(|t| t.plugins.len()).sum();
+    let max_memory_mb = config
+        .teams
+        .iter()
+        .flat_map(|t| &t.plugins)
+        .map(|p| p.memory_mb)
+        .max()
+        .unwrap_or(64);
+    let runtime = Runtime::new(&RuntimeSettings {
+        // At most one instance per installation and lane, within the instance budget, plus the
+        // ones used while loading.
+        max_instances: u32::try_from(
+            installations
+                .saturating_mul(lanes)
+                .min(config.server.max_instances)
+                + 2,
+        )
+        .unwrap_or(u32::MAX),
+        max_memory_bytes: (max_memory_mb as usize) << 20,
+        cache_dir: Some(config.server.data_dir.join("compiled")),
+    })?;
+    let config_error = |problems| ConfigError {
+        path: config.path.clone(),
+        problems,
+    };
+    let (services, background) = Services::start(&config.capabilities, &config.server.data_dir)
+        .map_err(|error| match error {
+            StartError::Config { key, reason } => {
+                anyhow::Error::from(config_error(vec![Problem { key, reason }]))
+            }
+            other => other.into(),
+        })?;
+    let installed = installations::load(&runtime, &config, &services).map_err(config_error)?;
+    Ok((config, runtime, installed, background))
 }

@@ -5,11 +5,18 @@
 //! Events are split across `lanes` by a hash of `(team, distinct_id)`, so all events of one user
 //! go through one lane, in order, while lanes run in parallel. Each lane owns a [`ChainRunner`]
 //! whose plugin instances live as long as the worker.
+//!
+//! **One bad round never wedges the pipeline.** A lane that panics gets a fresh runner and its
+//! events run again, split until the events it panics on are found. A round the sink refuses is
+//! stored again a few times, then in parts, so that only the events that cannot be stored are
+//! set aside, as dead letters with the reason, and the rest flows. A payload that cannot be read
+//! at all is quarantined (`sluice quarantine`). Nothing is acknowledged that was not stored,
+//! dead-lettered or quarantined; plugins never run a round twice because the sink failed.
 
 use crate::chain::{ChainRunner, Chains};
-use crate::ingest::{Ingest, Ingested};
+use crate::ingest::{Ingest, Ingested, Receipt};
 use crate::signal::Signal;
-use crate::sink::{Output, Sink};
+use crate::sink::{DeadLetter, Output, Quarantined, Sink, Stored};
 use crate::store::SNAPSHOT_EVENT;
 use sluice_abi::wire::{BatchReader, Field};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -20,8 +27,18 @@ use std::time::{Duration, Instant};
 
 /// How long a poll waits for events before the worker checks whether it should stop.
 const POLL_WAIT: Duration = Duration::from_millis(200);
-/// How long the worker waits before retrying after the ingest or the sink failed.
+/// How long the worker waits before reading the ingest again after it failed.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// Attempts to store a round whole before looking for what in it cannot be stored.
+const STORE_ATTEMPTS: u32 = 3;
+/// The pause after the first failed attempt to store; it doubles up to [`MAX_STORE_PAUSE`].
+const STORE_PAUSE: Duration = Duration::from_millis(100);
+/// The longest pause between attempts to store while the sink is unavailable.
+const MAX_STORE_PAUSE: Duration = Duration::from_secs(5);
+/// The installation named in dead letters the worker itself writes.
+const WORKER: &str = "(worker)";
+/// The installation named in dead letters of events the sink refused.
+const SINK: &str = "(sink)";
 
 /// How the worker is set up.
 pub struct WorkerSettings {
@@ -39,6 +56,16 @@ pub struct WorkerSettings {
     pub stored: Arc<Signal>,
 }
 
+impl WorkerSettings {
+    fn lane_count(&self) -> usize {
+        self.lanes.max(1)
+    }
+
+    fn new_lane(&self) -> ChainRunner {
+        ChainRunner::new(self.max_instances.div_ceil(self.lane_count()))
+    }
+}
+
 /// Starts the worker thread on `ingest` and `sink`.
 pub fn start<I, S>(settings: WorkerSettings, ingest: I, sink: S) -> std::io::Result<JoinHandle<()>>
 where
@@ -50,14 +77,10 @@ where
         .spawn(move || run(settings, ingest, sink))
 }
 
-fn new_lanes(settings: &WorkerSettings) -> Vec<ChainRunner> {
-    let count = settings.lanes.max(1);
-    let per_lane = settings.max_instances.div_ceil(count);
-    (0..count).map(|_| ChainRunner::new(per_lane)).collect()
-}
-
 fn run<I: Ingest, S: Sink>(settings: WorkerSettings, mut ingest: I, mut sink: S) {
-    let mut lanes = new_lanes(&settings);
+    let mut lanes: Vec<ChainRunner> = (0..settings.lane_count())
+        .map(|_| settings.new_lane())
+        .collect();
     loop {
         let polled = match ingest.poll(settings.batch_events, POLL_WAIT) {
             Ok(Some(polled)) => polled,
@@ -70,24 +93,11 @@ fn run<I: Ingest, S: Sink>(settings: WorkerSettings, mut ingest: I, mut sink: S)
             }
         };
         let started = Instant::now();
-        let Some(output) = process(&settings.chains, &mut lanes, &polled.batches) else {
-            // A lane panicked (a host bug): its events were not processed, so nothing of this
-            // round is stored and the same events are polled again, by fresh plugin instances.
-            tracing::error!("a worker lane panicked; retrying the round with fresh instances");
-            metrics::counter!("sluice_worker_lane_panics_total").increment(1);
-            lanes = new_lanes(&settings);
-            std::thread::sleep(RETRY_PAUSE);
-            continue;
-        };
+        let output = process(&settings, &mut lanes, &polled.batches);
         let mut receipt = polled.receipt;
-        let stored = match sink.store(&output, &mut receipt) {
-            Ok(stored) => stored,
-            Err(error) => {
-                // Nothing was acknowledged: the same events are polled and processed again.
-                tracing::error!(%error, "worker cannot store processed events; retrying the round");
-                std::thread::sleep(RETRY_PAUSE);
-                continue;
-            }
+        let Some(stored) = store(&mut sink, output, &mut receipt, &settings.stop) else {
+            // Stopping while the sink is down: the round stays in the ingest for the next start.
+            break;
         };
         if stored.events > 0 {
             settings.stored.notify();
@@ -97,9 +107,6 @@ fn run<I: Ingest, S: Sink>(settings: WorkerSettings, mut ingest: I, mut sink: S)
             tracing::error!(%error, "worker cannot acknowledge stored events");
         }
         metrics::counter!("sluice_worker_events_in_total").increment(polled.events);
-        metrics::counter!("sluice_store_events_total").increment(stored.events as u64);
-        metrics::counter!("sluice_store_dead_letters_total")
-            .increment(output.dead_letters.len() as u64);
         metrics::histogram!("sluice_worker_round_duration_seconds")
             .record(started.elapsed().as_secs_f64());
     }
@@ -108,80 +115,268 @@ fn run<I: Ingest, S: Sink>(settings: WorkerSettings, mut ingest: I, mut sink: S)
     }
 }
 
-/// Splits events into lanes and runs every lane's events through their teams' chains in
-/// parallel. Returns `None` if a lane panicked, in which case nothing of the round may be stored.
-fn process(chains: &Chains, lanes: &mut [ChainRunner], batches: &[Ingested]) -> Option<Output> {
-    let lane_count = lanes.len();
-    // Per lane: events grouped by team, in arrival order. Recordings skip the chains.
-    let mut work: Vec<Vec<(u64, Vec<Vec<u8>>)>> = (0..lane_count).map(|_| Vec::new()).collect();
-    let mut recordings = Vec::new();
+/// What a round's events are, split for processing: per lane, events grouped by team in
+/// arrival order; recordings, which skip the chains; payloads that cannot be read.
+struct Work {
+    lanes: Vec<Vec<(u64, Vec<Vec<u8>>)>>,
+    recordings: Vec<Vec<u8>>,
+    quarantined: Vec<Quarantined>,
+}
+
+/// Splits `batches` into lanes by `(team, distinct_id)`. A payload whose events cannot all be
+/// framed is quarantined whole, none of its events processed.
+fn split(batches: &[Ingested], lane_count: usize) -> Work {
+    let mut work = Work {
+        lanes: (0..lane_count).map(|_| Vec::new()).collect(),
+        recordings: Vec::new(),
+        quarantined: Vec::new(),
+    };
     for batch in batches {
-        let reader = match BatchReader::new(&batch.payload) {
-            Ok(reader) => reader,
+        let raws = match BatchReader::new(&batch.payload)
+            .and_then(|reader| reader.collect::<Result<Vec<_>, _>>())
+        {
+            Ok(raws) => raws,
             Err(error) => {
-                corrupt(batch, &error);
+                // Capture wrote this payload itself, so this means damaged storage.
+                tracing::error!(position = batch.position, team = batch.team_id, %error, "an ingested payload cannot be read; quarantined (see `sluice quarantine`)");
+                metrics::counter!("sluice_queue_quarantined_total").increment(1);
+                work.quarantined.push(Quarantined {
+                    position: batch.position.to_string(),
+                    team_id: batch.team_id,
+                    events: batch.events,
+                    payload: batch.payload.clone(),
+                    error: error.to_string(),
+                });
                 continue;
             }
         };
-        for raw in reader {
-            let raw = match raw {
-                Ok(raw) => raw,
-                Err(error) => {
-                    corrupt(batch, &error);
-                    break;
-                }
-            };
+        for raw in raws {
             let mut encoded = Vec::with_capacity(raw.body().len() + 4);
             encoded.extend_from_slice(&(raw.body().len() as u32).to_le_bytes());
             encoded.extend_from_slice(raw.body());
             if raw.text(Field::Event).ok().flatten() == Some(SNAPSHOT_EVENT) {
-                recordings.push(encoded);
+                work.recordings.push(encoded);
                 continue;
             }
             let distinct_id = raw.text(Field::DistinctId).ok().flatten().unwrap_or("");
-            let lane = lane_of(batch.team_id, distinct_id, lane_count);
-            let groups = &mut work[lane];
+            let groups = &mut work.lanes[lane_of(batch.team_id, distinct_id, lane_count)];
             match groups.iter_mut().find(|(team, _)| *team == batch.team_id) {
                 Some((_, events)) => events.push(encoded),
                 None => groups.push((batch.team_id, vec![encoded])),
             }
         }
     }
-    let outputs: Vec<Output> = std::thread::scope(|scope| {
+    work
+}
+
+/// Runs every lane's events through their teams' chains in parallel. A lane that panics (a host
+/// bug) gets a fresh runner and its events run again on their own, split until the events it
+/// panics on are found; those are dead-lettered and the rest of the round goes on.
+fn process(settings: &WorkerSettings, lanes: &mut [ChainRunner], batches: &[Ingested]) -> Output {
+    let chains = &*settings.chains;
+    let work = split(batches, lanes.len());
+    let mut merged = Output {
+        recordings: work.recordings,
+        quarantined: work.quarantined,
+        ..Output::default()
+    };
+    let results: Vec<Option<Output>> = std::thread::scope(|scope| {
         let handles: Vec<_> = lanes
             .iter_mut()
-            .zip(work)
-            .filter(|(_, groups)| !groups.is_empty())
+            .zip(work.lanes)
             .map(|(runner, groups)| {
-                scope.spawn(move || {
-                    let mut out = Output::default();
-                    for (team, events) in groups {
-                        runner.run(chains.of(team), events, &mut out);
-                    }
-                    out
+                (!groups.is_empty()).then(|| {
+                    scope.spawn(move || {
+                        let mut out = Output::default();
+                        for (team, events) in groups {
+                            runner.run(chains.of(team), events, &mut out);
+                        }
+                        out
+                    })
                 })
             })
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().ok())
-            .collect::<Option<Vec<_>>>()
-    })?;
-    let mut merged = Output {
-        recordings,
-        ..Output::default()
-    };
-    for out in outputs {
+            .map(|h| h.map_or_else(|| Some(Output::default()), |h| h.join().ok()))
+            .collect()
+    });
+    let mut again = None;
+    for (lane, result) in results.into_iter().enumerate() {
+        let out = result.unwrap_or_else(|| {
+            tracing::error!(
+                lane,
+                "a worker lane panicked; running its events again on their own"
+            );
+            metrics::counter!("sluice_worker_lane_panics_total").increment(1);
+            lanes[lane] = settings.new_lane();
+            // The lane's events were moved into the thread that panicked; they are split again
+            // from the round, which is still held.
+            let groups = again
+                .get_or_insert_with(|| split(batches, lanes.len()).lanes)
+                .get_mut(lane)
+                .map(std::mem::take)
+                .unwrap_or_default();
+            let mut out = Output::default();
+            for (team, events) in groups {
+                isolate(settings, &mut lanes[lane], team, events, &mut out);
+            }
+            out
+        });
         merged.events.extend(out.events);
         merged.dead_letters.extend(out.dead_letters);
     }
-    Some(merged)
+    merged
 }
 
-fn corrupt(batch: &Ingested, error: &sluice_abi::wire::WireError) {
-    // Capture wrote this payload itself, so this means disk corruption; keep it visible.
-    tracing::error!(position = batch.position, team = batch.team_id, %error, "corrupt ingested payload; its events cannot be read");
-    metrics::counter!("sluice_queue_corrupt_rows_total").increment(1);
+/// Runs `events` of `team` on `runner`, catching a panic; on a panic, runs each half again on a
+/// fresh runner, down to single events, which are dead-lettered with the panic's message.
+fn isolate(
+    settings: &WorkerSettings,
+    runner: &mut ChainRunner,
+    team: u64,
+    events: Vec<Vec<u8>>,
+    out: &mut Output,
+) {
+    let chain = settings.chains.of(team);
+    let attempt = events.clone();
+    let mut part = Output::default();
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runner.run(chain, attempt, &mut part)
+    }));
+    let Err(panic) = caught else {
+        out.events.extend(part.events);
+        out.dead_letters.extend(part.dead_letters);
+        return;
+    };
+    *runner = settings.new_lane();
+    if let [event] = &events[..] {
+        let message = panic_message(panic.as_ref());
+        out.dead_letters.push(DeadLetter {
+            installation: WORKER.into(),
+            encoded: event.clone(),
+            error: format!("the worker panicked processing this event: {message}"),
+            backtrace: None,
+        });
+        return;
+    }
+    let mut first = events;
+    let second = first.split_off(first.len() / 2);
+    isolate(settings, runner, team, first, out);
+    isolate(settings, runner, team, second, out);
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
+/// A receipt that settles nothing: for storing parts of a round before the round is settled.
+struct Unsettled;
+
+impl Receipt for Unsettled {}
+
+/// Stores `output` and settles `receipt`. Tries the whole output [`STORE_ATTEMPTS`] times; if
+/// it still fails while the sink itself works, stores it in parts, halving those that fail, and
+/// dead-letters the events that cannot be stored on their own, with the sink's reason. While the
+/// sink stores nothing at all, waits with backoff (plugins never run the round again). Returns
+/// `None` only if `stop` is set while the sink is unavailable.
+fn store<S: Sink>(
+    sink: &mut S,
+    mut output: Output,
+    receipt: &mut dyn Receipt,
+    stop: &AtomicBool,
+) -> Option<Stored> {
+    let mut pause = STORE_PAUSE;
+    let mut attempts = 0;
+    loop {
+        match sink.store(&output, receipt) {
+            Ok(stored) => {
+                count(&output, stored);
+                return Some(stored);
+            }
+            Err(error) => {
+                attempts += 1;
+                tracing::error!(%error, attempts, "worker cannot store processed events");
+                metrics::counter!("sluice_store_failures_total").increment(1);
+            }
+        }
+        if stop.load(Ordering::SeqCst) {
+            return None;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(MAX_STORE_PAUSE);
+        if attempts >= STORE_ATTEMPTS && sink.store(&Output::default(), &mut Unsettled).is_ok() {
+            break;
+        }
+    }
+    // The sink works, yet not with this output: find what in it cannot be stored.
+    let mut stored = Stored::default();
+    let events = std::mem::take(&mut output.events);
+    stored.events = store_parts(sink, events, false, &mut output.dead_letters);
+    let recordings = std::mem::take(&mut output.recordings);
+    stored.recordings = store_parts(sink, recordings, true, &mut output.dead_letters);
+    let settled = store(sink, output, receipt, stop)?;
+    Some(Stored {
+        events: stored.events + settled.events,
+        recordings: stored.recordings + settled.recordings,
+    })
+}
+
+/// Stores `items` (events, or recordings if `recordings`) without a receipt, halving what fails;
+/// an item that fails alone becomes a dead letter. Returns how many were new.
+fn store_parts<S: Sink>(
+    sink: &mut S,
+    items: Vec<Vec<u8>>,
+    recordings: bool,
+    dead_letters: &mut Vec<DeadLetter>,
+) -> usize {
+    if items.is_empty() {
+        return 0;
+    }
+    let part = if recordings {
+        Output {
+            recordings: items,
+            ..Output::default()
+        }
+    } else {
+        Output {
+            events: items,
+            ..Output::default()
+        }
+    };
+    let error = match sink.store(&part, &mut Unsettled) {
+        Ok(stored) => return stored.events + stored.recordings,
+        Err(error) => error,
+    };
+    let mut items = if recordings {
+        part.recordings
+    } else {
+        part.events
+    };
+    if items.len() == 1 {
+        tracing::error!(%error, "an event cannot be stored; dead-lettered");
+        metrics::counter!("sluice_store_refused_events_total").increment(1);
+        dead_letters.push(DeadLetter {
+            installation: SINK.into(),
+            encoded: items.remove(0),
+            error: format!("cannot be stored: {error}"),
+            backtrace: None,
+        });
+        return 0;
+    }
+    let second = items.split_off(items.len() / 2);
+    store_parts(sink, items, recordings, dead_letters)
+        + store_parts(sink, second, recordings, dead_letters)
+}
+
+fn count(output: &Output, stored: Stored) {
+    metrics::counter!("sluice_store_events_total").increment(stored.events as u64);
+    metrics::counter!("sluice_store_dead_letters_total")
+        .increment(output.dead_letters.len() as u64);
 }
 
 fn lane_of(team_id: u64, distinct_id: &str, lanes: usize) -> usize {
@@ -192,7 +387,163 @@ fn lane_of(team_id: u64, distinct_id: &str, lanes: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::lane_of;
+    use super::*;
+    use crate::sink::SinkError;
+    use crate::store::StoreError;
+    use sluice_abi::wire::{EventFields, WireError};
+
+    fn event(n: u8, name: &str) -> Vec<u8> {
+        EventFields {
+            uuid: [n; 16],
+            team_id: 1,
+            timestamp_ms: 0,
+            event: name,
+            distinct_id: "u",
+            ip: None,
+            properties: "{}",
+            set: None,
+            set_once: None,
+        }
+        .encode()
+        .unwrap()
+    }
+
+    fn name(encoded: &[u8]) -> String {
+        let raw = sluice_abi::wire::parse_encoded(encoded).unwrap();
+        raw.text(Field::Event).unwrap().unwrap().to_owned()
+    }
+
+    /// A sink that is down for its first `down` calls, then refuses any output holding an
+    /// event called `poison`, and otherwise keeps what it is given.
+    #[derive(Default)]
+    struct FakeSink {
+        down: usize,
+        calls: usize,
+        stored: Vec<String>,
+        dead_letters: Vec<DeadLetter>,
+    }
+
+    impl Sink for FakeSink {
+        fn store(&mut self, output: &Output, _: &mut dyn Receipt) -> Result<Stored, SinkError> {
+            self.calls += 1;
+            let refused = || SinkError::Store(StoreError::Corrupt(WireError::NotUtf8("event")));
+            if self.calls <= self.down {
+                return Err(refused());
+            }
+            let names: Vec<String> = output.events.iter().map(|e| name(e)).collect();
+            if names.iter().any(|n| n == "poison") {
+                return Err(refused());
+            }
+            self.stored.extend(names.iter().cloned());
+            self.dead_letters
+                .extend(output.dead_letters.iter().cloned());
+            Ok(Stored {
+                events: names.len(),
+                recordings: 0,
+            })
+        }
+    }
+
+    fn output(names: &[&str]) -> Output {
+        Output {
+            events: names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| event(i as u8, n))
+                .collect(),
+            ..Output::default()
+        }
+    }
+
+    #[test]
+    fn a_round_the_sink_refuses_is_split_and_only_what_cannot_be_stored_is_set_aside() {
+        let mut names = vec!["ok"; 64];
+        names[37] = "poison";
+        let mut sink = FakeSink::default();
+        let stored = store(
+            &mut sink,
+            output(&names),
+            &mut Unsettled,
+            &AtomicBool::new(false),
+        );
+        assert_eq!(stored.map(|s| s.events), Some(63));
+        assert_eq!(sink.stored, vec!["ok"; 63]);
+        let [letter] = &sink.dead_letters[..] else {
+            panic!("{:?}", sink.dead_letters)
+        };
+        assert_eq!(letter.installation, SINK);
+        assert_eq!(name(&letter.encoded), "poison");
+        assert!(
+            letter.error.starts_with("cannot be stored: "),
+            "{}",
+            letter.error
+        );
+        // A few whole attempts, then about two calls per halving.
+        assert!(sink.calls < 40, "{} calls", sink.calls);
+    }
+
+    #[test]
+    fn while_the_sink_is_down_the_round_waits_whole_and_nothing_is_set_aside() {
+        let mut sink = FakeSink {
+            down: 6,
+            ..FakeSink::default()
+        };
+        let stored = store(
+            &mut sink,
+            output(&["a", "b", "c"]),
+            &mut Unsettled,
+            &AtomicBool::new(false),
+        );
+        assert_eq!(stored.map(|s| s.events), Some(3));
+        assert_eq!(sink.stored, ["a", "b", "c"]);
+        assert!(sink.dead_letters.is_empty());
+    }
+
+    #[test]
+    fn stopping_while_the_sink_is_down_leaves_the_round_in_the_ingest() {
+        let mut sink = FakeSink {
+            down: usize::MAX,
+            ..FakeSink::default()
+        };
+        let stored = store(
+            &mut sink,
+            output(&["a"]),
+            &mut Unsettled,
+            &AtomicBool::new(true),
+        );
+        assert_eq!(stored, None);
+        assert!(sink.stored.is_empty());
+    }
+
+    #[test]
+    fn an_unreadable_payload_is_quarantined_whole() {
+        let mut good = sluice_abi::wire::BatchWriter::with_capacity(256);
+        good.push_encoded(&event(1, "fine"));
+        let batches = [
+            Ingested {
+                position: "1".into(),
+                team_id: 1,
+                events: 2,
+                payload: b"\x02\x00\x00\x00broken".to_vec(),
+            },
+            Ingested {
+                position: "2".into(),
+                team_id: 1,
+                events: 1,
+                payload: good.finish(),
+            },
+        ];
+        let work = split(&batches, 2);
+        let [quarantined] = &work.quarantined[..] else {
+            panic!("{:?}", work.quarantined)
+        };
+        assert_eq!(
+            (quarantined.position.as_str(), quarantined.events),
+            ("1", 2)
+        );
+        let events: usize = work.lanes.iter().flatten().map(|(_, e)| e.len()).sum();
+        assert_eq!(events, 1);
+    }
 
     #[test]
     fn a_user_always_lands_in_the_same_lane_and_users_spread() {

@@ -3,7 +3,7 @@
 
 use crate::PluginError;
 use serde::Serialize;
-use sluice_abi::patch::{self, Mode, PatchWriter, Target};
+use sluice_abi::patch::{Mode, PatchWriter, Target};
 use std::sync::Arc;
 
 /// The edits a plugin makes to one event, in order. Later plugins of the chain see them.
@@ -129,9 +129,10 @@ impl Edit {
     }
 
     /// An edit of the patch the host would receive (decoding what a plugin returned).
+    #[cfg(not(target_family = "wasm"))]
     pub(crate) fn from_patch(bytes: &[u8]) -> Result<Self, PluginError> {
         let mut edit = Self::default();
-        let ops = patch::ops(bytes).map_err(|e| PluginError::new(e.to_string()))?;
+        let ops = sluice_abi::patch::ops(bytes).map_err(|e| PluginError::new(e.to_string()))?;
         for op in ops {
             match op.value {
                 Some(json) => {

@@ -183,6 +183,7 @@ pub struct EventBuf {
 
 impl EventBuf {
     /// An owned copy of `fields`.
+    #[cfg(not(target_family = "wasm"))]
     pub(crate) fn from_fields(fields: &EventFields<'_>) -> Result<Self, PluginError> {
         let object = |json: Option<&str>, what| json.map(|j| parse_object(j, what)).transpose();
         Ok(Self {

@@ -81,6 +81,8 @@ pub(crate) mod fakes {
         pub jobs: Vec<Job>,
         pub queued_jobs: u64,
         pub recordings: Vec<(String, Snapshot)>,
+        /// Per session, the last position listed or read: what `delete_session` may delete.
+        pub recordings_seen: BTreeMap<String, u64>,
         pub archives: Vec<Archive>,
     }
 
@@ -361,6 +363,14 @@ impl From<EventBuf> for TestEvent {
     }
 }
 
+/// `value` as an object; a test that passes anything else is wrong, so it panics.
+fn object(value: Value, what: &str) -> Map<String, Value> {
+    match value {
+        Value::Object(object) => object,
+        other => panic!("TestEvent: {what} must be a JSON object, got {other}"),
+    }
+}
+
 impl TestEvent {
     /// An event called `name` with distinct id `user`, team 1, empty properties.
     pub fn new(name: &str) -> Self {
@@ -392,6 +402,20 @@ impl TestEvent {
     /// Sets one property.
     pub fn property(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.0.properties.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// Sets the event's top-level `$set` (person properties to set, as `$identify` sends
+    /// them); `value` must be an object. Person properties inside the properties are set with
+    /// [`TestEvent::property`]`("$set", ...)`.
+    pub fn set(mut self, value: Value) -> Self {
+        self.0.set = Some(object(value, "$set"));
+        self
+    }
+
+    /// Sets the event's top-level `$set_once`; `value` must be an object.
+    pub fn set_once(mut self, value: Value) -> Self {
+        self.0.set_once = Some(object(value, "$set_once"));
         self
     }
 

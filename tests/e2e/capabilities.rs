@@ -453,3 +453,38 @@ fn capabilities_refuse_what_they_must_while_other_teams_are_served() {
     send(&sluice, 11, events(1));
     assert_eq!(probes(&sluice, 11)[0], json!({"ok": null}));
 }
+
+#[test]
+fn a_plugin_may_use_every_capability_in_setup() {
+    let port = pong_server();
+    let teams = format!(
+        "[object_stores.folder]\nkind = \"local\"\n\
+         [[teams]]\nid = 1\ntoken = \"phc_team1\"\n[[teams.plugins]]\nid = \"eager\"\nplugin = \"{}\"\n\
+         config = {{ store = \"folder\", url = \"http://127.0.0.1:{port}/ping\" }}\n\
+         grants = [\"log\", \"metrics\", \"storage\", \"cache\", \"geoip\", \"http\", \"object_store\", \"jobs\", \"recordings\"]\n\
+         object_store = {{ stores = [\"folder\"] }}\n\
+         http = {{ allow_hosts = [\"127.0.0.1\"], allow_private_addresses = true }}\n",
+        plugin("eager").display()
+    );
+    let sluice = geoip_sluice(&teams);
+    send(&sluice, 1, vec![json!({"event": "e", "distinct_id": "u"})]);
+    let mut answers = sluice.events(1)[0]["properties"]["setup"].clone();
+    // Every instance ran setup (loading, the chain, the job runner): the counter counts them.
+    let setups = answers["cache"]["ok"].as_i64();
+    assert!(setups.is_some_and(|n| n >= 1), "{answers}");
+    answers["cache"] = json!("counted");
+    assert_eq!(
+        answers,
+        json!({
+            "storage": {"ok": "set"},
+            "cache": "counted",
+            "geoip": {"ok": true},
+            "http": {"ok": 200},
+            "object_store": {"ok": "hello"},
+            "jobs": {"ok": "queued"},
+            "recordings": {"ok": 0},
+        }),
+        "{}",
+        sluice.stderr()
+    );
+}

@@ -211,3 +211,153 @@ fn an_overlong_distinct_id_is_cut_to_200_characters_as_posthog_does() {
         "{metrics}"
     );
 }
+
+#[test]
+fn numbers_are_stored_exactly_as_sent() {
+    let sluice = Sluice::start(&plain_team(1, "phc_one"));
+    // Each of these is changed by a float parser that is not correctly rounded, or by a
+    // round trip through f64 or u64. Sent and stored: the digits are kept as sent; only an
+    // exponent is written with its sign.
+    let numbers = [
+        ("1.6714285714285715", "1.6714285714285715"),
+        ("0.30000000000000004", "0.30000000000000004"),
+        ("2.2250738585072014e-308", "2.2250738585072014e-308"),
+        (
+            "123456789012345678901234567890",
+            "123456789012345678901234567890",
+        ),
+        ("-0.0", "-0.0"),
+        ("1e400", "1e+400"),
+        ("1.50", "1.50"),
+        ("9007199254740993", "9007199254740993"),
+    ];
+    let properties = numbers
+        .iter()
+        .enumerate()
+        .map(|(i, (n, _))| format!("\"p{i}\": {n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let body = format!(
+        "{{\"event\": \"e\", \"distinct_id\": \"u\", \"token\": \"phc_one\", \"properties\": {{{properties}}}}}"
+    );
+    let (status, reply) = sluice.post(
+        "/e",
+        body.into_bytes(),
+        &[("content-type", "application/json")],
+    );
+    assert_eq!(status, 200, "{reply}");
+    sluice.drain();
+    let (ok, stdout, stderr) = sluice.run(&["events", "--team", "1"]);
+    assert!(ok, "{stderr}");
+    for (i, (sent, stored)) in numbers.iter().enumerate() {
+        assert!(
+            stdout.contains(&format!("\"p{i}\":{stored}")),
+            "p{i} = {sent} was not stored as sent: {stdout}"
+        );
+    }
+}
+
+/// A `/batch` body of `events` events whose properties hold `bytes_each` bytes of hex text
+/// (compressing to about half), gzipped.
+fn big_gzip_batch(events: usize, bytes_each: usize) -> Vec<u8> {
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let batch: Vec<Value> = (0..events)
+        .map(|i| {
+            let text: String = (0..bytes_each / 16)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    format!("{seed:016x}")
+                })
+                .collect();
+            json!({"event": "big", "distinct_id": format!("u{i}"), "properties": {"blob": text}})
+        })
+        .collect();
+    gzip(
+        json!({"api_key": "phc_one", "batch": batch})
+            .to_string()
+            .as_bytes(),
+    )
+}
+
+#[test]
+fn a_flood_of_big_batches_is_bounded_in_memory_and_every_200_is_stored() {
+    let config = format!(
+        "[capture]\nmax_in_flight_bytes = {}\n{}",
+        64 << 20,
+        plain_team(1, "phc_one")
+    );
+    let sluice = Sluice::start(&config);
+    const EVENTS: usize = 1_000;
+    let body = big_gzip_batch(EVENTS, 6_000);
+    let baseline = sluice.peak_rss_bytes();
+    let client = reqwest::blocking::Client::builder()
+        .timeout(std::time::Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (answers, probes) = std::thread::scope(|scope| {
+        let prober = scope.spawn(|| {
+            let health = reqwest::blocking::Client::builder()
+                .timeout(std::time::Duration::from_secs(2))
+                .build()
+                .unwrap();
+            let mut probes = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let answer = health.get(format!("{}/health", sluice.url)).send();
+                probes.push(
+                    answer
+                        .map(|r| r.status().as_u16())
+                        .map_err(|e| e.to_string()),
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            probes
+        });
+        let senders: Vec<_> = (0..24)
+            .map(|_| {
+                scope.spawn(|| {
+                    let response = client
+                        .post(format!("{}/batch", sluice.url))
+                        .header("content-type", "application/json")
+                        .header("content-encoding", "gzip")
+                        .body(body.clone())
+                        .send()
+                        .unwrap();
+                    let status = response.status().as_u16();
+                    let retry_after = response.headers().get("retry-after").is_some();
+                    let reply: Value = serde_json::from_str(&response.text().unwrap_or_default())
+                        .unwrap_or_default();
+                    (status, retry_after, reply)
+                })
+            })
+            .collect();
+        let answers: Vec<_> = senders.into_iter().map(|s| s.join().unwrap()).collect();
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        (answers, prober.join().unwrap())
+    });
+    let accepted = answers.iter().filter(|(status, ..)| *status == 200).count();
+    let busy: Vec<_> = answers
+        .iter()
+        .filter(|(status, ..)| *status != 200)
+        .collect();
+    assert!(accepted > 0, "{answers:?}");
+    assert!(
+        !busy.is_empty(),
+        "24 concurrent 11 MB batches fit in 64 MiB?"
+    );
+    for (status, retry_after, reply) in &busy {
+        assert_eq!(*status, 503, "{reply}");
+        assert!(*retry_after, "503 without Retry-After: {reply}");
+        assert_eq!(reply["code"], "busy", "{reply}");
+    }
+    assert!(
+        probes.iter().all(|p| *p == Ok(200)),
+        "/health did not answer every probe: {probes:?}"
+    );
+    let grown = sluice.peak_rss_bytes().saturating_sub(baseline);
+    assert!(grown < 400 << 20, "peak memory grew by {} MiB", grown >> 20);
+    sluice.drain();
+    assert_eq!(sluice.events(1).len(), accepted * EVENTS);
+}

@@ -347,3 +347,87 @@ fn a_backlog_survives_sigkill_at_any_point_and_no_session_is_lost() {
         assert_eq!(archive_lines(body).len(), 3, "every archive is whole");
     }
 }
+
+#[test]
+fn events_arriving_while_retention_runs_are_still_stored_or_archived() {
+    let config = format!(
+        "[object_stores.folder]\nkind = \"local\"\n{}",
+        retention(1, "folder", ", sessions_per_run = 1000")
+    );
+    let sluice = Sluice::start(&config);
+    let base = Utc::now().timestamp_millis() - 60 * DAY;
+    let sessions: Vec<String> = (0..40).map(|i| format!("s{i:02}")).collect();
+    let sent = std::sync::Mutex::new(BTreeMap::<String, Vec<String>>::new());
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let next = std::sync::atomic::AtomicI64::new(0);
+    // One event for every session per request, each with its own time and uuid.
+    let send_round = || {
+        let n = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let batch: Vec<Value> = sessions
+            .iter()
+            .enumerate()
+            .map(|(i, session)| {
+                let uuid = format!("0190d2f5-6bd4-7c3e-{:04x}-{:012x}", i, n);
+                json!({"event": "$snapshot", "distinct_id": "u", "uuid": uuid,
+                       "timestamp": iso(base + n * 100 + i as i64),
+                       "properties": {"$session_id": session, "$snapshot_data": {"n": n}}})
+            })
+            .collect();
+        let (status, body) = sluice.post_json("/s/", &json!({"api_key": "phc_1", "batch": batch}));
+        assert_eq!(status, 200, "{body}");
+        let mut sent = sent.lock().unwrap();
+        for event in &batch {
+            sent.entry(
+                event["properties"]["$session_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            )
+            .or_default()
+            .push(event["uuid"].as_str().unwrap().to_owned());
+        }
+    };
+    for _ in 0..5 {
+        send_round();
+    }
+    sluice.drain();
+    std::thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    send_round();
+                }
+            });
+        }
+        for _ in 0..4 {
+            retain_now(&sluice, 1);
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    sluice.drain();
+    let sent = sent.into_inner().unwrap();
+    let mut lost = Vec::new();
+    for (session, uuids) in &sent {
+        let printed = printed(&sluice, 1, session);
+        lost.extend(
+            uuids
+                .iter()
+                .filter(|uuid| !printed.contains(uuid.as_str()))
+                .cloned(),
+        );
+    }
+    let total: usize = sent.values().map(Vec::len).sum();
+    assert!(
+        lost.is_empty(),
+        "{} of {total} events lost: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    // What was left behind is archived by the next run, as its own part.
+    retain_now(&sluice, 1);
+    assert!(stored_sessions(&sluice, 1).is_empty());
+    for (session, uuids) in &sent {
+        let printed = printed(&sluice, 1, session);
+        assert_eq!(printed.lines().count(), uuids.len(), "session {session}");
+    }
+}

@@ -696,3 +696,32 @@ fn bad_jobs_and_schedules_are_refused_with_the_reason() {
     let stderr = serve_fails(&downsample);
     assert!(stderr.contains("does not export `scheduled`"), "{stderr}");
 }
+
+#[test]
+fn tasks_schedules_shows_each_schedule_and_its_next_tick() {
+    let sluice = Sluice::start(&ticker(&format!(
+        "schedule = {{ time_zone = \"Europe/Paris\", tasks = {{ tick = \"0 0 1,15 * 1\", slow = \"{NEVER}\" }} }}"
+    )));
+    let schedules: Vec<Value> = wait_for(&sluice, 20, "the schedules", || {
+        let (ok, out, _) = sluice.run(&["tasks", "schedules", "--installation", ID]);
+        let lines: Vec<Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (ok && lines.len() >= 2).then_some(lines)
+    });
+    let tick = schedules.iter().find(|s| s["task"] == "tick").unwrap();
+    assert_eq!(tick["schedule"], "0 0 1,15 * 1");
+    assert_eq!(tick["time_zone"], "Europe/Paris");
+    // Unix cron: the 1st, the 15th or a Monday, at midnight in Paris.
+    let next = time(&tick["next_tick"]).with_timezone(&chrono_tz::Europe::Paris);
+    assert_eq!((next.hour(), next.minute()), (0, 0), "{tick}");
+    assert!(
+        [1, 15].contains(&next.day()) || next.weekday() == chrono::Weekday::Mon,
+        "{tick}"
+    );
+    assert!(next > Utc::now() && next < Utc::now() + chrono::Duration::days(8));
+    let slow = schedules.iter().find(|s| s["task"] == "slow").unwrap();
+    // Midnight of 2099-01-01 in Paris.
+    assert_eq!(slow["next_tick"], "2098-12-31T23:00:00.000Z");
+}

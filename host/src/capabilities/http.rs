@@ -296,7 +296,8 @@ fn fetch(state: &mut HttpState, ctx: &Context, request: Request) -> Result<Respo
 
 impl Host for View<'_, &mut HttpState> {
     fn fetch(&mut self, request: Request) -> Result<Response, types::HostError> {
-        fetch(self.state, self.ctx, request).map_err(to_wit)
+        let (state, ctx) = (&mut *self.state, self.ctx);
+        super::blocking(move || fetch(state, ctx, request)).map_err(to_wit)
     }
 }
 

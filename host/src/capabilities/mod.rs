@@ -100,6 +100,8 @@ pub struct InstanceState {
     pub metrics: metrics::MetricsState,
     /// `http`: the client, built for the policy it enforces.
     pub http: http::HttpState,
+    /// `recordings`: what the plugin listed or read, which bounds what it may delete.
+    pub recordings: recordings::RecordingsState,
 }
 
 impl InstanceState {
@@ -110,6 +112,7 @@ impl InstanceState {
             log: log::LogState::default(),
             metrics: metrics::MetricsState::default(),
             http: http::HttpState::default(),
+            recordings: recordings::RecordingsState::default(),
         }
     }
 
@@ -415,6 +418,18 @@ impl Context {
             ))
         }
     }
+}
+
+/// Runs `f`, which blocks, outside any async runtime: directly, unless the calling thread
+/// belongs to one (blocking there stalls it, and a nested runtime panics), then on a scoped
+/// thread of its own. Capabilities that block call it, so a plugin may use them wherever the
+/// host calls it.
+pub(crate) fn blocking<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return f();
+    }
+    std::thread::scope(|scope| scope.spawn(f).join())
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
 /// The WIT form of a capability error.

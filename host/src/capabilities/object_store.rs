@@ -354,26 +354,28 @@ fn not_found(error: &::object_store::Error) -> bool {
 
 impl Stores {
     /// Runs `future` on the stores' runtime, giving up after `deadline`.
-    fn block_on<T>(
+    fn block_on<T: Send>(
         &self,
         deadline: Duration,
-        future: impl Future<Output = Result<T, HostError>>,
+        future: impl Future<Output = Result<T, HostError>> + Send,
     ) -> Result<T, HostError> {
         let Some(runtime) = &self.runtime else {
             return Err(unavailable("shutting down"));
         };
-        runtime.block_on(async {
-            tokio::time::timeout(deadline, future)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(HostError::new(
-                        ErrorKind::Timeout,
-                        format!(
-                            "object store did not answer within {} ms",
-                            deadline.as_millis()
-                        ),
-                    ))
-                })
+        super::blocking(|| {
+            runtime.block_on(async {
+                tokio::time::timeout(deadline, future)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(HostError::new(
+                            ErrorKind::Timeout,
+                            format!(
+                                "object store did not answer within {} ms",
+                                deadline.as_millis()
+                            ),
+                        ))
+                    })
+            })
         })
     }
 

@@ -1,13 +1,19 @@
 //! `recordings`: a retention-type plugin lists, reads, archives and deletes its team's stored
 //! session recordings (the `recordings` table), and records where a session was archived
 //! (`recording_archives`), so that `sluice recordings --session` finds it there.
+//!
+//! **Deleting only what the plugin saw.** Events keep arriving while a plugin archives a
+//! session. The instance remembers, per session, the last position it listed or read
+//! ([`RecordingsState`]), and `delete-session` deletes only up to there: an event stored after
+//! the plugin read (and archived) the session stays stored for the next run.
 
-use super::{Capability, HasCapabilities, HasView, View, to_wit};
+use super::{Capability, Context, HasCapabilities, HasView, View, to_wit};
 use crate::bindings::sluice::plugin::recordings::{self, Host, Session, Snapshot};
 use crate::bindings::types;
 use crate::store::{self, StoreError, now_ms, uuid_text};
 use rusqlite::{Connection, params};
 use sluice_abi::limits::{ErrorKind, HostError};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 use wasmtime::component::Linker;
@@ -45,30 +51,32 @@ impl Recordings {
         f(&conn).map_err(unavailable)
     }
 
-    /// Sessions of `team` whose last event is before `last_before`, after `after`.
+    /// Sessions of `team` whose last event is before `last_before`, after `after`, each with
+    /// the position of its last stored event.
     pub fn list_sessions(
         &self,
         team: u64,
         last_before: i64,
         after: Option<&str>,
         limit: u32,
-    ) -> Result<Vec<Session>, HostError> {
+    ) -> Result<Vec<(Session, u64)>, HostError> {
         self.with(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT session_id, MIN(timestamp_ms), MAX(timestamp_ms), COUNT(*) FROM recordings \
-                 WHERE team_id = ?1 AND (?3 IS NULL OR session_id > ?3) GROUP BY session_id \
-                 HAVING MAX(timestamp_ms) < ?2 ORDER BY session_id LIMIT ?4",
+                "SELECT session_id, MIN(timestamp_ms), MAX(timestamp_ms), COUNT(*), MAX(seq) \
+                 FROM recordings WHERE team_id = ?1 AND (?3 IS NULL OR session_id > ?3) \
+                 GROUP BY session_id HAVING MAX(timestamp_ms) < ?2 ORDER BY session_id LIMIT ?4",
             )?;
             stmt.query_map(
                 params![team as i64, last_before, after, limit.min(MAX_PAGE)],
                 |row| {
-                    Ok(Session {
+                    let session = Session {
                         team_id: team,
                         session_id: row.get(0)?,
                         first_timestamp: row.get(1)?,
                         last_timestamp: row.get(2)?,
                         events: row.get::<_, i64>(3)? as u64,
-                    })
+                    };
+                    Ok((session, row.get::<_, i64>(4)? as u64))
                 },
             )?
             .collect()
@@ -136,39 +144,63 @@ impl Recordings {
         })
     }
 
-    /// Deletes session `session` of `team`; returns how many events it had.
-    pub fn delete_session(&self, team: u64, session: &str) -> Result<u64, HostError> {
+    /// Deletes the events of session `session` of `team` up to position `through`; returns
+    /// how many there were.
+    pub fn delete_session(&self, team: u64, session: &str, through: u64) -> Result<u64, HostError> {
         self.with(|conn| {
             conn.execute(
-                "DELETE FROM recordings WHERE team_id = ?1 AND session_id = ?2",
-                params![team as i64, session],
+                "DELETE FROM recordings WHERE team_id = ?1 AND session_id = ?2 AND seq <= ?3",
+                params![team as i64, session, through as i64],
             )
             .map(|n| n as u64)
         })
     }
 }
 
-impl View<'_, ()> {
-    fn recordings(&self) -> Result<(&Recordings, u64), HostError> {
-        self.ctx.check(&CAPABILITY)?;
+/// Per-instance state: per `(team, session)`, the last position the plugin listed or read, which
+/// bounds what `delete-session` deletes.
+#[derive(Debug, Default)]
+pub struct RecordingsState {
+    seen: HashMap<(u64, String), u64>,
+}
+
+impl RecordingsState {
+    fn saw(&mut self, team: u64, session: &str, position: u64) {
+        let seen = self.seen.entry((team, session.to_owned())).or_default();
+        *seen = (*seen).max(position);
+    }
+}
+
+impl<'a> View<'a, &mut RecordingsState> {
+    fn recordings(&self) -> Result<(&'a Recordings, u64), HostError> {
+        let ctx: &'a Context = self.ctx;
+        ctx.check(&CAPABILITY)?;
         let recordings =
-            self.ctx.services.recordings.as_deref().ok_or_else(|| {
+            ctx.services.recordings.as_deref().ok_or_else(|| {
                 HostError::new(ErrorKind::Unavailable, "no recordings in this host")
             })?;
         Ok((recordings, self.ctx.team_id))
     }
 }
 
-impl Host for View<'_, ()> {
+impl Host for View<'_, &mut RecordingsState> {
     fn list_sessions(
         &mut self,
         last_before: i64,
         after: Option<String>,
         limit: u32,
     ) -> Result<Vec<Session>, types::HostError> {
-        self.recordings()
-            .and_then(|(r, team)| r.list_sessions(team, last_before, after.as_deref(), limit))
-            .map_err(to_wit)
+        let (recordings, team) = self.recordings().map_err(to_wit)?;
+        let listed = recordings
+            .list_sessions(team, last_before, after.as_deref(), limit)
+            .map_err(to_wit)?;
+        Ok(listed
+            .into_iter()
+            .map(|(session, last)| {
+                self.state.saw(team, &session.session_id, last);
+                session
+            })
+            .collect())
     }
 
     fn read_session(
@@ -177,9 +209,14 @@ impl Host for View<'_, ()> {
         after: u64,
         limit: u32,
     ) -> Result<Vec<Snapshot>, types::HostError> {
-        self.recordings()
-            .and_then(|(r, team)| r.read_session(team, &session_id, after, limit))
-            .map_err(to_wit)
+        let (recordings, team) = self.recordings().map_err(to_wit)?;
+        let page = recordings
+            .read_session(team, &session_id, after, limit)
+            .map_err(to_wit)?;
+        if let Some(last) = page.last() {
+            self.state.saw(team, &session_id, last.position);
+        }
+        Ok(page)
     }
 
     fn record_archive(
@@ -214,14 +251,25 @@ impl Host for View<'_, ()> {
             .map_err(to_wit)
     }
 
+    /// Deletes what this instance listed or read of the session, nothing stored after that.
     fn delete_session(&mut self, session_id: String) -> Result<u64, types::HostError> {
-        self.recordings()
-            .and_then(|(r, team)| r.delete_session(team, &session_id))
+        let (recordings, team) = self.recordings().map_err(to_wit)?;
+        let Some(through) = self.state.seen.remove(&(team, session_id.clone())) else {
+            return Ok(0);
+        };
+        recordings
+            .delete_session(team, &session_id, through)
             .map_err(to_wit)
     }
 }
 
 /// Adds `recordings` to `linker`.
 pub(super) fn add_to_linker<T: HasCapabilities>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
-    recordings::add_to_linker::<T, HasView<()>>(linker, |data| data.capabilities().serving())
+    recordings::add_to_linker::<T, HasView<&'static mut RecordingsState>>(linker, |data| {
+        let state = data.capabilities();
+        View {
+            ctx: &state.ctx,
+            state: &mut state.recordings,
+        }
+    })
 }

@@ -57,6 +57,22 @@ pub struct Decoded {
 
 /// Decodes a request to JSON, with every decompressed size capped at `limit` bytes.
 pub fn decode(input: &Input<'_>, limit: usize) -> Result<Decoded, CaptureError> {
+    let (text, form) = decode_text(input, limit)?;
+    Ok(Decoded {
+        payload: parse(&text)?,
+        form,
+    })
+}
+
+/// Parses decoded JSON text.
+pub fn parse(text: &[u8]) -> Result<Value, CaptureError> {
+    serde_json::from_slice(text)
+        .map_err(|e| CaptureError::InvalidPayload(format!("body is not valid JSON: {e}")))
+}
+
+/// Finds and decompresses a request's JSON text (not parsed yet), with every decompressed size
+/// capped at `limit` bytes.
+pub fn decode_text(input: &Input<'_>, limit: usize) -> Result<(Vec<u8>, FormFields), CaptureError> {
     // A JSON or gzip body is never a meaningful form: `curl -d '{...}'` labels JSON as a form,
     // and `curl --data-binary @events.gz -H 'Content-Encoding: gzip'` labels gzip as one (PostHog
     // sniffs gzip whatever the content type says).
@@ -103,10 +119,7 @@ pub fn decode(input: &Input<'_>, limit: usize) -> Result<Decoded, CaptureError> 
         .or(form_compression)
         .or_else(|| input.content_encoding.map(str::to_owned))
         .map(|h| h.trim().to_ascii_lowercase());
-    let json = decompress(data, hint.as_deref(), limit)?;
-    let payload = serde_json::from_slice(&json)
-        .map_err(|e| CaptureError::InvalidPayload(format!("body is not valid JSON: {e}")))?;
-    Ok(Decoded { payload, form })
+    Ok((decompress(data, hint.as_deref(), limit)?, form))
 }
 
 fn missing(what: &str) -> CaptureError {

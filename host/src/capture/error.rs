@@ -2,10 +2,13 @@
 
 use crate::ingest::AppendError;
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use thiserror::Error;
+
+/// Seconds a client is asked to wait after a `503`.
+const RETRY_AFTER_SECONDS: &str = "1";
 
 /// Why a capture request was refused.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -51,6 +54,12 @@ pub enum CaptureError {
     /// Events of one request carry different tokens.
     #[error("events in one request carry different project tokens")]
     InconsistentToken,
+    /// Decoding failed in a way it never should (a bug); the request was not taken.
+    #[error("internal error while decoding the request")]
+    Internal,
+    /// Capture holds as many bytes in flight as it may; retry shortly.
+    #[error("capture is busy with other requests, please retry")]
+    Busy,
     /// The queue cannot take the events now.
     #[error("unable to store the events, please retry: {0}")]
     QueueFull(String),
@@ -78,6 +87,8 @@ impl CaptureError {
             CaptureError::InvalidToken(_) => (StatusCode::UNAUTHORIZED, "invalid_token"),
             CaptureError::UnknownToken => (StatusCode::UNAUTHORIZED, "unknown_token"),
             CaptureError::InconsistentToken => (StatusCode::UNAUTHORIZED, "inconsistent_token"),
+            CaptureError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            CaptureError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             CaptureError::QueueFull(_) => (StatusCode::SERVICE_UNAVAILABLE, "queue_full"),
             CaptureError::QueueUnavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable")
@@ -99,10 +110,11 @@ impl IntoResponse for CaptureError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         metrics::counter!("sluice_capture_errors_total", "code" => code).increment(1);
-        (
-            status,
-            Json(json!({ "code": code, "detail": self.to_string() })),
-        )
-            .into_response()
+        let body = Json(json!({ "code": code, "detail": self.to_string() }));
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            let retry_after = [(header::RETRY_AFTER, RETRY_AFTER_SECONDS)];
+            return (status, retry_after, body).into_response();
+        }
+        (status, body).into_response()
     }
 }

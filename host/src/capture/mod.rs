@@ -1,10 +1,13 @@
 //! The PostHog-compatible capture API.
 //!
-//! A request is decoded ([`decode`]), split into events with its token found ([`normalize`]),
-//! mapped to a team, encoded and appended to the durable queue. Only after the queue has
-//! committed does the client get `200 {"status":1}` (or `204` for `?beacon=1`).
+//! A request is read within capture's memory [`budget`], decoded ([`decode`]) on a decoder
+//! thread (never on the async threads that answer other requests), split into events with its
+//! token found ([`normalize`]), mapped to a team, encoded and appended to the durable queue.
+//! Only after the queue has committed does the client get `200 {"status":1}` (or `204` for
+//! `?beacon=1`).
 //! [`v1`] serves the newer `POST /i/v1/analytics/events` with per-event results.
 
+mod budget;
 mod decode;
 mod error;
 mod lzstring;
@@ -13,6 +16,8 @@ mod time;
 mod v1;
 
 pub use decode::{Decoded, Input, decode};
+
+use budget::{Budget, Reservation};
 pub use error::CaptureError;
 pub use normalize::{NewEvent, RequestContext, encode, normalize};
 
@@ -63,16 +68,108 @@ pub struct CaptureState {
     teams: HashMap<Token, u64>,
     queue: Arc<dyn Append>,
     limits: CaptureConfig,
+    budget: Budget,
+}
+
+/// One request's events, encoded for the queue.
+struct Prepared {
+    team_id: u64,
+    events: u64,
+    payload: Vec<u8>,
+}
+
+/// A request body read within the budget, with what decoding needs from the rest of the
+/// request.
+struct Received {
+    bytes: Vec<u8>,
+    held: Reservation,
+    get: bool,
+    content_type: Option<String>,
+    content_encoding: Option<String>,
+    query_data: Option<String>,
+    query_compression: Option<String>,
+}
+
+impl Received {
+    fn input(&self) -> decode::Input<'_> {
+        decode::Input {
+            get: self.get,
+            body: &self.bytes,
+            content_type: self.content_type.as_deref(),
+            content_encoding: self.content_encoding.as_deref(),
+            query_data: self.query_data.as_deref(),
+            query_compression: self.query_compression.as_deref(),
+        }
+    }
 }
 
 impl CaptureState {
     /// Capture for the given token → team map, appending to `queue`.
     pub fn new(teams: HashMap<Token, u64>, queue: Arc<dyn Append>, limits: CaptureConfig) -> Self {
+        let decoders = std::thread::available_parallelism().map_or(2, |n| n.get() * 2);
         Self {
             teams,
             queue,
+            budget: Budget::new(limits.max_in_flight_bytes, decoders),
             limits,
         }
+    }
+
+    /// Reads `body` (at most `limit` bytes) within the budget.
+    async fn receive(&self, body: Body, limit: usize) -> Result<Received, CaptureError> {
+        let mut held = self.budget.reservation();
+        let bytes = read_body(body, limit, &mut held).await?;
+        metrics::gauge!("sluice_capture_in_flight_bytes").set(self.budget.in_flight() as f64);
+        Ok(Received {
+            bytes,
+            held,
+            get: false,
+            content_type: None,
+            content_encoding: None,
+            query_data: None,
+            query_compression: None,
+        })
+    }
+
+    /// Decodes `received` on a decoder thread: its JSON text, then (once what the text and the
+    /// parsed payload, later the payload and its encoding, will hold is reserved: about twice
+    /// the text, in place of the body) the payload, which `then` turns into events for the
+    /// queue. Appends them, and answers what `then` made
+    /// once the queue holds them.
+    async fn decode_and_append<T: Send + 'static>(
+        self: &Arc<Self>,
+        mut received: Received,
+        limit: usize,
+        then: impl FnOnce(&CaptureState, Decoded) -> Result<(T, Option<Prepared>), CaptureError>
+        + Send
+        + 'static,
+    ) -> Result<T, CaptureError> {
+        let decoder = self.budget.decoder().await?;
+        let state = self.clone();
+        let decoded = tokio::task::spawn_blocking(move || {
+            let (text, form) = decode::decode_text(&received.input(), limit)?;
+            received.held.grow(text.len().saturating_mul(2))?;
+            received.held.release(received.bytes.len());
+            received.bytes = Vec::new();
+            let payload = decode::parse(&text)?;
+            drop(text);
+            let made = then(&state, Decoded { payload, form })?;
+            Ok::<_, CaptureError>((made, received.held))
+        })
+        .await
+        .map_err(|_| CaptureError::Internal)?;
+        drop(decoder);
+        let ((made, prepared), held) = decoded?;
+        if let Some(prepared) = prepared {
+            self.queue
+                .append(prepared.team_id, prepared.events, prepared.payload)
+                .await?;
+            metrics::counter!("sluice_capture_events_total", "team" => prepared.team_id.to_string())
+                .increment(prepared.events);
+        }
+        drop(held);
+        metrics::gauge!("sluice_capture_in_flight_bytes").set(self.budget.in_flight() as f64);
+        Ok(made)
     }
 
     /// The team of a token.
@@ -83,15 +180,14 @@ impl CaptureState {
             .ok_or(CaptureError::UnknownToken)
     }
 
-    /// Encodes `events` for the team of `token` and appends them durably.
-    async fn enqueue(&self, token: &str, events: &[NewEvent]) -> Result<(), CaptureError> {
+    /// Encodes `events` for the team of `token`.
+    fn prepare(&self, token: &str, events: &[NewEvent]) -> Result<Prepared, CaptureError> {
         let team_id = self.team(token)?;
-        let count = events.len() as u64;
-        let payload = normalize::encode(events, team_id)?;
-        self.queue.append(team_id, count, payload).await?;
-        metrics::counter!("sluice_capture_events_total", "team" => team_id.to_string())
-            .increment(count);
-        Ok(())
+        Ok(Prepared {
+            team_id,
+            events: events.len() as u64,
+            payload: normalize::encode(events, team_id)?,
+        })
     }
 }
 
@@ -162,7 +258,7 @@ async fn capture(
 }
 
 async fn accept(
-    state: &CaptureState,
+    state: &Arc<CaptureState>,
     peer: SocketAddr,
     query: CaptureQuery,
     get: bool,
@@ -175,39 +271,54 @@ async fn accept(
         Endpoint::Batch => state.limits.max_batch_body_bytes,
         Endpoint::Recording => state.limits.max_recording_body_bytes,
     };
-    let bytes = read_body(body, limit).await?;
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let input = decode::Input {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let received = Received {
         get,
-        body: &bytes,
         content_type: header("content-type"),
         content_encoding: header("content-encoding"),
-        query_data: query.data.as_deref(),
-        query_compression: query.compression.as_deref(),
+        query_data: query.data,
+        query_compression: query.compression,
+        ..state.receive(body, limit).await?
     };
-    let decoded = decode::decode(&input, limit)?;
-    let form_sent_at = decoded.form.sent_at.as_deref().and_then(|s| {
-        time::parse_epoch_digits(s).or_else(|| time::parse_time(&Value::String(s.to_owned())))
-    });
-    let ctx = RequestContext {
-        now_ms: crate::store::now_ms(),
-        outer_token: query.token.or(query.api_key).or(decoded.form.token),
-        outer_sent_at: query
-            .sent_at
-            .as_deref()
-            .and_then(time::parse_epoch_digits)
-            .or(form_sent_at),
-        ip: Some(client_ip(peer, headers, state.limits.trust_forwarded_for)),
-        engage: endpoint == Endpoint::Engage,
-    };
-    let normalized = normalize(decoded.payload, &ctx)?;
-    state.enqueue(&normalized.token, &normalized.events).await
+    let outer_token = query.token.or(query.api_key);
+    let query_sent_at = query.sent_at.as_deref().and_then(time::parse_epoch_digits);
+    let ip = client_ip(peer, headers, state.limits.trust_forwarded_for);
+    state
+        .decode_and_append(received, limit, move |state, decoded| {
+            let form_sent_at = decoded.form.sent_at.as_deref().and_then(|s| {
+                time::parse_epoch_digits(s)
+                    .or_else(|| time::parse_time(&Value::String(s.to_owned())))
+            });
+            let ctx = RequestContext {
+                now_ms: crate::store::now_ms(),
+                outer_token: outer_token.or(decoded.form.token),
+                outer_sent_at: query_sent_at.or(form_sent_at),
+                ip: Some(ip),
+                engage: endpoint == Endpoint::Engage,
+            };
+            let normalized = normalize(decoded.payload, &ctx)?;
+            Ok((
+                (),
+                Some(state.prepare(&normalized.token, &normalized.events)?),
+            ))
+        })
+        .await
 }
 
-/// Reads at most `limit` bytes of body. A larger body is read on and discarded (up to
-/// [`MAX_DISCARD_BYTES`]) so that the client, still uploading, receives the `413` instead of a
-/// reset connection; memory use stays bounded by `limit` either way.
-pub(crate) async fn read_body(mut body: Body, limit: usize) -> Result<Vec<u8>, CaptureError> {
+/// Reads at most `limit` bytes of body, each byte kept reserved in `held`. A larger body is
+/// read on and discarded (up to [`MAX_DISCARD_BYTES`]) so that the client, still uploading,
+/// receives the `413` instead of a reset connection; memory use stays bounded by `limit` either
+/// way. Past the budget, reading stops with [`CaptureError::Busy`].
+async fn read_body(
+    mut body: Body,
+    limit: usize,
+    held: &mut Reservation,
+) -> Result<Vec<u8>, CaptureError> {
     let mut kept = Vec::new();
     let mut seen = 0usize;
     while let Some(frame) = body.frame().await {
@@ -218,6 +329,7 @@ pub(crate) async fn read_body(mut body: Body, limit: usize) -> Result<Vec<u8>, C
         };
         seen = seen.saturating_add(data.len());
         if seen <= limit {
+            held.grow(data.len())?;
             kept.extend_from_slice(&data);
         } else if seen > limit.saturating_add(MAX_DISCARD_BYTES) {
             break;

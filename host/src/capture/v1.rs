@@ -7,11 +7,11 @@
 //! `{"result": "drop", "details": ...}` for an event that cannot be accepted while the others
 //! are. The event is mapped back to the legacy shape so that the rest of sluice sees one shape.
 
-use super::{CaptureState, RequestContext, client_ip, decode, normalize, read_body, time};
+use super::{CaptureState, Prepared, Received, RequestContext, client_ip, normalize, time};
 use crate::capture::CaptureError;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use std::net::SocketAddr;
@@ -40,24 +40,12 @@ pub async fn capture(
 ) -> Response {
     match accept(&state, peer, &headers, body).await {
         Ok(results) => axum::Json(json!({ "results": results })).into_response(),
-        Err(error) => {
-            let retry = matches!(
-                error,
-                CaptureError::QueueFull(_) | CaptureError::QueueUnavailable(_)
-            );
-            let mut response = error.into_response();
-            if retry {
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            }
-            response
-        }
+        Err(error) => error.into_response(),
     }
 }
 
 async fn accept(
-    state: &CaptureState,
+    state: &Arc<CaptureState>,
     peer: SocketAddr,
     headers: &HeaderMap,
     body: Body,
@@ -75,13 +63,41 @@ async fn accept(
     state.team(&token)?;
 
     let limit = state.limits.max_batch_body_bytes;
-    let bytes = read_body(body, limit).await?;
-    let input = decode::Input {
-        body: &bytes,
-        content_encoding: header("content-encoding"),
-        ..decode::Input::default()
+    let received = Received {
+        content_encoding: header("content-encoding").map(str::to_owned),
+        ..state.receive(body, limit).await?
     };
-    let Value::Object(mut envelope) = decode::decode(&input, limit)?.payload else {
+    let sent_at = header("posthog-request-timestamp")
+        .and_then(|t| time::parse_time(&Value::String(t.to_owned())));
+    let sdk = header("posthog-sdk-info")
+        .and_then(|info| info.split_once('/'))
+        .map(|(lib, version)| (lib.to_owned(), version.to_owned()));
+    let ctx = RequestContext {
+        now_ms: crate::store::now_ms(),
+        outer_token: Some(token.clone()),
+        outer_sent_at: sent_at,
+        ip: Some(client_ip(peer, headers, state.limits.trust_forwarded_for)),
+        engage: false,
+    };
+    state
+        .decode_and_append(received, limit, move |state, decoded| {
+            let sdk = sdk
+                .as_ref()
+                .map(|(lib, version)| (lib.as_str(), version.as_str()));
+            events(state, &token, decoded.payload, &ctx, sdk)
+        })
+        .await
+}
+
+/// The per-event results of a v1 payload, and its accepted events for the queue.
+fn events(
+    state: &CaptureState,
+    token: &str,
+    payload: Value,
+    ctx: &RequestContext,
+    sdk: Option<(&str, &str)>,
+) -> Result<(Map<String, Value>, Option<Prepared>), CaptureError> {
+    let Value::Object(mut envelope) = payload else {
         return Err(CaptureError::InvalidPayload(
             "expected {\"batch\": [...]}".into(),
         ));
@@ -94,16 +110,6 @@ async fn accept(
     if items.is_empty() {
         return Err(CaptureError::EmptyBatch);
     }
-    let sent_at = header("posthog-request-timestamp")
-        .and_then(|t| time::parse_time(&Value::String(t.to_owned())));
-    let sdk = header("posthog-sdk-info").and_then(|info| info.split_once('/'));
-    let ctx = RequestContext {
-        now_ms: crate::store::now_ms(),
-        outer_token: Some(token.clone()),
-        outer_sent_at: sent_at,
-        ip: Some(client_ip(peer, headers, state.limits.trust_forwarded_for)),
-        engage: false,
-    };
 
     let mut results = Map::new();
     let mut accepted = Vec::with_capacity(items.len());
@@ -115,7 +121,7 @@ async fn accept(
         let Some(uuid) = item.get("uuid").and_then(Value::as_str).map(str::to_owned) else {
             return Err(CaptureError::InvalidUuid(i));
         };
-        match normalize::event(i, legacy_shape(item, sdk), &ctx, sent_at) {
+        match normalize::event(i, legacy_shape(item, sdk), ctx, ctx.outer_sent_at) {
             Ok(event) => {
                 results.insert(uuid, json!({ "result": "ok" }));
                 accepted.push(event);
@@ -128,10 +134,12 @@ async fn accept(
             }
         }
     }
-    if !accepted.is_empty() {
-        state.enqueue(&token, &accepted).await?;
-    }
-    Ok(results)
+    let prepared = if accepted.is_empty() {
+        None
+    } else {
+        Some(state.prepare(token, &accepted)?)
+    };
+    Ok((results, prepared))
 }
 
 /// Maps a v1 event to the legacy shape: `options` and `session_id`/`window_id` back into

@@ -58,8 +58,12 @@ enum Command {
         #[arg(long)]
         follow: bool,
     },
-    /// Print events that plugins failed on (installations with `on_error = "dead_letter"`).
+    /// Print events that plugins failed on (installations with `on_error = "dead_letter"`),
+    /// and events the worker or the sink could not handle (installation `(worker)` or `(sink)`).
     DeadLetters(#[command(flatten)] Read),
+    /// Print ingested payloads that could not be read as events (damaged storage), set aside
+    /// whole instead of being processed.
+    Quarantine(#[command(flatten)] Read),
     /// Print the status of every export installation: cursor, lag, last success, last error,
     /// and the batch being retried; or work with export dead letters.
     #[command(args_conflicts_with_subcommands = true)]
@@ -167,6 +171,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             follow,
         } => logs::print(&read, installation.as_deref(), follow),
         Command::DeadLetters(read) => print_lines(store::read::recent_dead_letters(
+            &read.open()?,
+            read.team,
+            read.limit,
+        )?),
+        Command::Quarantine(read) => print_lines(store::read::recent_quarantined(
             &read.open()?,
             read.team,
             read.limit,

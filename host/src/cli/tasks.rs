@@ -22,6 +22,12 @@ pub(super) struct List {
 /// What `sluice tasks` can do besides listing runs.
 #[derive(Subcommand)]
 pub(super) enum Action {
+    /// Prints each task's schedule, time zone, last tick and next tick, as the server last
+    /// started it.
+    Schedules {
+        #[command(flatten)]
+        scope: Scope,
+    },
     /// Runs a task now, through the running `sluice serve` (never while the same task runs),
     /// waits for it and prints the run.
     Run {
@@ -41,15 +47,21 @@ pub(super) enum Action {
 }
 
 pub(super) fn run(action: Option<Action>, list: List) -> anyhow::Result<()> {
-    let Some(Action::Run {
-        config,
-        installation,
-        task,
-        wait,
-    }) = action
-    else {
-        let (conn, installation) = list.scope.open()?;
-        return print_lines(state::runs(&conn, installation, None, list.limit)?);
+    let (config, installation, task, wait) = match action {
+        None => {
+            let (conn, installation) = list.scope.open()?;
+            return print_lines(state::runs(&conn, installation, None, list.limit)?);
+        }
+        Some(Action::Schedules { scope }) => {
+            let (conn, installation) = scope.open()?;
+            return print_lines(state::schedules(&conn, installation)?);
+        }
+        Some(Action::Run {
+            config,
+            installation,
+            task,
+            wait,
+        }) => (config, installation, task, wait),
     };
     let config = load(&config)?;
     check_installation(&config, &installation)?;

@@ -17,6 +17,10 @@ pub struct CaptureConfig {
     pub max_recording_body_bytes: usize,
     /// Take the client IP from the first `X-Forwarded-For` entry (only behind a trusted proxy).
     pub trust_forwarded_for: bool,
+    /// Most bytes all requests in flight may hold together (bodies as they arrive, decoded
+    /// text, parsed events, payloads waiting for the queue); a request past it is answered
+    /// `503` with `Retry-After`.
+    pub max_in_flight_bytes: usize,
 }
 
 impl Default for CaptureConfig {
@@ -26,6 +30,7 @@ impl Default for CaptureConfig {
             max_batch_body_bytes: 20 * 1024 * 1024,
             max_recording_body_bytes: 25 * 1024 * 1024,
             trust_forwarded_for: false,
+            max_in_flight_bytes: 256 * 1024 * 1024,
         }
     }
 }

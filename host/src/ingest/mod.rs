@@ -49,17 +49,20 @@ pub trait Append: Send + Sync {
     /// durably; resolves only once they would survive a crash.
     fn append(&self, team_id: u64, events: u64, payload: Vec<u8>) -> Appending<'_>;
 
-    /// Events appended and not yet acknowledged.
+    /// Events appended and not yet acknowledged, and those of requests still waiting to be
+    /// appended.
     fn depth(&self) -> u64;
 }
 
 /// One appended payload as the worker receives it.
 #[derive(Debug)]
 pub struct Ingested {
-    /// Where it is in the ingest, for logs (embedded: the queue row id).
-    pub position: i64,
+    /// Where it is in the ingest, opaque, for logs and quarantine (embedded: the queue row id).
+    pub position: String,
     /// The team of every event in it.
     pub team_id: u64,
+    /// How many events capture appended in it.
+    pub events: u64,
     /// A batch in the wire encoding.
     pub payload: Vec<u8>,
 }

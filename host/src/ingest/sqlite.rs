@@ -34,7 +34,25 @@ struct Request {
 struct Shared {
     /// Events committed and not yet acknowledged.
     depth: AtomicU64,
+    /// Events of requests waiting for the writer.
+    pending: AtomicU64,
     signal: Signal,
+}
+
+impl Shared {
+    /// Events waiting: committed and not acknowledged, or not committed yet.
+    fn waiting(&self) -> u64 {
+        self.depth.load(Ordering::SeqCst) + self.pending.load(Ordering::SeqCst)
+    }
+}
+
+/// Counts a request's events as pending until dropped.
+struct Pending<'a>(&'a AtomicU64, u64);
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(self.1, Ordering::SeqCst);
+    }
 }
 
 /// The capture side of the queue. Cheap to clone.
@@ -68,6 +86,7 @@ impl Queue {
         let conn = store::open(data_dir)?;
         let shared = Arc::new(Shared {
             depth: AtomicU64::new(depth(&conn)?),
+            pending: AtomicU64::new(0),
             signal: Signal::default(),
         });
         let (sender, receiver) = mpsc::sync_channel(PENDING_REQUESTS);
@@ -99,10 +118,12 @@ impl Queue {
 impl Append for Queue {
     fn append(&self, team_id: u64, events: u64, payload: Vec<u8>) -> Appending<'_> {
         Box::pin(async move {
-            let waiting = self.shared.depth.load(Ordering::SeqCst);
+            let waiting = self.shared.waiting();
             if waiting.saturating_add(events) > self.max_depth {
                 return Err(AppendError::Full(waiting));
             }
+            self.shared.pending.fetch_add(events, Ordering::SeqCst);
+            let _pending = Pending(&self.shared.pending, events);
             let (done, result) = oneshot::channel();
             let request = Request {
                 team_id,
@@ -126,7 +147,7 @@ impl Append for Queue {
     }
 
     fn depth(&self) -> u64 {
-        self.shared.depth.load(Ordering::SeqCst)
+        self.shared.waiting()
     }
 }
 
@@ -141,7 +162,8 @@ fn write_loop(mut conn: Connection, receiver: Receiver<Request>, shared: &Shared
         }
         let result = commit(&mut conn, &group).map_err(|e| AppendError::Unavailable(e.to_string()));
         match &result {
-            // Counted before the reader is woken, so the reader never subtracts events first.
+            // Counted before the reader is woken, so the reader never subtracts events first
+            // (and before the requests stop counting as pending, so they are never uncounted).
             Ok(()) => {
                 shared
                     .depth
@@ -213,7 +235,7 @@ impl Receipt for QueueReceipt {
 }
 
 impl QueueReader {
-    fn read(&self, max_events: usize) -> Result<Vec<(Ingested, u64)>, StoreError> {
+    fn read(&self, max_events: usize) -> Result<Vec<(i64, Ingested)>, StoreError> {
         // Every row holds at least one event, so `max_events` rows always suffice.
         let mut stmt = self.conn.prepare_cached(
             "SELECT id, team_id, events, payload FROM queue ORDER BY id LIMIT ?1",
@@ -222,16 +244,15 @@ impl QueueReader {
         let mut taken = Vec::new();
         let mut events = 0;
         while let Some(row) = rows.next()? {
-            let count = row.get::<_, i64>(2)? as u64;
-            taken.push((
-                Ingested {
-                    position: row.get(0)?,
-                    team_id: row.get::<_, i64>(1)? as u64,
-                    payload: row.get(3)?,
-                },
-                count,
-            ));
-            events += count as usize;
+            let id: i64 = row.get(0)?;
+            let ingested = Ingested {
+                position: id.to_string(),
+                team_id: row.get::<_, i64>(1)? as u64,
+                events: row.get::<_, i64>(2)? as u64,
+                payload: row.get(3)?,
+            };
+            events += ingested.events as usize;
+            taken.push((id, ingested));
             if events >= max_events {
                 break;
             }
@@ -253,12 +274,12 @@ impl Ingest for QueueReader {
             self.seen = self.shared.signal.wait(self.seen, wait);
             rows = self.read(max_events)?;
         }
-        let Some(last_id) = rows.last().map(|(row, _)| row.position) else {
+        let Some(last_id) = rows.last().map(|(id, _)| *id) else {
             return Ok(None);
         };
-        let events = rows.iter().map(|(_, count)| count).sum();
+        let events = rows.iter().map(|(_, row)| row.events).sum();
         Ok(Some(Polled {
-            batches: rows.into_iter().map(|(row, _)| row).collect(),
+            batches: rows.into_iter().map(|(_, row)| row).collect(),
             events,
             receipt: QueueReceipt {
                 path: self.path.clone(),

@@ -69,8 +69,12 @@ impl Runner {
         let id = &self.installation.id;
         let mut due = Vec::new();
         for task in &self.installation.tasks {
-            let Some(last) = state::last_tick(&self.conn, id, &task.name)? else {
+            let last = state::last_tick(&self.conn, id, &task.name)?;
+            if last.is_none() {
                 state::set_last_tick(&self.conn, id, &task.name, millis(now))?;
+            }
+            state::record_schedule(&self.conn, id, &task.name, &task.schedule)?;
+            let Some(last) = last else {
                 due.push(task.schedule.after(now).map(|at| Due {
                     at,
                     trigger: Trigger::Schedule,

@@ -2,6 +2,7 @@
 //! (`task_state`), every run (`task_runs`), runs asked for by operators (`task_requests`), and
 //! the job queue (`jobs`).
 
+use super::timing::Schedule;
 use crate::store::{StoreError, now_ms, rfc3339};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
@@ -55,6 +56,68 @@ pub fn set_last_tick(
         params![installation, task, tick],
     )?;
     Ok(())
+}
+
+/// Records the schedule `task` runs on, for `sluice tasks schedules`.
+pub fn record_schedule(
+    conn: &Connection,
+    installation: &str,
+    task: &str,
+    schedule: &Schedule,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE task_state SET schedule = ?3, time_zone = ?4 WHERE installation = ?1 AND task = ?2",
+        params![installation, task, schedule.text, schedule.zone()],
+    )?;
+    Ok(())
+}
+
+/// A task's schedule as `sluice tasks schedules` prints it.
+#[derive(Debug, Serialize)]
+pub struct TaskSchedule {
+    /// `team-<team id>/<installation id>`.
+    pub installation: String,
+    /// The task.
+    pub task: String,
+    /// Its schedule, as written.
+    pub schedule: String,
+    /// The time zone it is read in.
+    pub time_zone: String,
+    /// The last tick handled, RFC 3339 UTC.
+    pub last_tick: String,
+    /// The next tick after now, RFC 3339 UTC (none if the schedule has no more).
+    pub next_tick: Option<String>,
+}
+
+/// The schedules of the tasks the server last started (of `installation`, if given).
+pub fn schedules(
+    conn: &Connection,
+    installation: Option<&str>,
+) -> Result<Vec<TaskSchedule>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT installation, task, schedule, time_zone, last_tick_ms FROM task_state \
+         WHERE schedule IS NOT NULL AND (?1 IS NULL OR installation = ?1) ORDER BY installation, task",
+    )?;
+    let now = chrono::Utc::now();
+    let rows = stmt
+        .query_map(params![installation], |row| {
+            let schedule: String = row.get(2)?;
+            let time_zone: String = row.get(3)?;
+            let next_tick = Schedule::parse(&schedule, &time_zone)
+                .ok()
+                .and_then(|s| s.after(now))
+                .map(|t| rfc3339(t.timestamp_millis()));
+            Ok(TaskSchedule {
+                installation: row.get(0)?,
+                task: row.get(1)?,
+                schedule,
+                time_zone,
+                last_tick: rfc3339(row.get(4)?),
+                next_tick,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
 }
 
 /// Records that a run of `task` for the tick at `scheduled_at` started; returns its id.

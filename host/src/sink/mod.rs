@@ -7,12 +7,18 @@
 //!   [`Output`] would survive a crash (embedded: one committed transaction with
 //!   `synchronous = FULL`; ClickHouse: the insert acknowledged). Only then does the worker
 //!   acknowledge the ingest.
-//! - **Idempotent on `uuid`.** Storing an event whose `uuid` is already stored keeps one copy
-//!   (embedded: `INSERT OR IGNORE` on a unique uuid; ClickHouse: a `ReplacingMergeTree` ordered by
-//!   uuid plus insert de-duplication tokens). The ingest delivers at least once, so after a crash
+//! - **Idempotent on `(team, uuid)`.** Storing an event whose `uuid` is already stored for its
+//!   team keeps one copy; the same uuid in another team is another event, so no tenant can
+//!   suppress another's events (embedded: `INSERT OR IGNORE` on a unique `(team_id, uuid)`;
+//!   ClickHouse: a `ReplacingMergeTree` ordered by team and uuid plus insert de-duplication
+//!   tokens). Recordings and dead letters (per installation) are keyed the same way. The ingest delivers at least once, so after a crash
 //!   the same output can arrive again: idempotence turns that into no duplicates.
 //! - **All or nothing per call.** A failed call may have stored part of the output; the worker
-//!   then polls the same events again and stores them again, which idempotence absorbs.
+//!   then stores it again (or polls the same events again after a crash), which idempotence
+//!   absorbs. The worker may also store parts of an output without a receipt (to find what
+//!   cannot be stored) before it stores the rest with the receipt.
+//! - **Dead letters of damaged events.** A dead letter's event may be damaged (that is why it
+//!   is one): a sink reads only its envelope (team, uuid) and keeps its bytes as they are.
 //! - If the ingest lives in the same database, the sink settles the poll's [`Receipt`] in the
 //!   same transaction ([`Receipt::settle_in`]).
 
@@ -35,15 +41,34 @@ pub struct DeadLetter {
     pub backtrace: Option<String>,
 }
 
+/// An ingested payload that cannot be read as events (damaged storage), set aside whole for
+/// operators (`sluice quarantine`) instead of being acknowledged away.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Quarantined {
+    /// Where it was in the ingest.
+    pub position: String,
+    /// The team the ingest recorded for it.
+    pub team_id: u64,
+    /// How many events the ingest recorded in it.
+    pub events: u64,
+    /// The payload as it was read.
+    pub payload: Vec<u8>,
+    /// Why it cannot be read.
+    pub error: String,
+}
+
 /// What the chains made of one poll of the ingest.
 #[derive(Debug, Default)]
 pub struct Output {
     /// Events to store, encoded (with length prefix), in order.
     pub events: Vec<Vec<u8>>,
-    /// Events plugins failed on, under a `dead_letter` policy.
+    /// Events plugins failed on, under a `dead_letter` policy, and events the worker or the
+    /// sink could not handle.
     pub dead_letters: Vec<DeadLetter>,
     /// Session-recording events, which skip chains.
     pub recordings: Vec<Vec<u8>>,
+    /// Ingested payloads that cannot be read.
+    pub quarantined: Vec<Quarantined>,
 }
 
 /// How much of an [`Output`] was new.

@@ -2,7 +2,7 @@
 //! queue's receipt settled in the same transaction (an event is never in neither, and never
 //! processed twice).
 
-use super::{DeadLetter, Output, Sink, SinkError, Stored};
+use super::{DeadLetter, Output, Quarantined, Sink, SinkError, Stored};
 use crate::ingest::Receipt;
 use crate::store::{self, StoreError};
 use rusqlite::{Connection, Transaction, params};
@@ -32,6 +32,7 @@ impl Sink for SqliteSink {
             events: insert_events(&tx, &output.events)?,
         };
         insert_dead_letters(&tx, &output.dead_letters)?;
+        insert_quarantined(&tx, &output.quarantined)?;
         receipt.settle_in(&tx)?;
         tx.commit().map_err(StoreError::from)?;
         Ok(stored)
@@ -42,7 +43,8 @@ fn decode(encoded: &[u8]) -> Result<EventFields<'_>, StoreError> {
     Ok(wire::parse_encoded(encoded).and_then(|raw| raw.fields())?)
 }
 
-/// Stores events, skipping uuids already stored; returns how many were new.
+/// Stores events, skipping those whose `(team, uuid)` is already stored; returns how many were
+/// new.
 fn insert_events(tx: &Transaction<'_>, events: &[Vec<u8>]) -> Result<usize, StoreError> {
     let now = store::now_ms();
     let mut insert = tx.prepare_cached(
@@ -73,15 +75,16 @@ fn insert_events(tx: &Transaction<'_>, events: &[Vec<u8>]) -> Result<usize, Stor
 fn insert_dead_letters(tx: &Transaction<'_>, letters: &[DeadLetter]) -> Result<(), StoreError> {
     let now = store::now_ms();
     let mut insert = tx.prepare_cached(
-        "INSERT INTO dead_letters (team_id, installation, uuid, event, error, backtrace, created_at_ms) \
+        "INSERT OR IGNORE INTO dead_letters (team_id, installation, uuid, event, error, backtrace, created_at_ms) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
     for letter in letters {
-        let fields = decode(&letter.encoded)?;
+        // Only the envelope: the rest of a dead letter's event may be what is damaged.
+        let event = wire::parse_encoded(&letter.encoded).map_err(StoreError::from)?;
         insert.execute(params![
-            fields.team_id as i64,
+            event.team_id() as i64,
             letter.installation,
-            &fields.uuid[..],
+            &event.uuid()[..],
             letter.encoded,
             letter.error,
             letter.backtrace,
@@ -91,8 +94,26 @@ fn insert_dead_letters(tx: &Transaction<'_>, letters: &[DeadLetter]) -> Result<(
     Ok(())
 }
 
-/// Stores `$snapshot` events in the recordings table (skipping uuids already stored), keyed by
-/// team, `$session_id`, `$window_id` and time. Returns how many were new.
+fn insert_quarantined(tx: &Transaction<'_>, rows: &[Quarantined]) -> Result<(), StoreError> {
+    let mut insert = tx.prepare_cached(
+        "INSERT OR IGNORE INTO queue_quarantine (position, team_id, events, payload, error, \
+         quarantined_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for row in rows {
+        insert.execute(params![
+            row.position,
+            row.team_id as i64,
+            row.events as i64,
+            row.payload,
+            row.error,
+            store::now_ms(),
+        ])?;
+    }
+    Ok(())
+}
+
+/// Stores `$snapshot` events in the recordings table, keyed by team, `$session_id`, `$window_id`
+/// and time (skipping a `(team, uuid)` already stored). Returns how many were new.
 fn insert_recordings(tx: &Transaction<'_>, recordings: &[Vec<u8>]) -> Result<usize, StoreError> {
     let now = store::now_ms();
     let mut insert = tx.prepare_cached(

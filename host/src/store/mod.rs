@@ -11,7 +11,7 @@
 pub mod logs;
 pub mod read;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, Transaction};
 use sluice_abi::wire::WireError;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -29,7 +29,7 @@ CREATE TABLE IF NOT EXISTS queue (
 );
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY,
-    uuid BLOB NOT NULL UNIQUE,
+    uuid BLOB NOT NULL,
     team_id INTEGER NOT NULL,
     timestamp_ms INTEGER NOT NULL,
     event TEXT NOT NULL,
@@ -38,19 +38,21 @@ CREATE TABLE IF NOT EXISTS events (
     properties TEXT NOT NULL,
     set_json TEXT,
     set_once_json TEXT,
-    stored_at_ms INTEGER NOT NULL
+    stored_at_ms INTEGER NOT NULL,
+    UNIQUE (team_id, uuid)
 );
 CREATE INDEX IF NOT EXISTS events_by_team ON events (team_id, seq);
 CREATE TABLE IF NOT EXISTS recordings (
     seq INTEGER PRIMARY KEY,
-    uuid BLOB NOT NULL UNIQUE,
+    uuid BLOB NOT NULL,
     team_id INTEGER NOT NULL,
     session_id TEXT NOT NULL,
     window_id TEXT,
     distinct_id TEXT NOT NULL,
     timestamp_ms INTEGER NOT NULL,
     properties TEXT NOT NULL,
-    stored_at_ms INTEGER NOT NULL
+    stored_at_ms INTEGER NOT NULL,
+    UNIQUE (team_id, uuid)
 );
 CREATE INDEX IF NOT EXISTS recordings_by_session ON recordings (team_id, session_id, window_id, timestamp_ms);
 CREATE TABLE IF NOT EXISTS plugin_logs (
@@ -70,6 +72,16 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     error TEXT NOT NULL,
     created_at_ms INTEGER NOT NULL,
     backtrace TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_by_event ON dead_letters (team_id, installation, uuid);
+CREATE TABLE IF NOT EXISTS queue_quarantine (
+    id INTEGER PRIMARY KEY,
+    position TEXT NOT NULL UNIQUE,
+    team_id INTEGER NOT NULL,
+    events INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    error TEXT NOT NULL,
+    quarantined_at_ms INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS export_cursors (
     installation TEXT PRIMARY KEY,
@@ -110,6 +122,8 @@ CREATE TABLE IF NOT EXISTS task_state (
     installation TEXT NOT NULL,
     task TEXT NOT NULL,
     last_tick_ms INTEGER NOT NULL,
+    schedule TEXT,
+    time_zone TEXT,
     PRIMARY KEY (installation, task)
 );
 CREATE TABLE IF NOT EXISTS task_runs (
@@ -160,11 +174,74 @@ CREATE TABLE IF NOT EXISTS recording_archives (
 ";
 
 /// Changes to databases made by earlier versions, in order; a fresh database gets [`SCHEMA`] and
-/// counts as migrated. `PRAGMA user_version` records how many were applied.
-const MIGRATIONS: &[&str] = &[
+/// counts as migrated. `PRAGMA user_version` records how many were applied. Each one leaves
+/// alone a table an old database never had ([`SCHEMA`] creates it afterwards, as it is now).
+const MIGRATIONS: &[fn(&Transaction<'_>) -> rusqlite::Result<()>] = &[
     // Dead letters keep the plugin's backtrace apart from the one-line error.
-    "ALTER TABLE dead_letters ADD COLUMN backtrace TEXT",
+    |tx| add_column(tx, "dead_letters", "backtrace TEXT"),
+    // Idempotence keys are per (team, uuid): a uuid one team used no longer hides another
+    // team's event. Positions (`seq`) are kept, so export cursors stay valid.
+    |tx| {
+        for (table, columns) in [("events", EVENT_COLUMNS), ("recordings", RECORDING_COLUMNS)] {
+            if table_exists(tx, table)? {
+                let create = table_sql(table);
+                tx.execute_batch(&format!(
+                    "ALTER TABLE {table} RENAME TO {table}_before_team_keys;
+                     {create};
+                     INSERT INTO {table} ({columns}) SELECT {columns} FROM {table}_before_team_keys;
+                     DROP TABLE {table}_before_team_keys;"
+                ))?;
+            }
+        }
+        if table_exists(tx, "dead_letters")? {
+            tx.execute_batch(
+                "DELETE FROM dead_letters WHERE id NOT IN
+                 (SELECT MIN(id) FROM dead_letters GROUP BY team_id, installation, uuid)",
+            )?;
+        }
+        Ok(())
+    },
+    // `sluice tasks schedules` shows each task's schedule and next tick.
+    |tx| {
+        add_column(tx, "task_state", "schedule TEXT")?;
+        add_column(tx, "task_state", "time_zone TEXT")
+    },
 ];
+
+const EVENT_COLUMNS: &str = "seq, uuid, team_id, timestamp_ms, event, distinct_id, ip, properties, \
+     set_json, set_once_json, stored_at_ms";
+const RECORDING_COLUMNS: &str = "seq, uuid, team_id, session_id, window_id, distinct_id, timestamp_ms, properties, stored_at_ms";
+
+/// The `CREATE TABLE` statement of `table` in [`SCHEMA`].
+fn table_sql(table: &str) -> String {
+    let start = SCHEMA
+        .find(&format!("CREATE TABLE IF NOT EXISTS {table} ("))
+        .unwrap_or_default();
+    let end = start + SCHEMA[start..].find(");").unwrap_or_default() + 1;
+    SCHEMA[start..end].to_owned()
+}
+
+fn table_exists(tx: &Transaction<'_>, table: &str) -> rusqlite::Result<bool> {
+    tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
+        [table],
+        |row| row.get(0),
+    )
+}
+
+/// Adds `column` (name and type) to `table`, if the table exists without it.
+fn add_column(tx: &Transaction<'_>, table: &str, column: &str) -> rusqlite::Result<()> {
+    let name = column.split_whitespace().next().unwrap_or(column);
+    let has: bool = tx.query_row(
+        &format!("SELECT EXISTS (SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1)"),
+        [name],
+        |row| row.get(0),
+    )?;
+    if table_exists(tx, table)? && !has {
+        tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column}"))?;
+    }
+    Ok(())
+}
 
 /// Why the embedded database failed.
 #[derive(Debug, Error)]
@@ -239,7 +316,7 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
         MIGRATIONS.len()
     };
     for migration in MIGRATIONS.iter().skip(applied) {
-        tx.execute_batch(migration)?;
+        migration(&tx)?;
     }
     tx.execute_batch(SCHEMA)?;
     tx.pragma_update(None, "user_version", MIGRATIONS.len())?;
@@ -271,26 +348,81 @@ pub fn rfc3339(ms: i64) -> String {
 mod tests {
     use super::*;
 
+    /// The tables the migrations change, as the first release created them.
+    const FIRST_SCHEMA: &str = "
+        CREATE TABLE events (seq INTEGER PRIMARY KEY, uuid BLOB NOT NULL UNIQUE,
+            team_id INTEGER NOT NULL, timestamp_ms INTEGER NOT NULL, event TEXT NOT NULL,
+            distinct_id TEXT NOT NULL, ip TEXT, properties TEXT NOT NULL, set_json TEXT,
+            set_once_json TEXT, stored_at_ms INTEGER NOT NULL);
+        CREATE TABLE recordings (seq INTEGER PRIMARY KEY, uuid BLOB NOT NULL UNIQUE,
+            team_id INTEGER NOT NULL, session_id TEXT NOT NULL, window_id TEXT,
+            distinct_id TEXT NOT NULL, timestamp_ms INTEGER NOT NULL, properties TEXT NOT NULL,
+            stored_at_ms INTEGER NOT NULL);
+        CREATE TABLE dead_letters (id INTEGER PRIMARY KEY, team_id INTEGER NOT NULL,
+            installation TEXT NOT NULL, uuid BLOB NOT NULL, event BLOB NOT NULL,
+            error TEXT NOT NULL, created_at_ms INTEGER NOT NULL);
+        INSERT INTO events VALUES (7, x'01', 1, 0, 'e', 'u', NULL, '{}', NULL, NULL, 0);
+        INSERT INTO recordings VALUES (9, x'02', 1, 's', NULL, 'u', 0, '{}', 0);
+        INSERT INTO dead_letters VALUES (1, 1, 'i', x'03', x'00', 'e', 0);
+        INSERT INTO dead_letters VALUES (2, 1, 'i', x'03', x'00', 'e', 0);";
+
     #[test]
-    fn a_database_of_an_earlier_version_is_migrated() {
+    fn a_database_of_the_first_version_is_migrated_keeping_positions() {
         let dir = tempfile::tempdir().unwrap();
         let old = Connection::open(dir.path().join(DB_FILE)).unwrap();
-        // The schema as it was before dead letters had a backtrace.
-        old.execute_batch(&SCHEMA.replace(",\n    backtrace TEXT", ""))
-            .unwrap();
+        old.execute_batch(FIRST_SCHEMA).unwrap();
         drop(old);
-        for _ in 0..2 {
+        for team in [2, 3] {
             let conn = open(dir.path()).unwrap();
-            conn.execute(
-                "INSERT INTO dead_letters (team_id, installation, uuid, event, error, created_at_ms, backtrace) \
-                 VALUES (1, 'i', x'00', x'00', 'e', 0, 'frames')",
-                [],
-            )
-            .unwrap();
             let version: usize = conn
                 .query_row("PRAGMA user_version", [], |row| row.get(0))
                 .unwrap();
             assert_eq!(version, MIGRATIONS.len());
+            let seq: i64 = conn
+                .query_row("SELECT seq FROM events WHERE uuid = x'01'", [], |row| {
+                    row.get(0)
+                })
+                .unwrap();
+            assert_eq!(seq, 7, "positions survive the migration");
+            // Another team may now store the same uuids.
+            conn.execute(
+                "INSERT INTO events (uuid, team_id, timestamp_ms, event, distinct_id, properties, stored_at_ms) \
+                 VALUES (x'01', ?1, 0, 'e', 'u', '{}', 0)",
+                [team],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO recordings (uuid, team_id, session_id, distinct_id, timestamp_ms, properties, stored_at_ms) \
+                 VALUES (x'02', ?1, 's', 'u', 0, '{}', 0)",
+                [team],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO dead_letters (team_id, installation, uuid, event, error, created_at_ms, backtrace) \
+                 VALUES (?1, 'i', x'03', x'00', 'e', 0, 'frames')",
+                [team],
+            )
+            .unwrap();
         }
+        let conn = open(dir.path()).unwrap();
+        let count = |table: &str| -> i64 {
+            conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |row| {
+                row.get(0)
+            })
+            .unwrap()
+        };
+        assert_eq!(count("events"), 3);
+        assert_eq!(count("recordings"), 3);
+        assert_eq!(
+            count("dead_letters"),
+            3,
+            "the duplicate dead letter was merged"
+        );
+        let again = conn.execute(
+            "INSERT INTO events (uuid, team_id, timestamp_ms, event, distinct_id, properties, stored_at_ms) \
+             VALUES (x'01', 2, 0, 'e', 'u', '{}', 0)",
+            [],
+        );
+        assert!(again.is_err(), "(team, uuid) stays unique");
     }
 }

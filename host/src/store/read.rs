@@ -1,6 +1,8 @@
 //! What the commands print: stored events, recordings and dead letters, newest last.
 
 use super::{StoreError, rfc3339, uuid_text};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -58,8 +60,40 @@ pub struct StoredDeadLetter {
     /// Where in the plugin it went wrong, when known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backtrace: Option<String>,
-    /// The event as it was before that plugin.
-    pub event: StoredEvent,
+    /// The event as it was before that plugin, or its bytes if it cannot be read.
+    pub event: DeadEvent,
+}
+
+/// The event of a dead letter.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum DeadEvent {
+    /// It can be read.
+    Readable(StoredEvent),
+    /// It is damaged: why, and its bytes (base64, with length prefix).
+    Damaged {
+        /// Why it cannot be read.
+        damaged: String,
+        /// The encoded event, base64.
+        bytes_base64: String,
+    },
+}
+
+/// A quarantined ingest payload as `sluice quarantine` prints it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StoredQuarantine {
+    /// Where it was in the ingest.
+    pub position: String,
+    /// The team the ingest recorded.
+    pub team_id: u64,
+    /// How many events the ingest recorded in it.
+    pub events: u64,
+    /// Why it cannot be read.
+    pub error: String,
+    /// When it was set aside, RFC 3339 UTC.
+    pub quarantined_at: String,
+    /// The payload, base64.
+    pub payload_base64: String,
 }
 
 /// A stored recording event as `sluice recordings` prints it (and as archives hold it).
@@ -135,8 +169,15 @@ pub fn recent_dead_letters(
         .into_iter()
         .map(|(installation, error, encoded, backtrace)| {
             // The event as it was before the plugin that failed, earlier plugins' edits applied.
-            let event =
-                wire::parse_encoded(&encoded)?.with_patch_applied(StoredEvent::from_fields)?;
+            let event = wire::parse_encoded(&encoded)
+                .and_then(|raw| raw.with_patch_applied(StoredEvent::from_fields))
+                .map_or_else(
+                    |error| DeadEvent::Damaged {
+                        damaged: error.to_string(),
+                        bytes_base64: BASE64.encode(&encoded),
+                    },
+                    DeadEvent::Readable,
+                );
             Ok(StoredDeadLetter {
                 installation,
                 error,
@@ -147,6 +188,32 @@ pub fn recent_dead_letters(
         .collect::<Result<Vec<_>, StoreError>>()?;
     letters.reverse();
     Ok(letters)
+}
+
+/// The newest `limit` quarantined ingest payloads (of `team`, if given), oldest first.
+pub fn recent_quarantined(
+    conn: &Connection,
+    team: Option<u64>,
+    limit: usize,
+) -> Result<Vec<StoredQuarantine>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT position, team_id, events, error, quarantined_at_ms, payload FROM queue_quarantine \
+         WHERE ?1 IS NULL OR team_id = ?1 ORDER BY id DESC LIMIT ?2",
+    )?;
+    let mut rows = stmt
+        .query_map(params![team.map(|t| t as i64), limit as i64], |row| {
+            Ok(StoredQuarantine {
+                position: row.get(0)?,
+                team_id: row.get::<_, i64>(1)? as u64,
+                events: row.get::<_, i64>(2)? as u64,
+                error: row.get(3)?,
+                quarantined_at: rfc3339(row.get(4)?),
+                payload_base64: BASE64.encode(row.get::<_, Vec<u8>>(5)?),
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    rows.reverse();
+    Ok(rows)
 }
 
 /// The newest `limit` recording events (of `team` and `session`, if given), in session order.

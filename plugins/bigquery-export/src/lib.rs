@@ -1,7 +1,7 @@
 //! Exports stored events to a BigQuery table through the `http` capability, fixing what
 //! PostHog's BigQuery plugin got wrong:
 //!
-//! - **No duplicates from retries.** Every row is streamed with `insertId` = the event uuid, so
+//! - **No duplicates from retries.** Every row is streamed with `insertId` = `<team>:<uuid>`, so
 //!   BigQuery drops a row it already has when a batch is sent again (after a retry or a crash);
 //!   `bq_ingested_timestamp` is the time the batch was formed, so a re-sent row is identical,
 //!   as de-duplication expects. (BigQuery de-duplicates on a best-effort basis, for about a
@@ -47,7 +47,7 @@ impl Plugin for BigQueryExport {
         Manifest::new(
             "bigquery-export",
             env!("CARGO_PKG_VERSION"),
-            "Exports stored events to a BigQuery table (streaming inserts, insertId = event uuid)",
+            "Exports stored events to a BigQuery table (streaming inserts, insertId = team id and event uuid)",
         )
         .needs(&["http"])
         .config(vec![

@@ -18,7 +18,8 @@ fn iso(ms: i64) -> String {
         .to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-/// The insertAll row of `event` (PostHog's columns), with `insertId` = the event uuid.
+/// The insertAll row of `event` (PostHog's columns), with `insertId` = `<team id>:<uuid>`: a
+/// uuid is unique within a team only, and teams may share a table.
 pub fn row(event: &Event<'_>, formed_at_ms: i64, elements_on_any_event: bool) -> Value {
     let ip = match event.property("$ip") {
         Some(Value::String(ip)) if !ip.is_empty() => Some(ip.clone()),
@@ -33,7 +34,7 @@ pub fn row(event: &Event<'_>, formed_at_ms: i64, elements_on_any_event: bool) ->
         _ => "[]".to_owned(),
     };
     json!({
-        "insertId": event.uuid(),
+        "insertId": format!("{}:{}", event.team_id(), event.uuid()),
         "json": {
             "uuid": event.uuid(),
             "event": event.name(),

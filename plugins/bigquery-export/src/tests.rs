@@ -149,7 +149,7 @@ fn events(n: usize) -> Vec<TestEvent> {
 }
 
 #[test]
-fn creates_the_table_then_streams_rows_with_the_event_uuid_as_insert_id() {
+fn creates_the_table_then_streams_rows_with_team_and_uuid_as_insert_id() {
     let fake = Rc::new(RefCell::new(Fake::default()));
     let mut harness = harness(&fake);
     harness.export("1-3", 1_704_164_645_678, events(3)).unwrap();
@@ -164,7 +164,14 @@ fn creates_the_table_then_streams_rows_with_the_event_uuid_as_insert_id() {
     assert_eq!(created["schema"]["fields"].as_array().unwrap().len(), 12);
     assert_eq!(fake.inserted.len(), 4);
     let row = &fake.inserted[0];
-    assert_eq!(row["insertId"], row["json"]["uuid"]);
+    assert_eq!(
+        row["insertId"],
+        format!(
+            "{}:{}",
+            row["json"]["team_id"],
+            row["json"]["uuid"].as_str().unwrap()
+        )
+    );
     assert_eq!(row["json"]["ip"], "5.6.7.8");
     assert_eq!(row["json"]["properties"], r#"{"$ip":"5.6.7.8"}"#);
     assert_eq!(row["json"]["set"], "{}");

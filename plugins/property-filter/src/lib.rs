@@ -5,6 +5,11 @@
 //!   `$set.email` removes `email` from the `$set` object; a path through something that is not
 //!   an object removes nothing.
 //! - Naming `$ip` also removes the event's IP address, as PostHog's plugin does.
+//! - **Person data too.** A name without dots also removes that key wherever the event carries
+//!   it as person data: `properties.$set`, `properties.$set_once`, and the event's top-level
+//!   `$set` and `$set_once` (an `$identify` carries an email there). A PII filter of `email`
+//!   thus leaves no email in storage. `person_data = false` restores PostHog's behaviour
+//!   (properties only).
 //! - Events that have none of the properties are kept unchanged; the others come back as edits
 //!   (removals), not as whole events.
 
@@ -20,6 +25,8 @@ pub struct PropertyFilter {
     paths: Vec<Vec<String>>,
     /// Whether `$ip` is one of them.
     removes_ip: bool,
+    /// Names without dots, also removed from person data.
+    person_keys: Vec<String>,
 }
 
 impl Plugin for PropertyFilter {
@@ -37,6 +44,12 @@ impl Plugin for PropertyFilter {
                 "Comma-separated properties to remove; `a.b` removes key `b` of object `a`; `$ip` also removes the event's IP",
             )
             .required(),
+            ConfigField::new(
+                "person_data",
+                ConfigType::Boolean,
+                "Also remove each name without dots from person data (`$set`, `$set_once`, top level or in properties)",
+            )
+            .with_default(true),
         ])
     }
 
@@ -54,7 +67,66 @@ impl Plugin for PropertyFilter {
             ));
         }
         let removes_ip = paths.iter().any(|path| path.len() == 1 && path[0] == "$ip");
-        Ok(Self { paths, removes_ip })
+        let person_keys: Vec<String> = if config.boolean("person_data")? {
+            paths
+                .iter()
+                .filter(|path| path.len() == 1)
+                .map(|path| path[0].clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut paths = paths;
+        for key in &person_keys {
+            for person in ["$set", "$set_once"] {
+                let path = vec![person.to_owned(), key.clone()];
+                if !paths.contains(&path) {
+                    paths.push(path);
+                }
+            }
+        }
+        Ok(Self {
+            paths,
+            removes_ip,
+            person_keys,
+        })
+    }
+}
+
+impl PropertyFilter {
+    /// Whether the event's top-level `$set` or `$set_once` holds a key to remove.
+    fn in_top_level_person_data(&self, event: &Event<'_>) -> bool {
+        [event.set_json(), event.set_once_json()]
+            .into_iter()
+            .flatten()
+            .filter(|json| {
+                self.person_keys
+                    .iter()
+                    .any(|key| json.contains(&format!("\"{key}\"")))
+            })
+            .filter_map(|json| serde_json::from_str::<Map<String, Value>>(json).ok())
+            .any(|object| self.person_keys.iter().any(|key| object.contains_key(key)))
+    }
+
+    /// The event with every configured name removed everywhere, as a whole event: edits do not
+    /// reach the top-level `$set` and `$set_once`.
+    fn replaced(&self, event: &Event<'_>) -> Outcome {
+        let mut buf = match event.to_buf() {
+            Ok(buf) => buf,
+            Err(error) => return Outcome::Error(error),
+        };
+        for path in &self.paths {
+            remove(&mut buf.properties, path);
+        }
+        for person in [&mut buf.set, &mut buf.set_once].into_iter().flatten() {
+            for key in &self.person_keys {
+                person.remove(key);
+            }
+        }
+        if self.removes_ip {
+            buf.ip = None;
+        }
+        Outcome::Replace(buf)
     }
 }
 
@@ -72,6 +144,9 @@ fn remove(object: &mut Map<String, Value>, path: &[String]) -> bool {
 
 impl Transform for PropertyFilter {
     fn transform(&mut self, event: &Event<'_>) -> Outcome {
+        if self.in_top_level_person_data(event) {
+            return self.replaced(event);
+        }
         let mut edit = event.edit();
         // Objects that lose a nested key are rewritten whole, once, with every such key gone.
         let mut rewritten: Vec<(&str, Map<String, Value>, bool)> = Vec::new();
@@ -150,6 +225,41 @@ mod tests {
         assert!(buf.properties.is_empty());
         let only_ip = TestEvent::new("e").ip("1.2.3.4");
         assert_eq!(stored(&mut filter("$ip"), only_ip).ip, None);
+    }
+
+    #[test]
+    fn a_plain_name_is_removed_from_person_data_everywhere() {
+        let event = TestEvent::new("$identify")
+            .property("email", "a@b.c")
+            .property("$set", json!({"email": "a@b.c", "name": "A"}))
+            .property("$set_once", json!({"email": "first@b.c"}))
+            .set(json!({"email": "top@b.c", "plan": "pro"}))
+            .set_once(json!({"email": "top-once@b.c"}));
+        let buf = stored(&mut filter("email"), event.clone());
+        assert_eq!(
+            Value::Object(buf.properties),
+            json!({"$set": {"name": "A"}, "$set_once": {}})
+        );
+        assert_eq!(buf.set.map(Value::Object), Some(json!({"plan": "pro"})));
+        assert_eq!(buf.set_once.map(Value::Object), Some(json!({})));
+        // Only in properties: edits, no whole event.
+        let inside = TestEvent::new("e").property("$set", json!({"email": "a@b.c"}));
+        assert!(matches!(
+            filter("email").transform(inside),
+            Outcome::Edit(_)
+        ));
+        // As PostHog's plugin: properties only.
+        let posthog =
+            Harness::<PropertyFilter>::new(json!({"properties": "email", "person_data": false}));
+        let buf = stored(&mut posthog.unwrap(), event);
+        assert_eq!(
+            buf.properties["$set"],
+            json!({"email": "a@b.c", "name": "A"})
+        );
+        assert_eq!(
+            buf.set.map(Value::Object),
+            Some(json!({"email": "top@b.c", "plan": "pro"}))
+        );
     }
 
     #[test]

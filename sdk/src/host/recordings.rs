@@ -75,7 +75,9 @@ pub fn record_archive(archive: &Archive) -> Result<(), HostError> {
     imp::record_archive(archive)
 }
 
-/// Deletes every stored event of `session_id`; returns how many.
+/// Deletes the stored events of `session_id` that this instance listed (with
+/// [`list_sessions`]) or read (with [`read_session`]), and none stored after that, so an event
+/// that arrives while the session is being archived stays for the next run; returns how many.
 pub fn delete_session(session_id: &str) -> Result<u64, HostError> {
     imp::delete_session(session_id)
 }
@@ -167,12 +169,31 @@ mod imp {
                 session.events += 1;
             }
         });
-        Ok(sessions
+        let listed: Vec<Session> = sessions
             .into_values()
             .filter(|s| s.last_timestamp_ms < last_before_ms)
             .filter(|s| after.is_none_or(|a| s.session_id.as_str() > a))
             .take(limit.min(1_000) as usize)
-            .collect())
+            .collect();
+        fakes::with(|f| {
+            for session in &listed {
+                let last = f
+                    .recordings
+                    .iter()
+                    .filter(|(id, _)| *id == session.session_id)
+                    .map(|(_, snapshot)| snapshot.position)
+                    .max();
+                saw(f, &session.session_id, last);
+            }
+        });
+        Ok(listed)
+    }
+
+    fn saw(f: &mut fakes::Fakes, session_id: &str, position: Option<u64>) {
+        if let Some(position) = position {
+            let seen = f.recordings_seen.entry(session_id.to_owned()).or_default();
+            *seen = (*seen).max(position);
+        }
     }
 
     pub fn read_session(
@@ -181,12 +202,15 @@ mod imp {
         limit: u32,
     ) -> Result<Vec<Snapshot>, HostError> {
         Ok(fakes::with(|f| {
-            f.recordings
+            let page: Vec<Snapshot> = f
+                .recordings
                 .iter()
                 .filter(|(id, snapshot)| id == session_id && snapshot.position > after)
                 .map(|(_, snapshot)| snapshot.clone())
                 .take(limit.min(1_000) as usize)
-                .collect()
+                .collect();
+            saw(f, session_id, page.last().map(|s| s.position));
+            page
         }))
     }
 
@@ -200,8 +224,12 @@ mod imp {
 
     pub fn delete_session(session_id: &str) -> Result<u64, HostError> {
         Ok(fakes::with(|f| {
+            let Some(through) = f.recordings_seen.remove(session_id) else {
+                return 0;
+            };
             let before = f.recordings.len();
-            f.recordings.retain(|(id, _)| id != session_id);
+            f.recordings
+                .retain(|(id, snapshot)| id != session_id || snapshot.position > through);
             (before - f.recordings.len()) as u64
         }))
     }
