@@ -81,11 +81,12 @@ impl Runner {
                 }));
                 continue;
             };
-            let missed: Vec<DateTime<Utc>> =
-                std::iter::successors(task.schedule.after(utc(last)), |t| task.schedule.after(*t))
-                    .take_while(|t| *t <= now)
-                    .take(MAX_CATCH_UP_TICKS)
-                    .collect();
+            let missed: Vec<DateTime<Utc>> = task
+                .schedule
+                .ticks_after(utc(last))
+                .take_while(|t| *t <= now)
+                .take(MAX_CATCH_UP_TICKS)
+                .collect();
             let Some(latest) = missed.last().copied() else {
                 due.push(task.schedule.after(utc(last)).map(|at| Due {
                     at,
@@ -337,11 +338,11 @@ impl Runner {
         let id = self.installation.id.clone();
         let schedule = self.installation.tasks[task].schedule.clone();
         let name = self.installation.tasks[task].name.clone();
-        let overlapped: Vec<DateTime<Utc>> =
-            std::iter::successors(schedule.after(from), |t| schedule.after(*t))
-                .take_while(|t| *t <= now)
-                .take(MAX_CATCH_UP_TICKS)
-                .collect();
+        let overlapped: Vec<DateTime<Utc>> = schedule
+            .ticks_after(from)
+            .take_while(|t| *t <= now)
+            .take(MAX_CATCH_UP_TICKS)
+            .collect();
         if let (Some(first), Some(last)) = (overlapped.first(), overlapped.last()) {
             let why = format!(
                 "{} tick(s) came while a run of the task was still going",

@@ -98,6 +98,11 @@ impl Schedule {
         best
     }
 
+    /// Every tick strictly after `t`, in order.
+    pub fn ticks_after(&self, t: DateTime<Utc>) -> impl Iterator<Item = DateTime<Utc>> + '_ {
+        std::iter::successors(self.after(t), |tick| self.after(*tick))
+    }
+
     /// Wall-clock times matching any alternative, strictly after `from`, in order.
     fn candidates(&self, from: NaiveDateTime) -> impl Iterator<Item = NaiveDateTime> + '_ {
         let from = Utc.from_utc_datetime(&from);
@@ -292,11 +297,10 @@ mod tests {
         // 2024-01-01 is a Monday.
         let ticks: Vec<DateTime<Utc>> = {
             let schedule = Schedule::parse("0 0 1,15 * 1", "UTC").unwrap();
-            std::iter::successors(schedule.after(at(2023, 12, 31, 0, 0, 0)), |t| {
-                schedule.after(*t)
-            })
-            .take(6)
-            .collect()
+            schedule
+                .ticks_after(at(2023, 12, 31, 0, 0, 0))
+                .take(6)
+                .collect()
         };
         let days: Vec<u32> = ticks.iter().map(|t| t.day()).collect();
         assert_eq!(
@@ -367,10 +371,10 @@ mod tests {
             for (zone, from, days) in windows {
                 let until = from + TimeDelta::days(days);
                 let schedule = Schedule::parse(text, zone).unwrap();
-                let ours: Vec<DateTime<Utc>> =
-                    std::iter::successors(schedule.after(from), |t| schedule.after(*t))
-                        .take_while(|t| *t <= until)
-                        .collect();
+                let ours: Vec<DateTime<Utc>> = schedule
+                    .ticks_after(from)
+                    .take_while(|t| *t <= until)
+                    .collect();
                 let theirs = vixie::runs(text, zone.parse().unwrap(), from, until);
                 assert_eq!(ours, theirs, "`{text}` in {zone} from {from}");
             }
