@@ -286,9 +286,21 @@ impl Receipt for Unsettled {}
 /// `None` only if `stop` is set while the sink is unavailable.
 fn store<S: Sink>(
     sink: &mut S,
+    output: Output,
+    receipt: &mut dyn Receipt,
+    stop: &AtomicBool,
+) -> Option<Stored> {
+    store_or_split(sink, output, receipt, stop, true)
+}
+
+/// [`store`], splitting the output at most once (`split`): what is left after a split (dead
+/// letters, quarantined payloads and the receipt) is retried whole until it is stored.
+fn store_or_split<S: Sink>(
+    sink: &mut S,
     mut output: Output,
     receipt: &mut dyn Receipt,
     stop: &AtomicBool,
+    split: bool,
 ) -> Option<Stored> {
     let mut pause = STORE_PAUSE;
     let mut attempts = 0;
@@ -309,7 +321,10 @@ fn store<S: Sink>(
         }
         std::thread::sleep(pause);
         pause = (pause * 2).min(MAX_STORE_PAUSE);
-        if attempts >= STORE_ATTEMPTS && sink.store(&Output::default(), &mut Unsettled).is_ok() {
+        if split
+            && attempts >= STORE_ATTEMPTS
+            && sink.store(&Output::default(), &mut Unsettled).is_ok()
+        {
             break;
         }
     }
@@ -319,7 +334,7 @@ fn store<S: Sink>(
     stored.events = store_parts(sink, events, false, &mut output.dead_letters);
     let recordings = std::mem::take(&mut output.recordings);
     stored.recordings = store_parts(sink, recordings, true, &mut output.dead_letters);
-    let settled = store(sink, output, receipt, stop)?;
+    let settled = store_or_split(sink, output, receipt, stop, false)?;
     Some(Stored {
         events: stored.events + settled.events,
         recordings: stored.recordings + settled.recordings,
