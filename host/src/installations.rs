@@ -6,7 +6,7 @@
 
 use crate::capabilities::{self, Context, Grants, Services};
 use crate::chain::{Chains, Installation, InstanceKey, SharingKey};
-use crate::config::{Config, InstallationConfig, Problem};
+use crate::config::{Config, InstallationConfig, OnError, Problem};
 use crate::export::ExportInstallation;
 use crate::runtime::{Instance, InstanceSettings, Plugin, Runtime};
 use crate::schedule::timing::Schedule;
@@ -183,7 +183,7 @@ pub fn load(
                         instance_key,
                         plugin.clone(),
                         settings,
-                        installation.on_error,
+                        OnError::effective(installation.on_error, plugin.manifest.on_error),
                         installation.breaker.clone(),
                     ),
                 );

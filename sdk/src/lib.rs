@@ -24,21 +24,21 @@ pub use event::{Event, EventBuf};
 pub use runtime::{export_batch, process_batch};
 pub use serde::Serialize;
 pub use serde_json::{Map, Value, json};
-pub use sluice_abi::manifest::{ConfigField, ConfigType, Manifest, TaskSpec};
+pub use sluice_abi::manifest::{ConfigField, ConfigType, FailureMode, Manifest, TaskSpec};
 pub use sluice_abi::time::TimeUnit;
 
 use std::borrow::Cow;
 use std::fmt;
 
 /// Bindings of what every plugin shares: the contract's types and the host's imports
-/// (`wit/v0.5.0`, world `host-services`). Each plugin's exports are generated in the plugin crate
+/// (`wit/v1`, world `host-services`). Each plugin's exports are generated in the plugin crate
 /// by [`export_plugin!`], for exactly the hooks it implements. Plugin authors do not need these.
 #[doc(hidden)]
 pub mod bindings {
     #![allow(missing_docs)]
     wit_bindgen::generate!({
         world: "host-services",
-        path: "../wit/v0.5.0",
+        path: "../wit/v1",
         runtime_path: "::sluice_sdk::__private::wit_bindgen::rt",
     });
 }
@@ -152,10 +152,6 @@ pub struct ExportBatch {
     pub team_id: u64,
     /// 1 on the first attempt, then 2, 3...
     pub attempt: u32,
-    /// Storage position of the first event the batch covers.
-    pub first_position: u64,
-    /// Storage position of the last event the batch covers.
-    pub last_position: u64,
     /// When the batch was formed, in epoch milliseconds; the same on every attempt.
     pub created_at_ms: i64,
 }
@@ -347,8 +343,6 @@ macro_rules! __export_hook {
                     id: batch.id,
                     team_id: batch.team_id,
                     attempt: batch.attempt,
-                    first_position: batch.first_position,
-                    last_position: batch.last_position,
                     created_at_ms: batch.created_at,
                 };
                 <$adapter>::exporter_export(&batch, &events)

@@ -2,8 +2,8 @@
 
 use crate::bindings::sluice::plugin::types;
 use crate::{
-    Config, ConfigType, Event, ExportBatch, Exporter, Job, Jobs, Manifest, Outcome, Plugin,
-    PluginError, Scheduled, Transform,
+    Config, ConfigType, Event, ExportBatch, Exporter, FailureMode, Job, Jobs, Manifest, Outcome,
+    Plugin, PluginError, Scheduled, Transform,
 };
 use serde_json::{Map, Value};
 use sluice_abi::wire::{BatchReader, OutcomeWriter};
@@ -169,6 +169,11 @@ fn to_wit_manifest(manifest: Manifest) -> types::Manifest {
             .collect(),
         capabilities: manifest.capabilities,
         stateless: manifest.stateless,
+        on_error: match manifest.on_error {
+            FailureMode::Skip => types::FailureMode::Skip,
+            FailureMode::Drop => types::FailureMode::Drop,
+            FailureMode::DeadLetter => types::FailureMode::DeadLetter,
+        },
         tasks: manifest
             .tasks
             .into_iter()

@@ -69,6 +69,13 @@ pub(crate) mod fakes {
     /// A registered object-store failure: for (store, key, size), the error to answer, if any.
     pub type PutError = Box<dyn Fn(&str, &str, usize) -> Option<HostError>>;
 
+    /// One stored `$snapshot` event of a session, at its storage position.
+    pub struct StoredRecording {
+        pub session_id: String,
+        pub position: u64,
+        pub snapshot: Snapshot,
+    }
+
     #[derive(Default)]
     pub struct Fakes {
         pub storage: BTreeMap<String, Vec<u8>>,
@@ -80,9 +87,7 @@ pub(crate) mod fakes {
         pub put_error: Option<PutError>,
         pub jobs: Vec<Job>,
         pub queued_jobs: u64,
-        pub recordings: Vec<(String, Snapshot)>,
-        /// Per session, the last position listed or read: what `delete_session` may delete.
-        pub recordings_seen: BTreeMap<String, u64>,
+        pub recordings: Vec<StoredRecording>,
         pub archives: Vec<Archive>,
     }
 
@@ -174,24 +179,29 @@ impl<T: Plugin> Harness<T> {
     /// text), as `host::recordings` will see it.
     pub fn add_recording(&mut self, session_id: &str, timestamp_ms: i64, properties: &str) {
         fakes::with(|f| {
-            let position = f.recordings.len() as u64 + 1;
-            f.recordings.push((
-                session_id.to_owned(),
-                Snapshot {
-                    position,
+            let position = f.recordings.last().map_or(1, |r| r.position + 1);
+            f.recordings.push(fakes::StoredRecording {
+                session_id: session_id.to_owned(),
+                position,
+                snapshot: Snapshot {
                     uuid: format!("00000000-0000-0000-0000-{position:012x}"),
                     window_id: None,
                     distinct_id: "user".to_owned(),
                     timestamp_ms,
                     properties: properties.to_owned(),
                 },
-            ));
+            });
         });
     }
 
     /// The stored recordings left, by session id.
     pub fn recordings(&self) -> Vec<(String, Snapshot)> {
-        fakes::with(|f| f.recordings.clone())
+        fakes::with(|f| {
+            f.recordings
+                .iter()
+                .map(|r| (r.session_id.clone(), r.snapshot.clone()))
+                .collect()
+        })
     }
 
     /// The archives the plugin recorded.
@@ -284,7 +294,7 @@ impl<T: Exporter> Harness<T> {
     }
 
     /// Exports `events` as the first attempt of batch `id` of team 1, formed at
-    /// `created_at_ms`, covering positions 1 to the number of events.
+    /// `created_at_ms`.
     pub fn export(
         &mut self,
         id: &str,
@@ -295,8 +305,6 @@ impl<T: Exporter> Harness<T> {
             id: id.to_owned(),
             team_id: 1,
             attempt: 1,
-            first_position: 1,
-            last_position: events.len() as u64,
             created_at_ms,
         };
         self.export_batch(&batch, events)

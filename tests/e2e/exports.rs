@@ -73,7 +73,7 @@ fn uuid_of(n: usize) -> String {
 
 /// Waits until every listed installation has exported everything stored (no lag, no batch in
 /// flight); returns their statuses.
-fn wait_exported(sluice: &Sluice, installations: &[&str]) -> HashMap<String, Value> {
+pub(crate) fn wait_exported(sluice: &Sluice, installations: &[&str]) -> HashMap<String, Value> {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         sluice.drain();

@@ -11,6 +11,7 @@ mod capture;
 mod chain;
 mod cli;
 mod compat;
+mod contract;
 mod durability;
 mod examples;
 mod exports;

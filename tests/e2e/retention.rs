@@ -33,7 +33,7 @@ fn retention(team: u64, store: &str, extra: &str) -> String {
     )
 }
 
-fn iso(ms: i64) -> String {
+pub(crate) fn iso(ms: i64) -> String {
     DateTime::from_timestamp_millis(ms)
         .unwrap()
         .to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -46,7 +46,7 @@ fn snapshot_data(session: &str, n: usize) -> Value {
 }
 
 /// Captures `$snapshot` events for `team`: per session, one event at each of `times` (ms).
-fn capture(sluice: &Sluice, team: u64, sessions: &[(&str, Vec<i64>)]) {
+pub(crate) fn capture(sluice: &Sluice, team: u64, sessions: &[(&str, Vec<i64>)]) {
     let mut batch = Vec::new();
     for (session, times) in sessions {
         for (n, at) in times.iter().enumerate() {
@@ -81,7 +81,7 @@ fn printed(sluice: &Sluice, team: u64, session: &str) -> String {
 }
 
 /// The sessions of `team` still in the database.
-fn stored_sessions(sluice: &Sluice, team: u64) -> BTreeMap<String, usize> {
+pub(crate) fn stored_sessions(sluice: &Sluice, team: u64) -> BTreeMap<String, usize> {
     let mut sessions = BTreeMap::new();
     for line in sluice.recordings(team, None) {
         *sessions
@@ -91,7 +91,7 @@ fn stored_sessions(sluice: &Sluice, team: u64) -> BTreeMap<String, usize> {
     sessions
 }
 
-fn retain_now(sluice: &Sluice, team: u64) {
+pub(crate) fn retain_now(sluice: &Sluice, team: u64) {
     let installation = format!("team-{team}/retention");
     let (ok, out, err) = sluice.run(&[
         "tasks",

@@ -304,11 +304,7 @@ impl Host for View<'_, &mut HttpState> {
 /// Adds `http` to `linker`.
 pub(super) fn add_to_linker<T: HasCapabilities>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     http::add_to_linker::<T, HasView<&'static mut HttpState>>(linker, |data| {
-        let state = data.capabilities();
-        View {
-            ctx: &state.ctx,
-            state: &mut state.http,
-        }
+        data.capabilities().http_view()
     })
 }
 

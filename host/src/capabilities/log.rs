@@ -148,11 +148,7 @@ impl Host for View<'_, &mut LogState> {
 /// Adds `log` to `linker`.
 pub(super) fn add_to_linker<T: HasCapabilities>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     log::add_to_linker::<T, HasView<&'static mut LogState>>(linker, |data| {
-        let state = data.capabilities();
-        View {
-            ctx: &state.ctx,
-            state: &mut state.log,
-        }
+        data.capabilities().log_view()
     })
 }
 

@@ -87,10 +87,6 @@ impl Host for View<'_, &mut MetricsState> {
 /// Adds `metrics` to `linker`.
 pub(super) fn add_to_linker<T: HasCapabilities>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     metrics::add_to_linker::<T, HasView<&'static mut MetricsState>>(linker, |data| {
-        let state = data.capabilities();
-        View {
-            ctx: &state.ctx,
-            state: &mut state.metrics,
-        }
+        data.capabilities().metrics_view()
     })
 }

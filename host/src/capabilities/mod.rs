@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod object_store;
 pub mod recordings;
 pub mod storage;
+mod v0_5;
 
 use crate::bindings::types;
 use crate::config::Collector;
@@ -59,7 +60,7 @@ pub const ALL: &[Capability] = &[
     recordings::CAPABILITY,
 ];
 
-/// Adds every capability's host functions to `linker`.
+/// Adds every capability's host functions to `linker`, for the current contract and 0.5.0.
 pub fn add_to_linker<T: HasCapabilities>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     log::add_to_linker(linker)?;
     metrics::add_to_linker(linker)?;
@@ -69,7 +70,8 @@ pub fn add_to_linker<T: HasCapabilities>(linker: &mut Linker<T>) -> wasmtime::Re
     http::add_to_linker(linker)?;
     object_store::add_to_linker(linker)?;
     jobs::add_to_linker(linker)?;
-    recordings::add_to_linker(linker)
+    recordings::add_to_linker(linker)?;
+    v0_5::add_to_linker(linker)
 }
 
 /// The capability implementing `interface` (given with or without `@version`).
@@ -100,7 +102,8 @@ pub struct InstanceState {
     pub metrics: metrics::MetricsState,
     /// `http`: the client, built for the policy it enforces.
     pub http: http::HttpState,
-    /// `recordings`: what the plugin listed or read, which bounds what it may delete.
+    /// `recordings` of 0.5.0 plugins: what the plugin listed or read, which bounds what it may
+    /// delete.
     pub recordings: recordings::RecordingsState,
 }
 
@@ -121,6 +124,38 @@ impl InstanceState {
         View {
             ctx: &self.ctx,
             state: (),
+        }
+    }
+
+    /// The view of `log`.
+    fn log_view(&mut self) -> View<'_, &mut log::LogState> {
+        View {
+            ctx: &self.ctx,
+            state: &mut self.log,
+        }
+    }
+
+    /// The view of `metrics`.
+    fn metrics_view(&mut self) -> View<'_, &mut metrics::MetricsState> {
+        View {
+            ctx: &self.ctx,
+            state: &mut self.metrics,
+        }
+    }
+
+    /// The view of `http`.
+    fn http_view(&mut self) -> View<'_, &mut http::HttpState> {
+        View {
+            ctx: &self.ctx,
+            state: &mut self.http,
+        }
+    }
+
+    /// The view of `recordings` for 0.5.0 plugins.
+    fn recordings_view(&mut self) -> View<'_, &mut recordings::RecordingsState> {
+        View {
+            ctx: &self.ctx,
+            state: &mut self.recordings,
         }
     }
 }

@@ -2,13 +2,15 @@
 //! session recordings (the `recordings` table), and records where a session was archived
 //! (`recording_archives`), so that `sluice recordings --session` finds it there.
 //!
-//! **Deleting only what the plugin saw.** Events keep arriving while a plugin archives a
-//! session. The instance remembers, per session, the last position it listed or read
-//! ([`RecordingsState`]), and `delete-session` deletes only up to there: an event stored after
-//! the plugin read (and archived) the session stays stored for the next run.
+//! **Deleting only what the plugin read.** Events keep arriving while a plugin archives a
+//! session. `read-session` pages by an opaque cursor (here: the text of the SQLite sequence of
+//! the page's last event), and `delete-session` deletes only up to the cursor the plugin names:
+//! an event stored after the plugin read (and archived) the session stays for the next run.
+//! 0.5.0 plugins name no cursor; the instance then remembers what it listed or read
+//! ([`RecordingsState`]) and deletes up to there (`capabilities::v0_5`).
 
 use super::{Capability, Context, HasCapabilities, HasView, View, to_wit};
-use crate::bindings::sluice::plugin::recordings::{self, Host, Session, Snapshot};
+use crate::bindings::sluice::plugin::recordings::{self, Host, Session, Snapshot, SnapshotPage};
 use crate::bindings::types;
 use crate::store::{self, StoreError, now_ms, uuid_text};
 use rusqlite::{Connection, params};
@@ -52,7 +54,7 @@ impl Recordings {
     }
 
     /// Sessions of `team` whose last event is before `last_before`, after `after`, each with
-    /// the position of its last stored event.
+    /// the position of its last stored event (which is also its `cursor`).
     pub fn list_sessions(
         &self,
         team: u64,
@@ -69,28 +71,31 @@ impl Recordings {
             stmt.query_map(
                 params![team as i64, last_before, after, limit.min(MAX_PAGE)],
                 |row| {
+                    let last = row.get::<_, i64>(4)? as u64;
                     let session = Session {
                         team_id: team,
                         session_id: row.get(0)?,
                         first_timestamp: row.get(1)?,
                         last_timestamp: row.get(2)?,
                         events: row.get::<_, i64>(3)? as u64,
+                        cursor: last.to_string(),
                     };
-                    Ok((session, row.get::<_, i64>(4)? as u64))
+                    Ok((session, last))
                 },
             )?
             .collect()
         })
     }
 
-    /// Events of session `session` of `team` after storage position `after`, in storage order.
+    /// Events of session `session` of `team` after storage position `after`, in storage order,
+    /// each with its position.
     pub fn read_session(
         &self,
         team: u64,
         session: &str,
         after: u64,
         limit: u32,
-    ) -> Result<Vec<Snapshot>, HostError> {
+    ) -> Result<Vec<(Snapshot, u64)>, HostError> {
         self.with(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT seq, uuid, window_id, distinct_id, timestamp_ms, properties FROM recordings \
@@ -102,14 +107,14 @@ impl Recordings {
             while let Some(row) = rows.next()? {
                 let properties: String = row.get(5)?;
                 bytes += properties.len();
-                page.push(Snapshot {
-                    position: row.get::<_, i64>(0)? as u64,
+                let snapshot = Snapshot {
                     uuid: uuid_text(&row.get::<_, Vec<u8>>(1)?),
                     window_id: row.get(2)?,
                     distinct_id: row.get(3)?,
                     timestamp: row.get(4)?,
                     properties,
-                });
+                };
+                page.push((snapshot, row.get::<_, i64>(0)? as u64));
                 if bytes >= MAX_PAGE_BYTES {
                     break;
                 }
@@ -144,6 +149,19 @@ impl Recordings {
         })
     }
 
+    /// Whether session `session` of `team` has events after position `after`.
+    pub fn has_after(&self, team: u64, session: &str, after: u64) -> Result<bool, HostError> {
+        self.with(|conn| {
+            conn.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM recordings WHERE team_id = ?1 AND session_id = ?2 \
+                 AND seq > ?3)",
+            )?
+            .query_row(params![team as i64, session, after as i64], |row| {
+                row.get(0)
+            })
+        })
+    }
+
     /// Deletes the events of session `session` of `team` up to position `through`; returns
     /// how many there were.
     pub fn delete_session(&self, team: u64, session: &str, through: u64) -> Result<u64, HostError> {
@@ -157,22 +175,40 @@ impl Recordings {
     }
 }
 
-/// Per-instance state: per `(team, session)`, the last position the plugin listed or read, which
-/// bounds what `delete-session` deletes.
+/// The position a cursor handed out by [`Recordings`] names.
+fn position(cursor: &str) -> Result<u64, HostError> {
+    cursor.parse().map_err(|_| {
+        HostError::new(
+            ErrorKind::Invalid,
+            format!("`{cursor}` is not a recordings cursor of this host"),
+        )
+    })
+}
+
+/// Per-instance state of 0.5.0 plugins, which delete without naming a cursor: per
+/// `(team, session)`, the last position the plugin listed or read, which bounds what
+/// `delete-session` deletes.
 #[derive(Debug, Default)]
 pub struct RecordingsState {
     seen: HashMap<(u64, String), u64>,
 }
 
 impl RecordingsState {
-    fn saw(&mut self, team: u64, session: &str, position: u64) {
+    /// Remembers that the plugin listed or read session `session` of `team` up to `position`.
+    pub(super) fn saw(&mut self, team: u64, session: &str, position: u64) {
         let seen = self.seen.entry((team, session.to_owned())).or_default();
         *seen = (*seen).max(position);
     }
+
+    /// Forgets session `session` of `team`, returning how far the plugin listed or read it.
+    pub(super) fn take(&mut self, team: u64, session: &str) -> Option<u64> {
+        self.seen.remove(&(team, session.to_owned()))
+    }
 }
 
-impl<'a> View<'a, &mut RecordingsState> {
-    fn recordings(&self) -> Result<(&'a Recordings, u64), HostError> {
+impl<'a, S> View<'a, S> {
+    /// The recordings and the team of the installation, if it was granted `recordings`.
+    pub(super) fn recordings(&self) -> Result<(&'a Recordings, u64), HostError> {
         let ctx: &'a Context = self.ctx;
         ctx.check(&CAPABILITY)?;
         let recordings =
@@ -183,7 +219,7 @@ impl<'a> View<'a, &mut RecordingsState> {
     }
 }
 
-impl Host for View<'_, &mut RecordingsState> {
+impl Host for View<'_, ()> {
     fn list_sessions(
         &mut self,
         last_before: i64,
@@ -194,29 +230,30 @@ impl Host for View<'_, &mut RecordingsState> {
         let listed = recordings
             .list_sessions(team, last_before, after.as_deref(), limit)
             .map_err(to_wit)?;
-        Ok(listed
-            .into_iter()
-            .map(|(session, last)| {
-                self.state.saw(team, &session.session_id, last);
-                session
-            })
-            .collect())
+        Ok(listed.into_iter().map(|(session, _)| session).collect())
     }
 
     fn read_session(
         &mut self,
         session_id: String,
-        after: u64,
+        after: Option<String>,
         limit: u32,
-    ) -> Result<Vec<Snapshot>, types::HostError> {
+    ) -> Result<SnapshotPage, types::HostError> {
         let (recordings, team) = self.recordings().map_err(to_wit)?;
+        let after = after.as_deref().map(position).transpose().map_err(to_wit)?;
+        let after = after.unwrap_or(0);
         let page = recordings
             .read_session(team, &session_id, after, limit)
             .map_err(to_wit)?;
-        if let Some(last) = page.last() {
-            self.state.saw(team, &session_id, last.position);
-        }
-        Ok(page)
+        let end = page.last().map_or(after, |(_, position)| *position);
+        let more = recordings
+            .has_after(team, &session_id, end)
+            .map_err(to_wit)?;
+        Ok(SnapshotPage {
+            snapshots: page.into_iter().map(|(snapshot, _)| snapshot).collect(),
+            cursor: end.to_string(),
+            more,
+        })
     }
 
     fn record_archive(
@@ -251,12 +288,13 @@ impl Host for View<'_, &mut RecordingsState> {
             .map_err(to_wit)
     }
 
-    /// Deletes what this instance listed or read of the session, nothing stored after that.
-    fn delete_session(&mut self, session_id: String) -> Result<u64, types::HostError> {
+    fn delete_session(
+        &mut self,
+        session_id: String,
+        through: String,
+    ) -> Result<u64, types::HostError> {
         let (recordings, team) = self.recordings().map_err(to_wit)?;
-        let Some(through) = self.state.seen.remove(&(team, session_id.clone())) else {
-            return Ok(0);
-        };
+        let through = position(&through).map_err(to_wit)?;
         recordings
             .delete_session(team, &session_id, through)
             .map_err(to_wit)
@@ -265,11 +303,5 @@ impl Host for View<'_, &mut RecordingsState> {
 
 /// Adds `recordings` to `linker`.
 pub(super) fn add_to_linker<T: HasCapabilities>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
-    recordings::add_to_linker::<T, HasView<&'static mut RecordingsState>>(linker, |data| {
-        let state = data.capabilities();
-        View {
-            ctx: &state.ctx,
-            state: &mut state.recordings,
-        }
-    })
+    recordings::add_to_linker::<T, HasView<()>>(linker, |data| data.capabilities().serving())
 }

@@ -149,7 +149,7 @@ impl InstancePool {
 mod tests {
     use super::*;
     use crate::capabilities::Grants;
-    use crate::config::{InstallationId, OnError};
+    use crate::config::InstallationId;
     use std::path::PathBuf;
 
     fn installation(grants: &[&str]) -> InstallationConfig {
@@ -160,7 +160,7 @@ mod tests {
             config: toml::Table::new(),
             timeout_ms: None,
             memory_mb: 64,
-            on_error: OnError::Skip,
+            on_error: None,
             breaker: Default::default(),
             export: None,
             schedule: None,

@@ -256,7 +256,7 @@ mod tests {
             installation.plugin.is_absolute()
                 || installation.plugin.starts_with(std::env::temp_dir())
         );
-        assert_eq!(installation.on_error, OnError::DeadLetter);
+        assert_eq!(installation.on_error, Some(OnError::DeadLetter));
         assert_eq!(installation.transform_timeout_ms(), 1_000);
         assert_eq!(installation.config["percentage"].as_integer(), Some(50));
     }

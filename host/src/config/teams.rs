@@ -5,6 +5,7 @@ use super::{
 };
 use crate::capabilities::Grants;
 use serde::Deserialize;
+use sluice_abi::manifest::FailureMode;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
@@ -50,8 +51,9 @@ pub struct InstallationConfig {
     pub timeout_ms: Option<u64>,
     /// Memory cap of one instance, in MiB.
     pub memory_mb: u64,
-    /// What happens to an event when this plugin fails on it.
-    pub on_error: OnError,
+    /// What happens to an event when this plugin fails on it, if the operator said; otherwise
+    /// the plugin's manifest decides (see [`OnError::effective`]).
+    pub on_error: Option<OnError>,
     /// When to stop calling the plugin while it keeps failing.
     pub breaker: BreakerConfig,
     /// How its exports are batched and retried, if the operator set it.
@@ -81,9 +83,9 @@ struct RawInstallation {
     /// Memory cap of one instance, in MiB.
     #[serde(default = "default_memory_mb")]
     memory_mb: u64,
-    /// What happens to an event when this plugin fails on it.
+    /// What happens to an event when this plugin fails on it (the manifest's default if unset).
     #[serde(default)]
-    on_error: OnError,
+    on_error: Option<OnError>,
     /// When to stop calling the plugin while it keeps failing.
     #[serde(default)]
     breaker: BreakerConfig,
@@ -129,7 +131,8 @@ fn default_memory_mb() -> u64 {
     64
 }
 
-/// What happens to an event when a plugin fails on it (error, trap, timeout, bad output).
+/// What happens to an event when a plugin fails on it (error, trap, timeout, bad output, open
+/// breaker).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnError {
@@ -140,6 +143,18 @@ pub enum OnError {
     Drop,
     /// The event is kept in the dead-letter table with the error.
     DeadLetter,
+}
+
+impl OnError {
+    /// What an installation does: the operator's choice if any, else the plugin's safe failure
+    /// default from its manifest.
+    pub fn effective(operator: Option<OnError>, manifest: FailureMode) -> OnError {
+        operator.unwrap_or(match manifest {
+            FailureMode::Skip => OnError::Skip,
+            FailureMode::Drop => OnError::Drop,
+            FailureMode::DeadLetter => OnError::DeadLetter,
+        })
+    }
 }
 
 /// Reads the `teams` array; teams whose token is unusable are reported and left out.

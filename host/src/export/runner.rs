@@ -6,7 +6,7 @@
 use super::ExportInstallation;
 use super::state::{self, Batch, Pending};
 use crate::retry::backoff;
-use crate::runtime::hooks::exporter::Batch as WitBatch;
+use crate::runtime::hooks::exporter::Batch as Descriptor;
 use crate::runtime::{CallError, Instance};
 use crate::signal::Signal;
 use crate::store::{self, StoreError, now_ms};
@@ -189,13 +189,12 @@ impl Runner {
                 )?)
             }
         };
-        let descriptor = WitBatch {
+        let descriptor = Descriptor {
             id: batch.id.clone(),
             team_id: batch.team_id,
             attempt: batch.attempts,
-            first_position: batch.first as u64,
-            last_position: batch.last as u64,
-            created_at: batch.created_at_ms,
+            created_at_ms: batch.created_at_ms,
+            positions: (batch.first as u64, batch.last as u64),
         };
         let result = instance.export(&descriptor, encoded);
         metrics::histogram!("sluice_export_call_duration_seconds", "installation" => self.installation.id.to_string())

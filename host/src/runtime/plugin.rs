@@ -1,12 +1,11 @@
 //! One compiled, pre-linked plugin: what it imports (capabilities), what it exports (hooks), and
 //! its manifest.
 
-use super::hooks::Exports;
+use super::hooks::{Contract, Exports};
 use super::instance::Instance;
 use super::state::HostState;
-use crate::bindings::types;
 use crate::capabilities::{self, Capability, Context, Services};
-use sluice_abi::manifest::{ConfigField, ConfigType, Manifest, TaskSpec};
+use sluice_abi::manifest::Manifest;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use thiserror::Error;
@@ -15,6 +14,8 @@ use wasmtime::component::{Component, InstancePre, Linker};
 
 /// The contract's interface of shared types; it has no functions, so importing it grants nothing.
 const TYPES_INTERFACE: &str = "sluice:plugin/types";
+/// The interface every plugin exports; its version is the contract the plugin was built against.
+const LIFECYCLE_INTERFACE: &str = "sluice:plugin/lifecycle";
 
 /// Why a plugin could not be loaded.
 #[derive(Debug, Error)]
@@ -43,6 +44,16 @@ pub enum LoadError {
         /// What does not fit.
         reason: String,
     },
+    /// The component was built against a contract this host does not run.
+    #[error(
+        "{path} was built against the plugin contract {version}; this host runs 1.x and 0.5.0: rebuild it against the current SDK"
+    )]
+    Version {
+        /// The plugin file.
+        path: PathBuf,
+        /// The contract version it exports `lifecycle` at.
+        version: String,
+    },
     /// `describe` failed or returned an incoherent manifest.
     #[error("{path} has an invalid manifest: {reason}")]
     Manifest {
@@ -59,6 +70,8 @@ pub struct Plugin {
     pub path: PathBuf,
     /// What it declared about itself.
     pub manifest: Manifest,
+    /// The contract it was built against.
+    pub contract: Contract,
     /// The capabilities its component imports.
     pub imports: Vec<&'static Capability>,
     pub(super) pre: InstancePre<HostState>,
@@ -122,6 +135,15 @@ pub(super) fn load(
     let component =
         Component::from_file(engine, path).map_err(|e| compile_error(format!("{e:#}")))?;
     let ty = component.component_type();
+    let exported: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_owned()).collect();
+    let version = exported
+        .iter()
+        .find_map(|name| name.strip_prefix(LIFECYCLE_INTERFACE)?.strip_prefix('@'))
+        .ok_or_else(|| contract(format!("it does not export `{LIFECYCLE_INTERFACE}`")))?;
+    let version_contract = Contract::of_version(version).ok_or_else(|| LoadError::Version {
+        path: path.to_owned(),
+        version: version.to_owned(),
+    })?;
     let mut imports = Vec::new();
     for (name, _) in ty.imports(engine) {
         if name.starts_with("wasi:") || name.split('@').next() == Some(TYPES_INTERFACE) {
@@ -140,19 +162,11 @@ pub(super) fn load(
     let pre = linker
         .instantiate_pre(&component)
         .map_err(|e| contract(format!("{e:#}")))?;
-    let exported: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_owned()).collect();
-    let exports = Exports::find(&pre, &exported).map_err(contract)?;
+    let exports = Exports::find(&pre, &exported, version_contract).map_err(contract)?;
     let mut plugin = Plugin {
         path: path.to_owned(),
-        manifest: Manifest {
-            name: String::new(),
-            version: String::new(),
-            description: String::new(),
-            config: Vec::new(),
-            capabilities: Vec::new(),
-            stateless: false,
-            tasks: Vec::new(),
-        },
+        manifest: Manifest::new("", "", ""),
+        contract: version_contract,
         imports,
         pre,
         exports,
@@ -160,10 +174,10 @@ pub(super) fn load(
     let loading = Context::ungranted("loading", Services::detached());
     let mut instance = Instance::instantiate(&plugin, loading, 1 << 30)
         .map_err(|e| manifest_error(e.to_string()))?;
-    let described = instance
+    plugin.manifest = instance
         .describe()
-        .map_err(|e| manifest_error(format!("describe trapped: {e}")))?;
-    plugin.manifest = from_wit_manifest(described).map_err(manifest_error)?;
+        .map_err(|e| manifest_error(format!("describe trapped: {e}")))?
+        .map_err(manifest_error)?;
     plugin.manifest.validate().map_err(|problems| {
         manifest_error(
             problems
@@ -183,53 +197,14 @@ pub(super) fn load(
             undeclared.interface, undeclared.name
         )));
     }
+    if plugin.contract != Contract::V1 {
+        tracing::warn!(
+            plugin = %plugin.manifest.name,
+            path = %path.display(),
+            contract = plugin.contract.label(),
+            "plugin built against an earlier contract: it runs as it did (its failure default is `skip`; \
+             recordings `delete-session` deletes what the instance listed or read); rebuild it against the current SDK"
+        );
+    }
     Ok(Arc::new(plugin))
-}
-
-fn from_wit_manifest(manifest: types::Manifest) -> Result<Manifest, String> {
-    let config = manifest
-        .config
-        .into_iter()
-        .map(|field| {
-            let default = field
-                .default
-                .as_deref()
-                .map(serde_json::from_str)
-                .transpose()
-                .map_err(|e| format!("default of `{}` is not JSON: {e}", field.key))?;
-            Ok(ConfigField {
-                kind: match field.kind {
-                    types::ConfigType::Text => ConfigType::Text,
-                    types::ConfigType::Integer => ConfigType::Integer,
-                    types::ConfigType::Number => ConfigType::Number,
-                    types::ConfigType::Boolean => ConfigType::Boolean,
-                    types::ConfigType::Choice => ConfigType::Choice,
-                    types::ConfigType::Json => ConfigType::Json,
-                },
-                key: field.key,
-                description: field.description,
-                default,
-                required: field.required,
-                secret: field.secret,
-                choices: field.choices,
-            })
-        })
-        .collect::<Result<_, String>>()?;
-    Ok(Manifest {
-        name: manifest.name,
-        version: manifest.version,
-        description: manifest.description,
-        config,
-        capabilities: manifest.capabilities,
-        stateless: manifest.stateless,
-        tasks: manifest
-            .tasks
-            .into_iter()
-            .map(|task| TaskSpec {
-                name: task.name,
-                schedule: task.schedule,
-                description: task.description,
-            })
-            .collect(),
-    })
 }

@@ -14,8 +14,8 @@
 //!   (removals), not as whole events.
 
 use sluice_sdk::{
-    Config, ConfigField, ConfigType, Event, Manifest, Map, Outcome, Plugin, PluginError, Transform,
-    Value,
+    Config, ConfigField, ConfigType, Event, FailureMode, Manifest, Map, Outcome, Plugin,
+    PluginError, Transform, Value,
 };
 
 /// The property filter plugin.
@@ -37,6 +37,9 @@ impl Plugin for PropertyFilter {
             "Removes the configured properties from every event",
         )
         .stateless()
+        // A filter that fails must not let the event through with what it was to remove: the
+        // event waits in the dead letters, unfiltered data never reaches storage or exports.
+        .on_error(FailureMode::DeadLetter)
         .config(vec![
             ConfigField::new(
                 "properties",

@@ -18,7 +18,7 @@
 use chrono::{DateTime, SecondsFormat};
 use flate2::Compression;
 use flate2::write::GzEncoder;
-use sluice_sdk::host::recordings::{self, Archive, Session};
+use sluice_sdk::host::recordings::{self, Archive, Cursor, Session};
 use sluice_sdk::host::{self, Level, jobs, object_store};
 use sluice_sdk::{
     Config, ConfigField, ConfigType, Job, Jobs, Manifest, Plugin, PluginError, Scheduled, TimeUnit,
@@ -186,12 +186,14 @@ impl Retention {
         Ok(())
     }
 
-    /// Archives `session` (if there is a store), then deletes it.
+    /// Archives `session` (if there is a store), then deletes what was archived (or, without a
+    /// store, what was listed); events stored since stay for the next run.
     fn retire(&self, session: &Session) -> Result<(), PluginError> {
-        if let Some(store) = &self.store {
-            self.archive(store, session)?;
-        }
-        recordings::delete_session(&session.session_id)
+        let through = match &self.store {
+            Some(store) => self.archive(store, session)?,
+            None => session.cursor.clone(),
+        };
+        recordings::delete_session(&session.session_id, &through)
             .map(drop)
             .map_err(|e| {
                 PluginError::from(e)
@@ -199,26 +201,30 @@ impl Retention {
             })
     }
 
-    /// Writes `session` to `store` as one gzip JSON-lines object and records where.
-    fn archive(&self, store: &str, session: &Session) -> Result<(), PluginError> {
+    /// Writes `session` to `store` as one gzip JSON-lines object and records where; returns
+    /// where what it archived ends.
+    fn archive(&self, store: &str, session: &Session) -> Result<Cursor, PluginError> {
+        let read = |after: Option<&Cursor>| {
+            recordings::read_session(&session.session_id, after, PAGE).map_err(|e| {
+                PluginError::from(e).context(format!("cannot read session {}", session.session_id))
+            })
+        };
         let mut gz = GzEncoder::new(Vec::new(), Compression::default());
-        let mut position = 0;
         let mut events = 0;
+        let mut page = read(None)?;
         loop {
-            let page =
-                recordings::read_session(&session.session_id, position, PAGE).map_err(|e| {
-                    PluginError::from(e)
-                        .context(format!("cannot read session {}", session.session_id))
-                })?;
-            let Some(last) = page.last() else { break };
-            position = last.position;
-            for event in &page {
+            for event in &page.snapshots {
                 let line = line(session, event);
                 gz.write_all(line.as_bytes())
                     .map_err(|e| PluginError::new(format!("cannot compress: {e}")))?;
                 events += 1;
             }
+            if !page.more {
+                break;
+            }
+            page = read(Some(&page.cursor))?;
         }
+        let cursor = page.cursor;
         let body = gz
             .finish()
             .map_err(|e| PluginError::new(format!("cannot compress: {e}")))?;
@@ -240,7 +246,8 @@ impl Retention {
             last_timestamp_ms: session.last_timestamp_ms,
             events,
         })
-        .map_err(|e| PluginError::from(e).context("cannot record the archive"))
+        .map_err(|e| PluginError::from(e).context("cannot record the archive"))?;
+        Ok(cursor)
     }
 }
 

@@ -110,6 +110,19 @@ pub struct TaskSpec {
     pub description: String,
 }
 
+/// What the host does with an event a plugin failed on (an error, a trap, a deadline, or an open
+/// breaker), unless the operator sets the installation's `on_error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailureMode {
+    /// The event goes on as it was before the plugin: right for enrichments.
+    #[default]
+    Skip,
+    /// The event is dropped.
+    Drop,
+    /// The event is kept in the dead letters with the reason, not stored.
+    DeadLetter,
+}
+
 /// What a plugin declares about itself.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Manifest {
@@ -128,6 +141,10 @@ pub struct Manifest {
     pub stateless: bool,
     /// Tasks the plugin runs on a clock.
     pub tasks: Vec<TaskSpec>,
+    /// Its safe failure default: what happens to an event it fails on unless the operator says
+    /// otherwise. A filter whose failure must not let an event through unfiltered declares
+    /// [`FailureMode::Drop`] or [`FailureMode::DeadLetter`].
+    pub on_error: FailureMode,
 }
 
 /// Every host capability a manifest may declare.
@@ -180,6 +197,7 @@ impl Manifest {
             capabilities: Vec::new(),
             stateless: false,
             tasks: Vec::new(),
+            on_error: FailureMode::Skip,
         }
     }
 
@@ -199,6 +217,12 @@ impl Manifest {
     /// config.
     pub fn stateless(mut self) -> Self {
         self.stateless = true;
+        self
+    }
+
+    /// Declares the plugin's safe failure default (see [`Manifest::on_error`]).
+    pub fn on_error(mut self, mode: FailureMode) -> Self {
+        self.on_error = mode;
         self
     }
 

@@ -5,12 +5,47 @@
 //! its exports; so each plugin crate gets a world of its own instead of one world for all. The
 //! shared interfaces (`types` and the imports) are mapped to the SDK's bindings, so every plugin
 //! uses the SDK's types. Plugin authors use `sluice_sdk::export_plugin!`, which calls this.
+//!
+//! The contract's files are compiled into this crate, so the bindings do not depend on where
+//! the SDK sits on disk (a shared target folder, a git checkout, a vendored copy).
 
 use proc_macro::TokenStream;
-use std::path::Path;
 
 /// Version of the WIT package the SDK is built against.
-const VERSION: &str = "0.5.0";
+const VERSION: &str = "1.0.0";
+
+/// The files of the contract's package (`wit/v1`), one interface (or the worlds) each.
+const PACKAGE: [&str; 16] = [
+    include_str!("../../../wit/v1/types.wit"),
+    include_str!("../../../wit/v1/lifecycle.wit"),
+    include_str!("../../../wit/v1/transform.wit"),
+    include_str!("../../../wit/v1/exporter.wit"),
+    include_str!("../../../wit/v1/scheduled.wit"),
+    include_str!("../../../wit/v1/jobs.wit"),
+    include_str!("../../../wit/v1/log.wit"),
+    include_str!("../../../wit/v1/metrics.wit"),
+    include_str!("../../../wit/v1/storage.wit"),
+    include_str!("../../../wit/v1/cache.wit"),
+    include_str!("../../../wit/v1/geoip.wit"),
+    include_str!("../../../wit/v1/http.wit"),
+    include_str!("../../../wit/v1/object-store.wit"),
+    include_str!("../../../wit/v1/job-queue.wit"),
+    include_str!("../../../wit/v1/recordings.wit"),
+    include_str!("../../../wit/v1/worlds.wit"),
+];
+
+/// The contract as one nested package, for a WIT document of its own: each file without its
+/// `package` line (and the package's doc comment above it).
+fn nested_package() -> Result<String, String> {
+    let mut body = String::new();
+    for file in PACKAGE {
+        let (_, items) = file
+            .split_once(&format!("package sluice:plugin@{VERSION};"))
+            .ok_or_else(|| format!("a contract file does not declare sluice:plugin@{VERSION}"))?;
+        body += items;
+    }
+    Ok(format!("package sluice:plugin@{VERSION} {{\n{body}\n}}"))
+}
 
 /// Hooks a plugin may export, besides `lifecycle` (which every plugin exports).
 const HOOKS: [&str; 4] = ["transform", "exporter", "scheduled", "jobs"];
@@ -69,10 +104,10 @@ fn expand(input: &str) -> Result<String, String> {
         }
         exports += &format!(" export sluice:plugin/{hook}@{VERSION};");
     }
-    let wit = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../wit/v{VERSION}"));
-    let wit = wit
-        .canonicalize()
-        .map_err(|e| format!("cannot find the WIT contract at {}: {e}", wit.display()))?;
+    let wit = format!(
+        "package sluice:composed;\n{}\nworld plugin {{ include sluice:plugin/host-services@{VERSION}; {exports} }}",
+        nested_package()?
+    );
     let with: Vec<String> = SHARED
         .iter()
         .map(|interface| {
@@ -86,14 +121,12 @@ fn expand(input: &str) -> Result<String, String> {
         r#"#[allow(missing_docs, unsafe_code, clippy::all)]
         pub mod {name} {{
             ::sluice_sdk::__private::wit_bindgen::generate!({{
-                inline: "package sluice:composed; world plugin {{ include sluice:plugin/host-services@{VERSION}; {exports} }}",
-                path: {path:?},
+                inline: {wit:?},
                 world: "sluice:composed/plugin",
                 with: {{ {with} }},
                 runtime_path: "::sluice_sdk::__private::wit_bindgen::rt",
             }});
         }}"#,
-        path = wit.display().to_string(),
         with = with.join(", "),
     ))
 }

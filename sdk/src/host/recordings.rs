@@ -17,13 +17,30 @@ pub struct Session {
     pub last_timestamp_ms: i64,
     /// Its stored events.
     pub events: u64,
+    /// Where its stored events ended when it was listed: [`delete_session`] through it deletes
+    /// exactly the events listed.
+    pub cursor: Cursor,
+}
+
+/// Where a page of [`read_session`] ends: opaque, only the host understands it. Pass it back as
+/// `after` to read on, and as `through` to [`delete_session`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor(pub(crate) String);
+
+/// One page of a session's events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotPage {
+    /// The events, in storage order.
+    pub snapshots: Vec<Snapshot>,
+    /// Where this page ends.
+    pub cursor: Cursor,
+    /// Whether the session had more events after this page when it was read.
+    pub more: bool,
 }
 
 /// One stored `$snapshot` event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
-    /// Storage position, for paging ([`read_session`]'s `after`).
-    pub position: u64,
     /// Event uuid.
     pub uuid: String,
     /// `$window_id`, if any.
@@ -63,9 +80,13 @@ pub fn list_sessions(
     imp::list_sessions(last_before_ms, after, limit)
 }
 
-/// The events of `session_id` in storage order, after position `after`, at most `limit`
-/// (≤ 1,000, and about 8 MiB).
-pub fn read_session(session_id: &str, after: u64, limit: u32) -> Result<Vec<Snapshot>, HostError> {
+/// The events of `session_id` in storage order, after the cursor `after` (from the start if
+/// none), at most `limit` (≤ 1,000, and about 8 MiB).
+pub fn read_session(
+    session_id: &str,
+    after: Option<&Cursor>,
+    limit: u32,
+) -> Result<SnapshotPage, HostError> {
     imp::read_session(session_id, after, limit)
 }
 
@@ -75,17 +96,17 @@ pub fn record_archive(archive: &Archive) -> Result<(), HostError> {
     imp::record_archive(archive)
 }
 
-/// Deletes the stored events of `session_id` that this instance listed (with
-/// [`list_sessions`]) or read (with [`read_session`]), and none stored after that, so an event
-/// that arrives while the session is being archived stays for the next run; returns how many.
-pub fn delete_session(session_id: &str) -> Result<u64, HostError> {
-    imp::delete_session(session_id)
+/// Deletes the stored events of `session_id` up to and including the cursor `through` (a page's
+/// [`SnapshotPage::cursor`]), and none stored after it, so an event that arrives while the
+/// session is being archived stays for the next run; returns how many.
+pub fn delete_session(session_id: &str, through: &Cursor) -> Result<u64, HostError> {
+    imp::delete_session(session_id, through)
 }
 
 #[cfg(target_family = "wasm")]
 mod imp {
     use super::super::{HostError, from_wit};
-    use super::{Archive, Session, Snapshot};
+    use super::{Archive, Cursor, Session, Snapshot, SnapshotPage};
     use crate::bindings::sluice::plugin::recordings as wit;
 
     pub fn list_sessions(
@@ -102,27 +123,33 @@ mod imp {
                 first_timestamp_ms: s.first_timestamp,
                 last_timestamp_ms: s.last_timestamp,
                 events: s.events,
+                cursor: Cursor(s.cursor),
             })
             .collect())
     }
 
     pub fn read_session(
         session_id: &str,
-        after: u64,
+        after: Option<&Cursor>,
         limit: u32,
-    ) -> Result<Vec<Snapshot>, HostError> {
-        let events = wit::read_session(session_id, after, limit).map_err(from_wit)?;
-        Ok(events
-            .into_iter()
-            .map(|e| Snapshot {
-                position: e.position,
-                uuid: e.uuid,
-                window_id: e.window_id,
-                distinct_id: e.distinct_id,
-                timestamp_ms: e.timestamp,
-                properties: e.properties,
-            })
-            .collect())
+    ) -> Result<SnapshotPage, HostError> {
+        let page =
+            wit::read_session(session_id, after.map(|c| c.0.as_str()), limit).map_err(from_wit)?;
+        Ok(SnapshotPage {
+            snapshots: page
+                .snapshots
+                .into_iter()
+                .map(|e| Snapshot {
+                    uuid: e.uuid,
+                    window_id: e.window_id,
+                    distinct_id: e.distinct_id,
+                    timestamp_ms: e.timestamp,
+                    properties: e.properties,
+                })
+                .collect(),
+            cursor: Cursor(page.cursor),
+            more: page.more,
+        })
     }
 
     pub fn record_archive(archive: &Archive) -> Result<(), HostError> {
@@ -137,15 +164,15 @@ mod imp {
         .map_err(from_wit)
     }
 
-    pub fn delete_session(session_id: &str) -> Result<u64, HostError> {
-        wit::delete_session(session_id).map_err(from_wit)
+    pub fn delete_session(session_id: &str, through: &Cursor) -> Result<u64, HostError> {
+        wit::delete_session(session_id, &through.0).map_err(from_wit)
     }
 }
 
 #[cfg(not(target_family = "wasm"))]
 mod imp {
-    use super::super::HostError;
-    use super::{Archive, Session, Snapshot};
+    use super::super::{ErrorKind, HostError};
+    use super::{Archive, Cursor, Session, SnapshotPage};
     use crate::testing::fakes;
     use std::collections::BTreeMap;
 
@@ -156,61 +183,60 @@ mod imp {
     ) -> Result<Vec<Session>, HostError> {
         let mut sessions: BTreeMap<String, Session> = BTreeMap::new();
         fakes::with(|f| {
-            for (session_id, snapshot) in &f.recordings {
-                let session = sessions.entry(session_id.clone()).or_insert(Session {
-                    team_id: 1,
-                    session_id: session_id.clone(),
-                    first_timestamp_ms: i64::MAX,
-                    last_timestamp_ms: i64::MIN,
-                    events: 0,
-                });
+            for stored in &f.recordings {
+                let snapshot = &stored.snapshot;
+                let session = sessions
+                    .entry(stored.session_id.clone())
+                    .or_insert(Session {
+                        team_id: 1,
+                        session_id: stored.session_id.clone(),
+                        first_timestamp_ms: i64::MAX,
+                        last_timestamp_ms: i64::MIN,
+                        events: 0,
+                        cursor: Cursor(String::new()),
+                    });
                 session.first_timestamp_ms = session.first_timestamp_ms.min(snapshot.timestamp_ms);
                 session.last_timestamp_ms = session.last_timestamp_ms.max(snapshot.timestamp_ms);
                 session.events += 1;
+                session.cursor = Cursor(stored.position.to_string());
             }
         });
-        let listed: Vec<Session> = sessions
+        Ok(sessions
             .into_values()
             .filter(|s| s.last_timestamp_ms < last_before_ms)
             .filter(|s| after.is_none_or(|a| s.session_id.as_str() > a))
             .take(limit.min(1_000) as usize)
-            .collect();
-        fakes::with(|f| {
-            for session in &listed {
-                let last = f
-                    .recordings
-                    .iter()
-                    .filter(|(id, _)| *id == session.session_id)
-                    .map(|(_, snapshot)| snapshot.position)
-                    .max();
-                saw(f, &session.session_id, last);
-            }
-        });
-        Ok(listed)
+            .collect())
     }
 
-    fn saw(f: &mut fakes::Fakes, session_id: &str, position: Option<u64>) {
-        if let Some(position) = position {
-            let seen = f.recordings_seen.entry(session_id.to_owned()).or_default();
-            *seen = (*seen).max(position);
-        }
+    /// The position a cursor of the fake names.
+    fn position(cursor: &Cursor) -> Result<u64, HostError> {
+        cursor.0.parse().map_err(|_| {
+            HostError::new(
+                ErrorKind::Invalid,
+                format!("`{}` is not a recordings cursor of this host", cursor.0),
+            )
+        })
     }
 
     pub fn read_session(
         session_id: &str,
-        after: u64,
+        after: Option<&Cursor>,
         limit: u32,
-    ) -> Result<Vec<Snapshot>, HostError> {
+    ) -> Result<SnapshotPage, HostError> {
+        let after = after.map(position).transpose()?.unwrap_or(0);
         Ok(fakes::with(|f| {
-            let page: Vec<Snapshot> = f
+            let mut session = f
                 .recordings
                 .iter()
-                .filter(|(id, snapshot)| id == session_id && snapshot.position > after)
-                .map(|(_, snapshot)| snapshot.clone())
-                .take(limit.min(1_000) as usize)
-                .collect();
-            saw(f, session_id, page.last().map(|s| s.position));
-            page
+                .filter(|r| r.session_id == session_id && r.position > after);
+            let page: Vec<_> = session.by_ref().take(limit.min(1_000) as usize).collect();
+            let end = page.last().map_or(after, |r| r.position);
+            SnapshotPage {
+                snapshots: page.into_iter().map(|r| r.snapshot.clone()).collect(),
+                cursor: Cursor(end.to_string()),
+                more: session.next().is_some(),
+            }
         }))
     }
 
@@ -222,14 +248,12 @@ mod imp {
         Ok(())
     }
 
-    pub fn delete_session(session_id: &str) -> Result<u64, HostError> {
+    pub fn delete_session(session_id: &str, through: &Cursor) -> Result<u64, HostError> {
+        let through = position(through)?;
         Ok(fakes::with(|f| {
-            let Some(through) = f.recordings_seen.remove(session_id) else {
-                return 0;
-            };
             let before = f.recordings.len();
             f.recordings
-                .retain(|(id, snapshot)| id != session_id || snapshot.position > through);
+                .retain(|r| r.session_id != session_id || r.position > through);
             (before - f.recordings.len()) as u64
         }))
     }

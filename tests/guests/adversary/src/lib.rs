@@ -8,7 +8,9 @@
 
 use serde_json::{Map, Value, json};
 use sluice_abi::wire::{BatchReader, EventFields, OutcomeWriter, RawEvent};
-use sluice_sdk::bindings::sluice::plugin::types::{ConfigField, ConfigType, Manifest, PluginError};
+use sluice_sdk::bindings::sluice::plugin::types::{
+    ConfigField, ConfigType, FailureMode, Manifest, PluginError,
+};
 use std::cell::RefCell;
 
 sluice_sdk::__private::plugin_world!(world; transform);
@@ -75,6 +77,7 @@ impl lifecycle::Guest for Adversary {
             capabilities: vec![],
             stateless: false,
             tasks: vec![],
+            on_error: FailureMode::Skip,
         }
     }
 
