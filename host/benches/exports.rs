@@ -6,7 +6,10 @@
 //!     until it has exported them all gives events/s, for JSON lines + gzip and for Parquet.
 //! (2) Lag: capture runs at a steady 20,000 events/s for 20 s with the S3 export (JSON lines +
 //!     gzip, batches of up to 10,000 events or 1 s) running; the export lag is sampled every
-//!     second.
+//!     second, and the CPU time the export runner's thread used meanwhile is read from
+//!     `/proc/self/task/*/schedstat` (exact nanoseconds on CPU).
+//!
+//! `cargo bench -p sluice --bench exports -- lag` runs only section (2) (`throughput`: only (1)).
 
 #![allow(clippy::unwrap_used)]
 
@@ -35,14 +38,41 @@ fn main() {
         "sluice export benchmark ({} cores), S3 export plugin -> s3s-fs on loopback\n",
         std::thread::available_parallelism().map_or(1, usize::from)
     );
-    println!(
-        "(1) export throughput: {STORED} stored events, batches of up to 10000 events / 4 MiB"
-    );
-    for format in ["jsonl", "parquet"] {
-        throughput(&plugins, format);
+    let chosen: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let runs = |section: &str| chosen.is_empty() || chosen.iter().any(|c| c == section);
+    if runs("throughput") {
+        println!(
+            "(1) export throughput: {STORED} stored events, batches of up to 10000 events / 4 MiB"
+        );
+        for format in ["jsonl", "parquet"] {
+            throughput(&plugins, format);
+        }
     }
-    println!("\n(2) export lag while capture runs at a steady 20000 events/s for 20 s");
-    lag(&plugins);
+    if runs("lag") {
+        println!("\n(2) export lag while capture runs at a steady 20000 events/s for 20 s");
+        lag(&plugins);
+    }
+}
+
+/// CPU time used so far by this process's threads whose name starts with `prefix`, in seconds.
+fn thread_cpu_seconds(prefix: &str) -> f64 {
+    let mut nanos = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with(prefix) {
+            continue;
+        }
+        let schedstat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+        nanos += schedstat
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    nanos as f64 / 1e9
 }
 
 fn plugin_dir() -> PathBuf {
@@ -141,7 +171,9 @@ fn send(
 
 fn status(data_dir: &Path) -> Value {
     let conn = sluice::store::open(data_dir).unwrap();
-    let statuses = sluice::export::state::status(&conn).unwrap();
+    let mut source =
+        sluice::export::source::SqliteSource::open(data_dir, Default::default()).unwrap();
+    let statuses = sluice::export::state::status(&conn, &mut source).unwrap();
     serde_json::to_value(&statuses[0]).unwrap()
 }
 
@@ -202,9 +234,13 @@ fn lag(plugins: &Path) {
             samples
         })
     };
+    let bodies = bodies(0, SECONDS * RATE);
+    let (export_cpu, process_cpu) = (thread_cpu_seconds("sluice-export"), thread_cpu_seconds(""));
     let started = Instant::now();
-    send(&served, bodies(0, SECONDS * RATE), 32, Some(RATE));
+    send(&served, bodies, 32, Some(RATE));
     let sent_in = started.elapsed().as_secs_f64();
+    let export_cpu = thread_cpu_seconds("sluice-export") - export_cpu;
+    let process_cpu = thread_cpu_seconds("") - process_cpu;
     let samples = sampler.join().unwrap();
     let mut seconds: Vec<f64> = samples.iter().map(|s| s.1).collect();
     seconds.sort_by(f64::total_cmp);
@@ -226,6 +262,10 @@ fn lag(plugins: &Path) {
     println!(
         "  after capture stopped, the export caught up in {:.2} s",
         caught_up.elapsed().as_secs_f64()
+    );
+    println!(
+        "  export runner CPU while capture ran: {export_cpu:.2} s in {sent_in:.1} s ({:.0}% of one core; the whole process, load generator included: {process_cpu:.1} s)",
+        100.0 * export_cpu / sent_in
     );
     served.stop();
 }

@@ -404,8 +404,7 @@ fn lane_of(team_id: u64, distinct_id: &str, lanes: usize) -> usize {
 mod tests {
     use super::*;
     use crate::sink::SinkError;
-    use crate::store::StoreError;
-    use sluice_abi::wire::{EventFields, WireError};
+    use sluice_abi::wire::EventFields;
 
     fn event(n: u8, name: &str) -> Vec<u8> {
         EventFields {
@@ -441,7 +440,7 @@ mod tests {
     impl Sink for FakeSink {
         fn store(&mut self, output: &Output, _: &mut dyn Receipt) -> Result<Stored, SinkError> {
             self.calls += 1;
-            let refused = || SinkError::Store(StoreError::Corrupt(WireError::NotUtf8("event")));
+            let refused = || SinkError::Refused("not UTF-8".into());
             if self.calls <= self.down {
                 return Err(refused());
             }

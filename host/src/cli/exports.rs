@@ -1,10 +1,12 @@
 //! `sluice exports`: status, dead letters, replay.
 
 use super::{load, open_existing, print_lines};
+use crate::export::source::SqliteSource;
 use crate::export::state;
 use anyhow::Context;
 use clap::Subcommand;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// What `sluice exports` can do besides printing status.
 #[derive(Subcommand)]
@@ -36,8 +38,10 @@ pub(super) enum Action {
 pub(super) fn run(action: Option<Action>, config: Option<PathBuf>) -> anyhow::Result<()> {
     match action {
         None => {
-            let config = config.context("--config is required")?;
-            print_lines(state::status(&open_existing(&load(&config)?)?)?)
+            let config = load(&config.context("--config is required")?)?;
+            let conn = open_existing(&config)?;
+            let mut source = SqliteSource::open(&config.server.data_dir, Arc::default())?;
+            print_lines(state::status(&conn, &mut source)?)
         }
         Some(Action::DeadLetters {
             config,

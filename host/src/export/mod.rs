@@ -2,7 +2,8 @@
 //! storage, off the ingest path.
 //!
 //! Each export installation has a durable cursor and a [`runner`] on its own thread. The runner
-//! reads the team's stored events after the cursor in storage order, closes a batch by count,
+//! reads the team's stored events after the cursor in storage order, from an event
+//! [`source`] (the seam backends implement), closes a batch by count,
 //! bytes or age, records its range ([`state`]) before calling the plugin, and advances the cursor
 //! in the transaction that records success. So a crash re-sends the same batch (same id, same
 //! events) and never loses one; a plugin that names what it writes after the batch id
@@ -12,6 +13,7 @@
 //! per event before the plugin sees the batch.
 
 mod runner;
+pub mod source;
 pub mod state;
 
 use crate::config::ExportConfig;
@@ -37,8 +39,9 @@ pub struct ExportInstallation {
     pub config: ExportConfig,
 }
 
-/// Starts one runner thread per export installation, reading and recording in the database of
-/// `data_dir`. Runners wake when `stored` is notified and end once `stop` is set.
+/// Starts one runner thread per export installation, reading events from the store of
+/// `data_dir` ([`source::SqliteSource`]) and recording there. Runners wake when `stored` is
+/// notified and end once `stop` is set.
 pub fn start(
     installations: &[Arc<ExportInstallation>],
     data_dir: &Path,
@@ -48,11 +51,12 @@ pub fn start(
     installations
         .iter()
         .map(|installation| {
-            let runner = runner::Runner::new(installation.clone(), data_dir)?;
-            let (stored, stop) = (stored.clone(), stop.clone());
+            let source = source::SqliteSource::open(data_dir, stored.clone())?;
+            let runner = runner::Runner::new(installation.clone(), data_dir, Box::new(source))?;
+            let stop = stop.clone();
             std::thread::Builder::new()
                 .name(format!("sluice-export-{}", installation.id))
-                .spawn(move || runner.run(&stored, &stop))
+                .spawn(move || runner.run(&stop))
                 .map_err(|e| StoreError::Thread("an export runner", e))
         })
         .collect()

@@ -1,14 +1,19 @@
 //! One export installation's runner: forms batches from the team's stored events after its
 //! cursor, records each before calling the plugin, retries with backoff, dead-letters, and
-//! replays dead letters on request. It owns one plugin instance and its own database connection,
-//! on its own thread, so a slow or failing export holds up nothing else.
+//! replays dead letters on request. It owns one plugin instance, its event source and its own
+//! database connection, on its own thread, so a slow or failing export holds up nothing else.
+//!
+//! The batch being filled ([`OpenBatch`]) is built incrementally: each wake-up reads only the
+//! events stored since the last read and encodes only those, so a runner woken on every store
+//! does work in proportion to the new events, not to the size of the batch. A recorded batch is
+//! read again from the source only to retry it or after a restart.
 
 use super::ExportInstallation;
-use super::state::{self, Batch, Pending};
+use super::source::{Cursor, Source, SourceError, StoredEvent};
+use super::state::{self, Batch};
 use crate::retry::backoff;
 use crate::runtime::hooks::exporter::Batch as Descriptor;
 use crate::runtime::{CallError, Instance};
-use crate::signal::Signal;
 use crate::store::{self, StoreError, now_ms};
 use rusqlite::Connection;
 use sluice_abi::wire::BatchWriter;
@@ -16,6 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use thiserror::Error;
 
 /// Longest a runner sleeps before looking again, even without being woken.
 const IDLE: Duration = Duration::from_secs(1);
@@ -54,6 +60,55 @@ impl Metrics {
     }
 }
 
+/// Why a step failed: the export state or the event source; the runner tries again.
+#[derive(Debug, Error)]
+enum StepError {
+    #[error(transparent)]
+    State(#[from] StoreError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+}
+
+/// The batch being filled: the events of the team after `base` (the installation's cursor)
+/// read so far, encoded as they were read.
+struct OpenBatch {
+    /// The installation's cursor it builds on.
+    base: Cursor,
+    /// Cursor of the last event read (`base` if none).
+    next: Cursor,
+    /// Cursor and storage time of its first event.
+    first: Option<(Cursor, i64)>,
+    /// Events read, and their encoded bytes, counting ignored ones (they bound the batch).
+    events: usize,
+    bytes: usize,
+    /// The events the installation does not ignore, encoded as one batch.
+    writer: BatchWriter,
+}
+
+impl OpenBatch {
+    fn new(base: Cursor) -> Self {
+        Self {
+            next: base.clone(),
+            base,
+            first: None,
+            events: 0,
+            bytes: 0,
+            writer: BatchWriter::default(),
+        }
+    }
+
+    fn push(&mut self, event: StoredEvent, ignored: &[String]) {
+        self.events += 1;
+        self.bytes += event.encoded.len();
+        if !ignored.contains(&event.event) {
+            self.writer.push_encoded(&event.encoded);
+        }
+        self.first
+            .get_or_insert_with(|| (event.cursor.clone(), event.stored_at_ms));
+        self.next = event.cursor;
+    }
+}
+
 /// A failed call, as the runner decides about it.
 struct Failure {
     message: String,
@@ -77,6 +132,8 @@ impl From<CallError> for Failure {
 pub(super) struct Runner {
     installation: Arc<ExportInstallation>,
     conn: Connection,
+    source: Box<dyn Source>,
+    open: Option<OpenBatch>,
     instance: Option<Instance>,
     metrics: Metrics,
     lag_updated: Option<Instant>,
@@ -86,6 +143,7 @@ impl Runner {
     pub(super) fn new(
         installation: Arc<ExportInstallation>,
         data_dir: &Path,
+        source: Box<dyn Source>,
     ) -> Result<Self, StoreError> {
         let conn = store::open(data_dir)?;
         state::register(&conn, &installation.id, installation.team_id)?;
@@ -93,34 +151,36 @@ impl Runner {
             metrics: Metrics::new(&installation.id),
             installation,
             conn,
+            source,
+            open: None,
             instance: None,
             lag_updated: None,
         })
     }
 
-    /// Steps until `stop` is set, sleeping on `stored` (woken when events are stored).
-    pub(super) fn run(mut self, stored: &Signal, stop: &AtomicBool) {
-        let mut seen = stored.generation();
+    /// Steps until `stop` is set, sleeping on the source (woken when events are stored).
+    pub(super) fn run(mut self, stop: &AtomicBool) {
         while !stop.load(Ordering::SeqCst) {
             let wait_until = match self.step() {
                 Ok(Step::Worked) => continue,
                 Ok(Step::WaitUntil(at)) => at,
                 Err(error) => {
-                    tracing::error!(installation = %self.installation.id, %error, "export runner cannot use the database; retrying");
+                    tracing::error!(installation = %self.installation.id, %error, "export runner cannot read its state or its events; retrying");
+                    self.open = None;
                     now_ms() + IDLE.as_millis() as i64
                 }
             };
             let wait = Duration::from_millis(
                 (wait_until - now_ms()).clamp(0, IDLE.as_millis() as i64) as u64,
             );
-            seen = stored.wait(seen, wait);
+            self.source.wait(wait);
         }
         if let Some(instance) = self.instance.take() {
             instance.teardown();
         }
     }
 
-    fn step(&mut self) -> Result<Step, StoreError> {
+    fn step(&mut self) -> Result<Step, StepError> {
         let now = now_ms();
         self.update_lag()?;
         let id = self.installation.id.clone();
@@ -135,45 +195,64 @@ impl Runner {
             self.replay(letter)?;
             return Ok(Step::Worked);
         }
+        let cursor = state::cursor(&self.conn, &id)?;
+        let mut open = match self.open.take() {
+            Some(open) if open.base == cursor => open,
+            _ => OpenBatch::new(cursor),
+        };
         let config = &self.installation.config;
-        let position = state::cursor(&self.conn, &id)?;
-        let pending = state::pending(
-            &self.conn,
-            self.installation.team_id,
-            position,
-            config.max_events,
-            config.max_bytes,
-        )?;
-        let (Some(first), Some(last)) = (pending.first(), pending.last()) else {
+        let installation = self.installation.clone();
+        let mut full = open.events >= config.max_events || open.bytes >= config.max_bytes;
+        if !full {
+            let read = self.source.after(
+                installation.team_id,
+                &open.next,
+                config.max_events - open.events,
+                config.max_bytes - open.bytes,
+            )?;
+            for event in read {
+                // Only a batch's first event may exceed `max_bytes` on its own.
+                if open.events > 0 && open.bytes + event.encoded.len() > config.max_bytes {
+                    full = true;
+                    break;
+                }
+                open.push(event, &installation.config.events_to_ignore);
+            }
+        }
+        let Some((first, first_stored_at)) = open.first.clone() else {
+            self.open = Some(open);
             return Ok(Step::WaitUntil(now + IDLE.as_millis() as i64));
         };
-        let bytes: usize = pending.iter().map(|p| p.encoded.len()).sum();
-        let full = pending.len() >= config.max_events || bytes >= config.max_bytes;
-        let due = first.stored_at_ms + (config.max_age_seconds * 1000) as i64;
+        full |= open.events >= config.max_events || open.bytes >= config.max_bytes;
+        let due = first_stored_at + (config.max_age_seconds * 1000) as i64;
         if !full && due > now {
+            self.open = Some(open);
             return Ok(Step::WaitUntil(due));
         }
         // The range is durable before the plugin sees it: after a crash, this same batch is
         // sent again first.
-        let batch = Batch::new(
-            self.installation.team_id,
-            first.position,
-            last.position,
-            now,
-        );
-        state::record(&self.conn, &id, &batch)?;
+        let mut batch = Batch::new(installation.team_id, first, open.next.clone(), now);
+        self.open = Some(OpenBatch::new(open.next.clone()));
+        let count = open.writer.len() as u64;
+        self.attempt(&mut batch, &open.writer.finish(), count)?;
         Ok(Step::Worked)
     }
 
-    /// The events of `batch` the installation does not ignore, encoded as one batch.
-    fn encode(&self, events: &[Pending]) -> (Vec<u8>, u64) {
+    /// The events of `batch` the installation does not ignore, read again from the source and
+    /// encoded as one batch, with their count.
+    fn reread(&mut self, batch: &Batch) -> Result<(Vec<u8>, u64), SourceError> {
         let ignored = &self.installation.config.events_to_ignore;
         let mut writer = BatchWriter::default();
-        for event in events.iter().filter(|e| !ignored.contains(&e.event)) {
-            writer.push_encoded(&event.encoded);
+        for event in self
+            .source
+            .range(batch.team_id, &batch.first, &batch.last)?
+        {
+            if !ignored.contains(&event.event) {
+                writer.push_encoded(&event.encoded);
+            }
         }
         let count = writer.len() as u64;
-        (writer.finish(), count)
+        Ok((writer.finish(), count))
     }
 
     /// One call of the plugin with `batch` (attempt `batch.attempts + 1`), after counting it.
@@ -194,7 +273,10 @@ impl Runner {
             team_id: batch.team_id,
             attempt: batch.attempts,
             created_at_ms: batch.created_at_ms,
-            positions: (batch.first as u64, batch.last as u64),
+            positions: (
+                batch.first.as_str().parse().unwrap_or(0),
+                batch.last.as_str().parse().unwrap_or(0),
+            ),
         };
         let result = instance.export(&descriptor, encoded);
         metrics::histogram!("sluice_export_call_duration_seconds", "installation" => self.installation.id.to_string())
@@ -207,21 +289,27 @@ impl Runner {
         result.map_err(Failure::from)
     }
 
-    /// Sends the batch in flight and records what became of it.
-    fn send(&mut self, mut batch: Batch) -> Result<(), StoreError> {
+    /// Sends the batch in flight again (a retry, or after a restart).
+    fn send(&mut self, mut batch: Batch) -> Result<(), StepError> {
+        let (encoded, count) = self.reread(&batch)?;
+        self.attempt(&mut batch, &encoded, count)
+    }
+
+    /// Records the next attempt of `batch` (its `count` events in `encoded`), calls the plugin
+    /// (unless every event is ignored), and records what became of it.
+    fn attempt(&mut self, batch: &mut Batch, encoded: &[u8], count: u64) -> Result<(), StepError> {
         let id = self.installation.id.clone();
-        let (encoded, count) = self.encode(&state::batch_events(&self.conn, &batch)?);
         if count > 0 {
             batch.attempts += 1;
-            state::record(&self.conn, &id, &batch)?;
+            state::record(&self.conn, &id, batch)?;
             if batch.attempts > 1 {
                 self.metrics.retries.increment(1);
             }
-            if let Err(failure) = self.call(&batch, &encoded) {
-                return self.failed(batch, failure);
+            if let Err(failure) = self.call(batch, encoded) {
+                return Ok(self.failed(batch.clone(), failure)?);
             }
         }
-        state::delivered(&mut self.conn, &id, &batch, count)?;
+        state::delivered(&mut self.conn, &id, batch, count)?;
         self.metrics.events.increment(count);
         self.metrics.batches.increment(1);
         Ok(())
@@ -247,9 +335,9 @@ impl Runner {
     }
 
     /// Sends a dead-lettered batch again, removing it once delivered.
-    fn replay(&mut self, mut batch: Batch) -> Result<(), StoreError> {
+    fn replay(&mut self, mut batch: Batch) -> Result<(), StepError> {
         let id = self.installation.id.clone();
-        let (encoded, count) = self.encode(&state::batch_events(&self.conn, &batch)?);
+        let (encoded, count) = self.reread(&batch)?;
         batch.attempts += 1;
         let result = if count == 0 {
             Ok(())
@@ -262,7 +350,7 @@ impl Runner {
                 self.metrics.events.increment(count);
                 self.metrics.batches.increment(1);
                 tracing::info!(installation = %id, batch = %batch.id, "dead-lettered export batch replayed");
-                state::replayed(&self.conn, &id, &batch, Ok(count))
+                Ok(state::replayed(&self.conn, &id, &batch, Ok(count))?)
             }
             Err(failure) => {
                 let retry =
@@ -275,20 +363,25 @@ impl Runner {
                             )
                     });
                 tracing::warn!(installation = %id, batch = %batch.id, "replay failed: {}", failure.message);
-                state::replayed(&self.conn, &id, &batch, Err((&failure.message, retry)))
+                Ok(state::replayed(
+                    &self.conn,
+                    &id,
+                    &batch,
+                    Err((&failure.message, retry)),
+                )?)
             }
         }
     }
 
-    fn update_lag(&mut self) -> Result<(), StoreError> {
+    fn update_lag(&mut self) -> Result<(), StepError> {
         if self.lag_updated.is_some_and(|at| at.elapsed() < LAG_EVERY) {
             return Ok(());
         }
         self.lag_updated = Some(Instant::now());
-        let position = state::cursor(&self.conn, &self.installation.id)?;
-        let (events, oldest) = state::lag(&self.conn, self.installation.team_id, position)?;
-        self.metrics.lag_events.set(events as f64);
-        let seconds = oldest.map_or(0, |t| (now_ms() - t).max(0));
+        let cursor = state::cursor(&self.conn, &self.installation.id)?;
+        let lag = self.source.lag(self.installation.team_id, &cursor)?;
+        self.metrics.lag_events.set(lag.events as f64);
+        let seconds = lag.oldest_stored_at_ms.map_or(0, |t| (now_ms() - t).max(0));
         self.metrics.lag_seconds.set(seconds as f64 / 1e3);
         Ok(())
     }

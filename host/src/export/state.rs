@@ -1,25 +1,25 @@
 //! The durable state of exports, in the SQLite database: one cursor per export installation
-//! (`export_cursors`: the storage position of the last event exported or passed over), at most
-//! one batch in flight (`export_batches`: its range, recorded before the first call), and the
+//! (`export_cursors`: the [`Cursor`] of the last event exported or passed over), at most one
+//! batch in flight (`export_batches`: its cursor range, recorded before the first call), and the
 //! export dead letters (`export_dead_letters`). The cursor moves only in the transaction that
-//! records a batch's success or its dead letter.
+//! records a batch's success or its dead letter. Cursors are the event source's, opaque here.
 
+use super::source::{Cursor, Source, SourceError};
 use crate::store::{StoreError, now_ms, rfc3339};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
-use sluice_abi::wire::EventFields;
 
-/// A batch of one installation: a range of storage positions of its team's events.
+/// A batch of one installation: a range of its team's stored events, by cursor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Batch {
     /// Stable id, derived from the range.
     pub id: String,
     /// The team.
     pub team_id: u64,
-    /// Storage position of the first event covered.
-    pub first: i64,
-    /// Storage position of the last event covered.
-    pub last: i64,
+    /// Cursor of the first event covered.
+    pub first: Cursor,
+    /// Cursor of the last event covered.
+    pub last: Cursor,
     /// When it was formed, epoch ms.
     pub created_at_ms: i64,
     /// Calls made so far.
@@ -32,7 +32,7 @@ pub struct Batch {
 
 impl Batch {
     /// A new batch of `team_id` covering `first..=last`, formed now.
-    pub fn new(team_id: u64, first: i64, last: i64, now_ms: i64) -> Self {
+    pub fn new(team_id: u64, first: Cursor, last: Cursor, now_ms: i64) -> Self {
         Self {
             id: format!("{first}-{last}"),
             team_id,
@@ -46,122 +46,35 @@ impl Batch {
     }
 }
 
-/// One stored event waiting for export.
-#[derive(Debug)]
-pub struct Pending {
-    /// Its storage position.
-    pub position: i64,
-    /// When it was stored, epoch ms.
-    pub stored_at_ms: i64,
-    /// Its name.
-    pub event: String,
-    /// The event in the wire encoding (with its length prefix).
-    pub encoded: Vec<u8>,
-}
-
 /// Gives the installation a cursor at the start of its team's events, unless it has one.
 pub fn register(conn: &Connection, installation: &str, team_id: u64) -> Result<(), StoreError> {
     conn.execute(
-        "INSERT OR IGNORE INTO export_cursors (installation, team_id, position) VALUES (?1, ?2, 0)",
-        params![installation, team_id as i64],
+        "INSERT OR IGNORE INTO export_cursors (installation, team_id, cursor) VALUES (?1, ?2, ?3)",
+        params![installation, team_id as i64, Cursor::start().as_str()],
     )?;
     Ok(())
 }
 
 /// The installation's cursor.
-pub fn cursor(conn: &Connection, installation: &str) -> Result<i64, StoreError> {
-    Ok(conn.query_row(
-        "SELECT position FROM export_cursors WHERE installation = ?1",
+pub fn cursor(conn: &Connection, installation: &str) -> Result<Cursor, StoreError> {
+    Ok(Cursor::from_recorded(conn.query_row(
+        "SELECT cursor FROM export_cursors WHERE installation = ?1",
         [installation],
         |row| row.get(0),
-    )?)
-}
-
-/// Events of `team_id` after `position`, in storage order, at most `max_events` and (but for
-/// the first) `max_bytes` of encoded events.
-pub fn pending(
-    conn: &Connection,
-    team_id: u64,
-    position: i64,
-    max_events: usize,
-    max_bytes: usize,
-) -> Result<Vec<Pending>, StoreError> {
-    events(conn, team_id, position, i64::MAX, max_events, max_bytes)
-}
-
-/// Events of `team_id` in `first..=last`, in storage order.
-pub fn batch_events(conn: &Connection, batch: &Batch) -> Result<Vec<Pending>, StoreError> {
-    events(
-        conn,
-        batch.team_id,
-        batch.first - 1,
-        batch.last,
-        usize::MAX,
-        usize::MAX,
-    )
-}
-
-fn events(
-    conn: &Connection,
-    team_id: u64,
-    after: i64,
-    through: i64,
-    max_events: usize,
-    max_bytes: usize,
-) -> Result<Vec<Pending>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT seq, stored_at_ms, uuid, team_id, timestamp_ms, event, distinct_id, ip, properties, \
-         set_json, set_once_json FROM events WHERE team_id = ?1 AND seq > ?2 AND seq <= ?3 \
-         ORDER BY seq LIMIT ?4",
-    )?;
-    let limit = i64::try_from(max_events).unwrap_or(i64::MAX);
-    let mut rows = stmt.query(params![team_id as i64, after, through, limit])?;
-    let mut found = Vec::new();
-    let mut bytes = 0;
-    while let Some(row) = rows.next()? {
-        let uuid: Vec<u8> = row.get(2)?;
-        let event: String = row.get(5)?;
-        let distinct_id: String = row.get(6)?;
-        let ip: Option<String> = row.get(7)?;
-        let properties: String = row.get(8)?;
-        let set: Option<String> = row.get(9)?;
-        let set_once: Option<String> = row.get(10)?;
-        let fields = EventFields {
-            uuid: <[u8; 16]>::try_from(uuid.as_slice()).unwrap_or_default(),
-            team_id: row.get::<_, i64>(3)? as u64,
-            timestamp_ms: row.get(4)?,
-            event: &event,
-            distinct_id: &distinct_id,
-            ip: ip.as_deref(),
-            properties: &properties,
-            set: set.as_deref(),
-            set_once: set_once.as_deref(),
-        };
-        let encoded = fields.encode()?;
-        if !found.is_empty() && bytes + encoded.len() > max_bytes {
-            break;
-        }
-        bytes += encoded.len();
-        found.push(Pending {
-            position: row.get(0)?,
-            stored_at_ms: row.get(1)?,
-            encoded,
-            event,
-        });
-    }
-    Ok(found)
+    )?))
 }
 
 /// The columns [`batch`] reads, in its order.
-const BATCH_COLUMNS: &str = "id, team_id, first_position, last_position, created_at_ms, attempts, next_attempt_ms, last_error";
+const BATCH_COLUMNS: &str =
+    "id, team_id, first_cursor, last_cursor, created_at_ms, attempts, next_attempt_ms, last_error";
 
 /// A [`Batch`] from a row of [`BATCH_COLUMNS`].
 fn batch(row: &rusqlite::Row<'_>) -> rusqlite::Result<Batch> {
     Ok(Batch {
         id: row.get(0)?,
         team_id: row.get::<_, i64>(1)? as u64,
-        first: row.get(2)?,
-        last: row.get(3)?,
+        first: Cursor::from_recorded(row.get(2)?),
+        last: Cursor::from_recorded(row.get(3)?),
         created_at_ms: row.get(4)?,
         attempts: row.get(5)?,
         next_attempt_ms: row.get(6)?,
@@ -182,15 +95,15 @@ pub fn in_flight(conn: &Connection, installation: &str) -> Result<Option<Batch>,
 /// time.
 pub fn record(conn: &Connection, installation: &str, batch: &Batch) -> Result<(), StoreError> {
     conn.execute(
-        "INSERT INTO export_batches (installation, id, team_id, first_position, last_position, \
+        "INSERT INTO export_batches (installation, id, team_id, first_cursor, last_cursor, \
          created_at_ms, attempts, next_attempt_ms, last_error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
          ON CONFLICT (installation) DO UPDATE SET attempts = ?7, next_attempt_ms = ?8, last_error = ?9",
         params![
             installation,
             batch.id,
             batch.team_id as i64,
-            batch.first,
-            batch.last,
+            batch.first.as_str(),
+            batch.last.as_str(),
             batch.created_at_ms,
             batch.attempts,
             batch.next_attempt_ms,
@@ -220,9 +133,9 @@ pub fn delivered(
         [installation],
     )?;
     tx.execute(
-        "UPDATE export_cursors SET position = MAX(position, ?2), exported_events = exported_events + ?3, \
+        "UPDATE export_cursors SET cursor = ?2, exported_events = exported_events + ?3, \
          last_success_ms = ?4 WHERE installation = ?1",
-        params![installation, batch.last, exported as i64, now_ms()],
+        params![installation, batch.last.as_str(), exported as i64, now_ms()],
     )?;
     tx.commit()?;
     Ok(())
@@ -238,14 +151,14 @@ pub fn dead_letter(
     let tx = conn.transaction()?;
     let now = now_ms();
     tx.execute(
-        "INSERT OR REPLACE INTO export_dead_letters (installation, id, team_id, first_position, \
-         last_position, created_at_ms, attempts, error, dead_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT OR REPLACE INTO export_dead_letters (installation, id, team_id, first_cursor, \
+         last_cursor, created_at_ms, attempts, error, dead_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![
             installation,
             batch.id,
             batch.team_id as i64,
-            batch.first,
-            batch.last,
+            batch.first.as_str(),
+            batch.last.as_str(),
             batch.created_at_ms,
             batch.attempts,
             error,
@@ -257,9 +170,9 @@ pub fn dead_letter(
         [installation],
     )?;
     tx.execute(
-        "UPDATE export_cursors SET position = MAX(position, ?2), last_error = ?3, last_error_ms = ?4 \
+        "UPDATE export_cursors SET cursor = ?2, last_error = ?3, last_error_ms = ?4 \
          WHERE installation = ?1",
-        params![installation, batch.last, error, now],
+        params![installation, batch.last.as_str(), error, now],
     )?;
     tx.commit()?;
     Ok(())
@@ -293,7 +206,7 @@ pub fn due_replay(
     );
     let sql = format!(
         "SELECT {columns} FROM export_dead_letters WHERE installation = ?1 \
-         AND replay_requested_ms IS NOT NULL AND replay_next_ms <= ?2 ORDER BY first_position LIMIT 1"
+         AND replay_requested_ms IS NOT NULL AND replay_next_ms <= ?2 ORDER BY dead_at_ms, id LIMIT 1"
     );
     Ok(conn
         .prepare_cached(&sql)?
@@ -333,21 +246,6 @@ pub fn replayed(
     Ok(())
 }
 
-/// How far behind an installation is: events after its cursor, and since when the oldest of them
-/// has waited (epoch ms).
-pub fn lag(
-    conn: &Connection,
-    team_id: u64,
-    position: i64,
-) -> Result<(u64, Option<i64>), StoreError> {
-    let (count, oldest): (i64, Option<i64>) = conn.query_row(
-        "SELECT COUNT(*), MIN(stored_at_ms) FROM events WHERE team_id = ?1 AND seq > ?2",
-        params![team_id as i64, position],
-        |row| Ok((row.get(0)?, row.get(1)?)),
-    )?;
-    Ok((count as u64, oldest))
-}
-
 /// What `sluice exports` prints for one installation.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ExportStatus {
@@ -355,8 +253,8 @@ pub struct ExportStatus {
     pub installation: String,
     /// Its team.
     pub team_id: u64,
-    /// Storage position of the last event exported (or passed over).
-    pub cursor: i64,
+    /// Cursor of the last event exported (or passed over), as the event source wrote it.
+    pub cursor: String,
     /// Events exported so far.
     pub exported_events: u64,
     /// Stored events not exported yet.
@@ -379,10 +277,30 @@ pub struct ExportStatus {
     pub dead_letters: u64,
 }
 
-/// The status of every export installation known to the database.
-pub fn status(conn: &Connection) -> Result<Vec<ExportStatus>, StoreError> {
+/// Why the status of exports could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// The export state could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The event source could not tell the lag.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+}
+
+impl From<rusqlite::Error> for StatusError {
+    fn from(error: rusqlite::Error) -> Self {
+        StatusError::Store(error.into())
+    }
+}
+
+/// The status of every export installation known to the database; `source` tells the lag.
+pub fn status(
+    conn: &Connection,
+    source: &mut dyn Source,
+) -> Result<Vec<ExportStatus>, StatusError> {
     let mut stmt = conn.prepare(
-        "SELECT c.installation, c.team_id, c.position, c.exported_events, c.last_success_ms, \
+        "SELECT c.installation, c.team_id, c.cursor, c.exported_events, c.last_success_ms, \
          c.last_error, c.last_error_ms, b.id, b.attempts, b.next_attempt_ms, b.last_error IS NOT NULL, \
          (SELECT COUNT(*) FROM export_dead_letters d WHERE d.installation = c.installation) \
          FROM export_cursors c LEFT JOIN export_batches b ON b.installation = c.installation \
@@ -393,7 +311,7 @@ pub fn status(conn: &Connection) -> Result<Vec<ExportStatus>, StoreError> {
             Ok((
                 row.get::<_, String>(0)?,
                 row.get::<_, i64>(1)? as u64,
-                row.get::<_, i64>(2)?,
+                row.get::<_, String>(2)?,
                 row.get::<_, i64>(3)? as u64,
                 row.get::<_, Option<i64>>(4)?,
                 row.get::<_, Option<String>>(5)?,
@@ -423,14 +341,16 @@ pub fn status(conn: &Connection) -> Result<Vec<ExportStatus>, StoreError> {
                 failed,
                 dead,
             )| {
-                let (lag_events, oldest) = lag(conn, team_id, cursor)?;
+                let lag = source.lag(team_id, &Cursor::from_recorded(cursor.clone()))?;
                 Ok(ExportStatus {
                     installation,
                     team_id,
                     cursor,
                     exported_events: exported,
-                    lag_events,
-                    lag_seconds: oldest.map_or(0.0, |t| (now - t).max(0) as f64 / 1e3),
+                    lag_events: lag.events,
+                    lag_seconds: lag
+                        .oldest_stored_at_ms
+                        .map_or(0.0, |t| (now - t).max(0) as f64 / 1e3),
                     last_success: success.map(rfc3339),
                     last_error: error,
                     last_error_at: error_at.map(rfc3339),
@@ -453,10 +373,10 @@ pub struct ExportDeadLetter {
     pub batch: String,
     /// The team.
     pub team_id: u64,
-    /// First storage position covered.
-    pub first_position: i64,
-    /// Last storage position covered.
-    pub last_position: i64,
+    /// Cursor of the first event covered.
+    pub first_cursor: String,
+    /// Cursor of the last event covered.
+    pub last_cursor: String,
     /// Calls made before it was dead-lettered.
     pub attempts: u32,
     /// Why.
@@ -473,9 +393,9 @@ pub fn dead_letters(
     installation: Option<&str>,
 ) -> Result<Vec<ExportDeadLetter>, StoreError> {
     let mut stmt = conn.prepare(
-        "SELECT installation, id, team_id, first_position, last_position, attempts, error, dead_at_ms, \
+        "SELECT installation, id, team_id, first_cursor, last_cursor, attempts, error, dead_at_ms, \
          replay_requested_ms IS NOT NULL FROM export_dead_letters WHERE ?1 IS NULL OR installation = ?1 \
-         ORDER BY dead_at_ms, first_position",
+         ORDER BY dead_at_ms, id",
     )?;
     let letters = stmt
         .query_map([installation], |row| {
@@ -483,8 +403,8 @@ pub fn dead_letters(
                 installation: row.get(0)?,
                 batch: row.get(1)?,
                 team_id: row.get::<_, i64>(2)? as u64,
-                first_position: row.get(3)?,
-                last_position: row.get(4)?,
+                first_cursor: row.get(3)?,
+                last_cursor: row.get(4)?,
                 attempts: row.get(5)?,
                 error: row.get(6)?,
                 dead_at: rfc3339(row.get(7)?),

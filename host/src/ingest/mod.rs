@@ -17,13 +17,14 @@
 //! - Together with a sink that stores idempotently on the event `uuid` (see [`crate::sink`]),
 //!   at-least-once delivery gives no loss and no duplicates.
 //!
-//! When the ingest and the sink live in the same SQLite database, the sink settles the receipt
-//! inside its own transaction ([`Receipt::settle_in`]), so storing and acknowledging are one
-//! atomic step and nothing is processed twice even after a crash.
+//! When the ingest and the sink share one store (the embedded SQLite database), the sink
+//! recognises the ingest's own receipt type (a [`Receipt`] is `Any`) and settles it inside its
+//! own transaction, so storing and acknowledging are one atomic step and nothing is processed
+//! twice even after a crash. [`Ingest::ack`] is still called afterwards.
 
 pub mod sqlite;
 
-use crate::store::StoreError;
+use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -78,22 +79,17 @@ pub struct Polled<R> {
     pub receipt: R,
 }
 
-/// Acknowledges what one poll returned.
-pub trait Receipt: Send {
-    /// Settles the receipt inside the sink's transaction `tx`, if the ingest lives in that same
-    /// SQLite database; returns whether it did. [`Ingest::ack`] must still be called afterwards.
-    fn settle_in(&mut self, tx: &rusqlite::Transaction<'_>) -> Result<bool, StoreError> {
-        let _ = tx;
-        Ok(false)
-    }
-}
+/// Acknowledges what one poll returned. A sink that shares its store with the ingest downcasts
+/// it (`&mut dyn Any`) to the ingest's receipt type to settle it in its own transaction.
+pub trait Receipt: Any + Send {}
 
-/// Why the worker could not read or acknowledge.
-#[derive(Debug, Error)]
+/// Why the worker could not read or acknowledge. Every failure is transient to the worker: it
+/// tries again, and the events stay in the ingest meanwhile.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum IngestError {
-    /// The embedded queue failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
+    /// The backend failed or cannot be reached.
+    #[error("the ingest is unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Where the worker takes events from, in arrival order.

@@ -222,8 +222,18 @@ pub struct QueueReceipt {
     settled: bool,
 }
 
-impl Receipt for QueueReceipt {
-    fn settle_in(&mut self, tx: &rusqlite::Transaction<'_>) -> Result<bool, StoreError> {
+impl Receipt for QueueReceipt {}
+
+impl From<StoreError> for IngestError {
+    fn from(error: StoreError) -> Self {
+        IngestError::Unavailable(error.to_string())
+    }
+}
+
+impl QueueReceipt {
+    /// Settles the receipt inside the sink's transaction `tx`, if the queue lives in that same
+    /// database; returns whether it did.
+    pub fn settle_in(&mut self, tx: &rusqlite::Transaction<'_>) -> Result<bool, StoreError> {
         if tx.path().map(Path::new) != Some(self.path.as_path()) || self.path.as_os_str().is_empty()
         {
             return Ok(false);

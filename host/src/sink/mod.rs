@@ -19,13 +19,12 @@
 //!   cannot be stored) before it stores the rest with the receipt.
 //! - **Dead letters of damaged events.** A dead letter's event may be damaged (that is why it
 //!   is one): a sink reads only its envelope (team, uuid) and keeps its bytes as they are.
-//! - If the ingest lives in the same database, the sink settles the poll's [`Receipt`] in the
-//!   same transaction ([`Receipt::settle_in`]).
+//! - If the ingest lives in the same store, the sink settles the poll's [`Receipt`] in the
+//!   same transaction (the embedded sink recognises the embedded queue's receipt).
 
 pub mod sqlite;
 
 use crate::ingest::Receipt;
-use crate::store::StoreError;
 use thiserror::Error;
 
 /// An event a plugin failed on, kept for operators with the error.
@@ -80,12 +79,16 @@ pub struct Stored {
     pub recordings: usize,
 }
 
-/// Why a sink could not store.
-#[derive(Debug, Error)]
+/// Why a sink could not store. The worker retries either, then stores the output in parts to
+/// set aside only what still cannot be stored.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum SinkError {
-    /// The embedded database failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
+    /// The backend failed or cannot be reached; trying again later may work.
+    #[error("the sink is unavailable: {0}")]
+    Unavailable(String),
+    /// The backend refused what it was given (a damaged event, a value it cannot hold).
+    #[error("the sink refused it: {0}")]
+    Refused(String),
 }
 
 /// Where processed events go.

@@ -4,11 +4,22 @@
 
 use super::{DeadLetter, Output, Quarantined, Sink, SinkError, Stored};
 use crate::ingest::Receipt;
+use crate::ingest::sqlite::QueueReceipt;
 use crate::store::{self, StoreError};
 use rusqlite::{Connection, Transaction, params};
 use serde_json::Value;
 use sluice_abi::wire::{self, EventFields};
+use std::any::Any;
 use std::path::Path;
+
+impl From<StoreError> for SinkError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Corrupt(reason) => SinkError::Refused(reason.to_string()),
+            other => SinkError::Unavailable(other.to_string()),
+        }
+    }
+}
 
 /// The SQLite store of one data folder.
 pub struct SqliteSink {
@@ -33,7 +44,9 @@ impl Sink for SqliteSink {
         };
         insert_dead_letters(&tx, &output.dead_letters)?;
         insert_quarantined(&tx, &output.quarantined)?;
-        receipt.settle_in(&tx)?;
+        if let Some(queue) = (receipt as &mut dyn Any).downcast_mut::<QueueReceipt>() {
+            queue.settle_in(&tx)?;
+        }
         tx.commit().map_err(StoreError::from)?;
         Ok(stored)
     }

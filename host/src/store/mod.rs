@@ -86,7 +86,7 @@ CREATE TABLE IF NOT EXISTS queue_quarantine (
 CREATE TABLE IF NOT EXISTS export_cursors (
     installation TEXT PRIMARY KEY,
     team_id INTEGER NOT NULL,
-    position INTEGER NOT NULL,
+    cursor TEXT NOT NULL,
     exported_events INTEGER NOT NULL DEFAULT 0,
     last_success_ms INTEGER,
     last_error TEXT,
@@ -96,8 +96,8 @@ CREATE TABLE IF NOT EXISTS export_batches (
     installation TEXT PRIMARY KEY,
     id TEXT NOT NULL,
     team_id INTEGER NOT NULL,
-    first_position INTEGER NOT NULL,
-    last_position INTEGER NOT NULL,
+    first_cursor TEXT NOT NULL,
+    last_cursor TEXT NOT NULL,
     created_at_ms INTEGER NOT NULL,
     attempts INTEGER NOT NULL,
     next_attempt_ms INTEGER NOT NULL,
@@ -107,8 +107,8 @@ CREATE TABLE IF NOT EXISTS export_dead_letters (
     installation TEXT NOT NULL,
     id TEXT NOT NULL,
     team_id INTEGER NOT NULL,
-    first_position INTEGER NOT NULL,
-    last_position INTEGER NOT NULL,
+    first_cursor TEXT NOT NULL,
+    last_cursor TEXT NOT NULL,
     created_at_ms INTEGER NOT NULL,
     attempts INTEGER NOT NULL,
     error TEXT NOT NULL,
@@ -182,17 +182,8 @@ const MIGRATIONS: &[fn(&Transaction<'_>) -> rusqlite::Result<()>] = &[
     // Idempotence keys are per (team, uuid): a uuid one team used no longer hides another
     // team's event. Positions (`seq`) are kept, so export cursors stay valid.
     |tx| {
-        for (table, columns) in [("events", EVENT_COLUMNS), ("recordings", RECORDING_COLUMNS)] {
-            if table_exists(tx, table)? {
-                let create = table_sql(table);
-                tx.execute_batch(&format!(
-                    "ALTER TABLE {table} RENAME TO {table}_before_team_keys;
-                     {create};
-                     INSERT INTO {table} ({columns}) SELECT {columns} FROM {table}_before_team_keys;
-                     DROP TABLE {table}_before_team_keys;"
-                ))?;
-            }
-        }
+        rebuild(tx, "events", EVENT_COLUMNS, EVENT_COLUMNS)?;
+        rebuild(tx, "recordings", RECORDING_COLUMNS, RECORDING_COLUMNS)?;
         if table_exists(tx, "dead_letters")? {
             tx.execute_batch(
                 "DELETE FROM dead_letters WHERE id NOT IN
@@ -206,7 +197,51 @@ const MIGRATIONS: &[fn(&Transaction<'_>) -> rusqlite::Result<()>] = &[
         add_column(tx, "task_state", "schedule TEXT")?;
         add_column(tx, "task_state", "time_zone TEXT")
     },
+    // Export positions are the event source's opaque cursors (text), not row ids.
+    |tx| {
+        rebuild(
+            tx,
+            "export_cursors",
+            "installation, team_id, cursor, exported_events, last_success_ms, last_error, last_error_ms",
+            "installation, team_id, CAST(position AS TEXT), exported_events, last_success_ms, last_error, last_error_ms",
+        )?;
+        rebuild(
+            tx,
+            "export_batches",
+            "installation, id, team_id, first_cursor, last_cursor, created_at_ms, attempts, next_attempt_ms, last_error",
+            "installation, id, team_id, CAST(first_position AS TEXT), CAST(last_position AS TEXT), created_at_ms, \
+             attempts, next_attempt_ms, last_error",
+        )?;
+        rebuild(
+            tx,
+            "export_dead_letters",
+            "installation, id, team_id, first_cursor, last_cursor, created_at_ms, attempts, error, dead_at_ms, \
+             replay_requested_ms, replay_attempts, replay_next_ms",
+            "installation, id, team_id, CAST(first_position AS TEXT), CAST(last_position AS TEXT), created_at_ms, \
+             attempts, error, dead_at_ms, replay_requested_ms, replay_attempts, replay_next_ms",
+        )
+    },
 ];
+
+/// Rebuilds `table`, if it exists, as [`SCHEMA`] defines it now: its `columns` are filled from
+/// `selected` (expressions over the old table's columns, in the same order).
+fn rebuild(
+    tx: &Transaction<'_>,
+    table: &str,
+    columns: &str,
+    selected: &str,
+) -> rusqlite::Result<()> {
+    if table_exists(tx, table)? {
+        let create = table_sql(table);
+        tx.execute_batch(&format!(
+            "ALTER TABLE {table} RENAME TO {table}_before;
+             {create};
+             INSERT INTO {table} ({columns}) SELECT {selected} FROM {table}_before;
+             DROP TABLE {table}_before;"
+        ))?;
+    }
+    Ok(())
+}
 
 const EVENT_COLUMNS: &str = "seq, uuid, team_id, timestamp_ms, event, distinct_id, ip, properties, \
      set_json, set_once_json, stored_at_ms";
@@ -348,7 +383,8 @@ pub fn rfc3339(ms: i64) -> String {
 mod tests {
     use super::*;
 
-    /// The tables the migrations change, as the first release created them.
+    /// The tables the migrations change, as the first release created them (the export tables
+    /// as the release that added them did).
     const FIRST_SCHEMA: &str = "
         CREATE TABLE events (seq INTEGER PRIMARY KEY, uuid BLOB NOT NULL UNIQUE,
             team_id INTEGER NOT NULL, timestamp_ms INTEGER NOT NULL, event TEXT NOT NULL,
@@ -364,10 +400,26 @@ mod tests {
         INSERT INTO events VALUES (7, x'01', 1, 0, 'e', 'u', NULL, '{}', NULL, NULL, 0);
         INSERT INTO recordings VALUES (9, x'02', 1, 's', NULL, 'u', 0, '{}', 0);
         INSERT INTO dead_letters VALUES (1, 1, 'i', x'03', x'00', 'e', 0);
-        INSERT INTO dead_letters VALUES (2, 1, 'i', x'03', x'00', 'e', 0);";
+        INSERT INTO dead_letters VALUES (2, 1, 'i', x'03', x'00', 'e', 0);
+        CREATE TABLE export_cursors (installation TEXT PRIMARY KEY, team_id INTEGER NOT NULL,
+            position INTEGER NOT NULL, exported_events INTEGER NOT NULL DEFAULT 0,
+            last_success_ms INTEGER, last_error TEXT, last_error_ms INTEGER);
+        CREATE TABLE export_batches (installation TEXT PRIMARY KEY, id TEXT NOT NULL,
+            team_id INTEGER NOT NULL, first_position INTEGER NOT NULL, last_position INTEGER NOT NULL,
+            created_at_ms INTEGER NOT NULL, attempts INTEGER NOT NULL, next_attempt_ms INTEGER NOT NULL,
+            last_error TEXT);
+        CREATE TABLE export_dead_letters (installation TEXT NOT NULL, id TEXT NOT NULL,
+            team_id INTEGER NOT NULL, first_position INTEGER NOT NULL, last_position INTEGER NOT NULL,
+            created_at_ms INTEGER NOT NULL, attempts INTEGER NOT NULL, error TEXT NOT NULL,
+            dead_at_ms INTEGER NOT NULL, replay_requested_ms INTEGER,
+            replay_attempts INTEGER NOT NULL DEFAULT 0, replay_next_ms INTEGER,
+            PRIMARY KEY (installation, id));
+        INSERT INTO export_cursors VALUES ('team-1/s3', 1, 42, 40, NULL, NULL, NULL);
+        INSERT INTO export_batches VALUES ('team-1/s3', '43-50', 1, 43, 50, 0, 1, 0, NULL);
+        INSERT INTO export_dead_letters VALUES ('team-1/s3', '1-42', 1, 1, 42, 0, 5, 'e', 0, NULL, 0, NULL);";
 
     #[test]
-    fn a_database_of_the_first_version_is_migrated_keeping_positions() {
+    fn a_database_of_the_first_version_is_migrated_keeping_positions_and_cursors() {
         let dir = tempfile::tempdir().unwrap();
         let old = Connection::open(dir.path().join(DB_FILE)).unwrap();
         old.execute_batch(FIRST_SCHEMA).unwrap();
@@ -424,5 +476,15 @@ mod tests {
             [],
         );
         assert!(again.is_err(), "(team, uuid) stays unique");
+        let text = |sql: &str| -> String { conn.query_row(sql, [], |row| row.get(0)).unwrap() };
+        assert_eq!(text("SELECT cursor FROM export_cursors"), "42");
+        assert_eq!(
+            text("SELECT first_cursor || '..' || last_cursor FROM export_batches"),
+            "43..50"
+        );
+        assert_eq!(
+            text("SELECT first_cursor || '..' || last_cursor FROM export_dead_letters"),
+            "1..42"
+        );
     }
 }
