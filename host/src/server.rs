@@ -11,6 +11,7 @@ use crate::runtime::{Runtime, RuntimeSettings};
 use crate::schedule::{self, lock::LocalLock};
 use crate::signal::Signal;
 use crate::sink::sqlite::SqliteSink;
+use crate::store;
 use crate::telemetry;
 use crate::worker::{self, WorkerSettings};
 use axum::Router;
@@ -59,10 +60,13 @@ pub async fn serve(
         &runners_stop,
     )?;
     drop(installed.exports);
+    let lock: Arc<dyn schedule::lock::RunLock> =
+        Arc::new(LocalLock::open(&config.server.data_dir)?);
     let task_runners = schedule::start(
         &installed.tasks,
         &config.server.data_dir,
-        &(Arc::new(LocalLock::default()) as Arc<dyn schedule::lock::RunLock>),
+        &lock,
+        &store::node_id(&config.server.data_dir)?,
         &runners_stop,
     )?;
     drop(installed.tasks);

@@ -3,8 +3,8 @@
 
 use super::{Capability, Context, HasCapabilities, HasView, View};
 use crate::bindings::sluice::plugin::log::{self, Host};
-use crate::store::{self, StoreError, logs::LogLine};
-use std::path::Path;
+use crate::store::logs::{LogLine, LogStore};
+use crate::store::{self, StoreError};
 use std::sync::mpsc::{self, SyncSender};
 use std::thread::JoinHandle;
 use wasmtime::component::Linker;
@@ -33,9 +33,8 @@ const SINK_BATCH: usize = 1_000;
 pub struct LogSink(SyncSender<LogLine>);
 
 impl LogSink {
-    /// Starts the writer on the database in `data_dir`. It stops once every sink is dropped.
-    pub fn start(data_dir: &Path) -> Result<(Self, JoinHandle<()>), StoreError> {
-        let mut conn = store::open(data_dir)?;
+    /// Starts the writer, which appends to `logs`. It stops once every sink is dropped.
+    pub fn start(mut logs: Box<dyn LogStore>) -> Result<(Self, JoinHandle<()>), StoreError> {
         let (sender, receiver) = mpsc::sync_channel(SINK_CAPACITY);
         let writer = std::thread::Builder::new()
             .name("sluice-plugin-logs".into())
@@ -43,7 +42,7 @@ impl LogSink {
                 while let Ok(first) = receiver.recv() {
                     let mut lines = vec![first];
                     lines.extend(receiver.try_iter().take(SINK_BATCH));
-                    if let Err(error) = store::logs::insert(&mut conn, &lines) {
+                    if let Err(error) = logs.append(&lines) {
                         tracing::error!(%error, lines = lines.len(), "cannot store plugin log lines");
                     }
                 }

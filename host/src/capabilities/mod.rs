@@ -325,7 +325,7 @@ pub struct Services {
     /// Where plugin log lines are stored, if anywhere.
     pub logs: Option<log::LogSink>,
     /// The durable key-value store, if there is a data directory.
-    pub storage: Option<Arc<storage::Storage>>,
+    pub storage: Option<Arc<dyn storage::Backend>>,
     /// The cache backend.
     pub cache: Arc<dyn cache::Backend>,
     /// The GeoIP database, if the operator configured one.
@@ -333,7 +333,7 @@ pub struct Services {
     /// The object stores, if the operator configured any.
     pub object_stores: Option<Arc<object_store::Stores>>,
     /// The job queue, if there is a data directory.
-    pub jobs: Option<Arc<jobs::JobQueue>>,
+    pub jobs: Option<Arc<dyn crate::schedule::jobs::JobQueue>>,
     /// The session recordings, if there is a data directory.
     pub recordings: Option<Arc<recordings::Recordings>>,
 }
@@ -380,14 +380,15 @@ impl Services {
         settings: &Settings,
         data_dir: &Path,
     ) -> Result<(Arc<Self>, Background), StartError> {
-        let (logs, log_writer) = log::LogSink::start(data_dir)?;
+        let (logs, log_writer) =
+            log::LogSink::start(Box::new(crate::store::logs::SqliteLogs::open(data_dir)?))?;
         let services = Self {
             logs: Some(logs),
-            storage: Some(Arc::new(storage::Storage::open(data_dir)?)),
+            storage: Some(Arc::new(storage::SqliteStorage::open(data_dir)?)),
             cache: Arc::new(cache::MemoryBackend::default()),
             geoip: settings.geoip.open()?,
             object_stores: settings.object_stores.open(data_dir)?,
-            jobs: Some(Arc::new(jobs::JobQueue::open(data_dir)?)),
+            jobs: Some(Arc::new(crate::schedule::jobs::SqliteJobs::open(data_dir)?)),
             recordings: Some(Arc::new(recordings::Recordings::open(data_dir)?)),
         };
         Ok((Arc::new(services), Background { log_writer }))

@@ -1,5 +1,19 @@
-//! `storage`: durable key-value per installation, in its own SQLite file in the data directory
+//! `storage`: durable key-value per installation, behind [`Backend`]. The embedded backend
+//! ([`SqliteStorage`]) keeps it in its own SQLite file in the data directory
 //! (`plugin-storage.sqlite`), every write committed with `synchronous=FULL` before it returns.
+//!
+//! # The contract every storage backend keeps
+//!
+//! - **Durable when it returns.** A write that returned `Ok` survives a crash of the process
+//!   (and, at scale, of any one node).
+//! - **Per installation.** `installation` (`team-<id>/<installation>`) is the namespace: no call
+//!   reads or changes another installation's keys.
+//! - **Atomic increments.** Two concurrent `increment`s of one key both count.
+//! - **Caps.** At most [`MAX_STORAGE_KEYS`] keys per installation: a write of a new key beyond
+//!   it is `too-large`, a write of an existing key always fits. Keys and values are checked
+//!   by the capability before a backend sees them.
+//! - **Ordered listing.** `list_keys` returns keys in byte order, at most [`MAX_LIST_KEYS`].
+//! - Failures of the backend itself are `unavailable` (the plugin may retry).
 
 use super::{Capability, HasCapabilities, HasView, View, to_wit};
 use crate::bindings::sluice::plugin::storage::{self, Host};
@@ -22,8 +36,28 @@ pub const CAPABILITY: Capability = Capability {
 /// File name of the store in the data directory.
 pub const FILE_NAME: &str = "plugin-storage.sqlite";
 
-/// The key-value store of every installation.
-pub struct Storage {
+/// Where installations' durable key-value lives (see the module docs for the contract).
+pub trait Backend: Send + Sync {
+    /// The value of `key`.
+    fn get(&self, installation: &str, key: &str) -> Result<Option<Vec<u8>>, HostError>;
+    /// Stores `value` under `key`.
+    fn set(&self, installation: &str, key: &str, value: &[u8]) -> Result<(), HostError>;
+    /// Removes `key`; whether it existed.
+    fn delete(&self, installation: &str, key: &str) -> Result<bool, HostError>;
+    /// Adds `by` to the integer under `key` (absent counts as 0) and returns it.
+    fn increment(&self, installation: &str, key: &str, by: i64) -> Result<i64, HostError>;
+    /// Keys starting with `prefix`, in byte order, after `after`, at most `limit`.
+    fn list_keys(
+        &self,
+        installation: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<String>, HostError>;
+}
+
+/// The embedded key-value store of every installation.
+pub struct SqliteStorage {
     conn: Mutex<Connection>,
 }
 
@@ -31,7 +65,7 @@ fn unavailable(error: impl std::fmt::Display) -> HostError {
     HostError::new(ErrorKind::Unavailable, format!("storage failed: {error}"))
 }
 
-impl Storage {
+impl SqliteStorage {
     /// Opens (creating if needed) the store in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         let path = data_dir.join(FILE_NAME);
@@ -55,17 +89,14 @@ impl Storage {
         let mut conn = self.conn.lock().map_err(unavailable)?;
         f(&mut conn)
     }
+}
 
-    /// The value of `key`.
-    pub fn get(&self, installation: &str, key: &str) -> Result<Option<Vec<u8>>, HostError> {
-        limits::check_key(key)?;
+impl Backend for SqliteStorage {
+    fn get(&self, installation: &str, key: &str) -> Result<Option<Vec<u8>>, HostError> {
         self.with(|conn| read(conn, installation, key))
     }
 
-    /// Stores `value` under `key`, within the key and value caps.
-    pub fn set(&self, installation: &str, key: &str, value: &[u8]) -> Result<(), HostError> {
-        limits::check_key(key)?;
-        limits::check_value(value, MAX_STORAGE_VALUE_BYTES)?;
+    fn set(&self, installation: &str, key: &str, value: &[u8]) -> Result<(), HostError> {
         self.with(|conn| {
             let tx = conn.transaction().map_err(unavailable)?;
             write(&tx, installation, key, value)?;
@@ -73,9 +104,7 @@ impl Storage {
         })
     }
 
-    /// Removes `key`; whether it existed.
-    pub fn delete(&self, installation: &str, key: &str) -> Result<bool, HostError> {
-        limits::check_key(key)?;
+    fn delete(&self, installation: &str, key: &str) -> Result<bool, HostError> {
         self.with(|conn| {
             conn.execute(
                 "DELETE FROM storage WHERE installation = ?1 AND key = ?2",
@@ -86,9 +115,8 @@ impl Storage {
         })
     }
 
-    /// Adds `by` to the integer under `key` in one transaction.
-    pub fn increment(&self, installation: &str, key: &str, by: i64) -> Result<i64, HostError> {
-        limits::check_key(key)?;
+    /// In one transaction.
+    fn increment(&self, installation: &str, key: &str, by: i64) -> Result<i64, HostError> {
         self.with(|conn| {
             let tx = conn.transaction().map_err(unavailable)?;
             let current = read(&tx, installation, key)?;
@@ -99,8 +127,7 @@ impl Storage {
         })
     }
 
-    /// Keys starting with `prefix`, in byte order, after `after`, at most `limit`.
-    pub fn list_keys(
+    fn list_keys(
         &self,
         installation: &str,
         prefix: &str,
@@ -169,7 +196,8 @@ fn write(conn: &Connection, installation: &str, key: &str, value: &[u8]) -> Resu
 }
 
 impl View<'_, ()> {
-    fn storage(&self) -> Result<&Storage, HostError> {
+    /// The backend, if `storage` is granted.
+    fn storage(&self) -> Result<&dyn Backend, HostError> {
         self.ctx.check(&CAPABILITY)?;
         self.ctx
             .services
@@ -181,26 +209,27 @@ impl View<'_, ()> {
 
 impl Host for View<'_, ()> {
     fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, types::HostError> {
-        self.storage()
-            .and_then(|s| s.get(&self.ctx.installation, &key))
+        limits::check_key(&key)
+            .and_then(|()| self.storage()?.get(&self.ctx.installation, &key))
             .map_err(to_wit)
     }
 
     fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), types::HostError> {
-        self.storage()
-            .and_then(|s| s.set(&self.ctx.installation, &key, &value))
+        limits::check_key(&key)
+            .and_then(|()| limits::check_value(&value, MAX_STORAGE_VALUE_BYTES))
+            .and_then(|()| self.storage()?.set(&self.ctx.installation, &key, &value))
             .map_err(to_wit)
     }
 
     fn delete(&mut self, key: String) -> Result<bool, types::HostError> {
-        self.storage()
-            .and_then(|s| s.delete(&self.ctx.installation, &key))
+        limits::check_key(&key)
+            .and_then(|()| self.storage()?.delete(&self.ctx.installation, &key))
             .map_err(to_wit)
     }
 
     fn increment(&mut self, key: String, by: i64) -> Result<i64, types::HostError> {
-        self.storage()
-            .and_then(|s| s.increment(&self.ctx.installation, &key, by))
+        limits::check_key(&key)
+            .and_then(|()| self.storage()?.increment(&self.ctx.installation, &key, by))
             .map_err(to_wit)
     }
 
@@ -225,10 +254,8 @@ pub(super) fn add_to_linker<T: HasCapabilities>(linker: &mut Linker<T>) -> wasmt
 mod tests {
     use super::*;
 
-    #[test]
-    fn values_are_per_installation_durable_and_capped() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Storage::open(dir.path()).unwrap();
+    /// The contract every backend keeps (see the module docs), on `store`.
+    pub(crate) fn keeps_the_contract(store: &dyn Backend) {
         store.set("a", "k", b"v").unwrap();
         assert_eq!(store.get("b", "k").unwrap(), None);
         assert_eq!(store.increment("a", "n", 2).unwrap(), 2);
@@ -236,11 +263,6 @@ mod tests {
         assert_eq!(
             store.increment("a", "k", 1).unwrap_err().kind,
             ErrorKind::Invalid
-        );
-        let big = vec![0; MAX_STORAGE_VALUE_BYTES + 1];
-        assert_eq!(
-            store.set("a", "big", &big).unwrap_err().kind,
-            ErrorKind::TooLarge
         );
         for key in ["p/2", "p/1", "q/1", "p/3"] {
             store.set("a", key, b"").unwrap();
@@ -252,15 +274,37 @@ mod tests {
         assert_eq!(store.list_keys("a", "p/", Some("p/1"), 1).unwrap(), ["p/2"]);
         assert!(store.delete("a", "k").unwrap());
         assert!(!store.delete("a", "k").unwrap());
+        let both: Vec<i64> = std::thread::scope(|scope| {
+            let add = || {
+                scope.spawn(|| {
+                    (0..100)
+                        .map(|_| store.increment("a", "c", 1).unwrap())
+                        .max()
+                })
+            };
+            let (one, two) = (add(), add());
+            [one, two]
+                .into_iter()
+                .filter_map(|h| h.join().unwrap())
+                .collect()
+        });
+        assert_eq!(both.into_iter().max(), Some(200), "no increment is lost");
+    }
+
+    #[test]
+    fn the_embedded_backend_keeps_the_contract_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStorage::open(dir.path()).unwrap();
+        keeps_the_contract(&store);
         drop(store);
-        let reopened = Storage::open(dir.path()).unwrap();
+        let reopened = SqliteStorage::open(dir.path()).unwrap();
         assert_eq!(reopened.get("a", "n").unwrap(), Some(b"5".to_vec()));
     }
 
     #[test]
     fn an_installation_cannot_exceed_its_key_count() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Storage::open(dir.path()).unwrap();
+        let store = SqliteStorage::open(dir.path()).unwrap();
         {
             let mut conn = store.conn.lock().unwrap();
             let tx = conn.transaction().unwrap();

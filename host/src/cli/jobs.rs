@@ -1,8 +1,8 @@
 //! `sluice jobs`: the job queue, queueing a job by hand, and queueing failed jobs again.
 
-use super::{Scope, check_installation, load, open_existing, print_lines};
-use crate::capabilities::jobs::JobQueue;
-use crate::schedule::state;
+use super::{Scope, check_installation, existing_data_dir, load, print_lines};
+use crate::capabilities;
+use crate::schedule::jobs::{JobQueue, SqliteJobs};
 use crate::store::{now_ms, rfc3339};
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -58,8 +58,9 @@ pub(super) enum Action {
 pub(super) fn run(action: Option<Action>, list: List) -> anyhow::Result<()> {
     match action {
         None => {
-            let (conn, installation) = list.scope.open()?;
-            print_lines(state::jobs(&conn, installation)?)
+            let (config, installation) = list.scope.config()?;
+            let queue = SqliteJobs::open(&existing_data_dir(&config)?)?;
+            print_lines(queue.list(installation)?)
         }
         Some(Action::Enqueue {
             config,
@@ -76,8 +77,8 @@ pub(super) fn run(action: Option<Action>, list: List) -> anyhow::Result<()> {
         }) => {
             let config = load(&config)?;
             check_installation(&config, &installation)?;
-            let conn = open_existing(&config)?;
-            let retried = state::retry_failed(&conn, &installation, id.as_deref())?;
+            let queue = SqliteJobs::open(&existing_data_dir(&config)?)?;
+            let retried = queue.retry_failed(&installation, id.as_deref())?;
             if let Some(id) = &id {
                 anyhow::ensure!(
                     retried == 1,
@@ -102,7 +103,7 @@ fn enqueue(
 ) -> anyhow::Result<()> {
     let config = load(config)?;
     check_installation(&config, installation)?;
-    open_existing(&config)?;
+    let queue = SqliteJobs::open(&existing_data_dir(&config)?)?;
     let run_at = match (at, delay) {
         (Some(at), _) => chrono::DateTime::parse_from_rfc3339(&at)
             .with_context(|| format!("--at {at:?} is not an RFC 3339 time"))?
@@ -113,8 +114,7 @@ fn enqueue(
         }
         (None, None) => now_ms(),
     };
-    let id = JobQueue::open(&config.server.data_dir)?
-        .enqueue(installation, name, payload, run_at)
+    let id = capabilities::jobs::enqueue(&queue, installation, name, payload, run_at)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     print_lines(vec![json!({
         "id": id,

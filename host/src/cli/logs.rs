@@ -1,14 +1,20 @@
 //! `sluice logs`.
 
 use super::{Read, print_lines};
-use crate::store;
+use crate::store::logs::{LogQuery, LogStore, SqliteLogs};
 
 /// Prints plugin log lines (of `installation`, if given), then, with `follow`, each new one.
 pub(super) fn print(read: &Read, installation: Option<&str>, follow: bool) -> anyhow::Result<()> {
-    let conn = read.open()?;
+    let logs = SqliteLogs::open(&read.data_dir()?)?;
+    let mut query = LogQuery {
+        team: read.team,
+        installation,
+        after: None,
+        limit: read.limit,
+    };
     // Following starts after the newest line stored now, whatever `--limit` printed.
-    let mut last = store::logs::last_id(&conn)?;
-    let mut lines = store::logs::read(&conn, read.team, installation, None, read.limit)?;
+    let mut last = logs.last_id()?;
+    let mut lines = logs.read(&query)?;
     loop {
         last = lines.last().map_or(last, |line| line.id.max(last));
         print_lines(lines)?;
@@ -16,6 +22,8 @@ pub(super) fn print(read: &Read, installation: Option<&str>, follow: bool) -> an
             return Ok(());
         }
         std::thread::sleep(std::time::Duration::from_millis(500));
-        lines = store::logs::read(&conn, read.team, installation, Some(last), 10_000)?;
+        query.after = Some(last);
+        query.limit = 10_000;
+        lines = logs.read(&query)?;
     }
 }

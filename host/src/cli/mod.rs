@@ -119,16 +119,20 @@ struct Scope {
 }
 
 impl Scope {
-    /// The database of the config, and the installation to list.
-    fn open(&self) -> anyhow::Result<(rusqlite::Connection, Option<&str>)> {
+    /// The config, and the installation to list.
+    fn config(&self) -> anyhow::Result<(Config, Option<&str>)> {
         let config = self.config.as_deref().context("--config is required")?;
-        Ok((open_existing(&load(config)?)?, self.installation.as_deref()))
+        Ok((load(config)?, self.installation.as_deref()))
     }
 }
 
 impl Read {
     fn open(&self) -> anyhow::Result<rusqlite::Connection> {
         open_existing(&load(&self.config)?)
+    }
+
+    fn data_dir(&self) -> anyhow::Result<PathBuf> {
+        existing_data_dir(&load(&self.config)?)
     }
 }
 
@@ -188,6 +192,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// The database of `config`, which `sluice serve` must have created.
 fn open_existing(config: &Config) -> anyhow::Result<rusqlite::Connection> {
+    let data_dir = existing_data_dir(config)?;
+    store::open(&data_dir)
+        .with_context(|| format!("cannot open the database in {}", data_dir.display()))
+}
+
+/// The data folder of `config`, if a server has made its database there.
+fn existing_data_dir(config: &Config) -> anyhow::Result<PathBuf> {
     let db = config.server.data_dir.join(store::DB_FILE);
     anyhow::ensure!(
         db.is_file(),
@@ -195,7 +206,7 @@ fn open_existing(config: &Config) -> anyhow::Result<rusqlite::Connection> {
         db.display(),
         config.path.display()
     );
-    store::open(&config.server.data_dir).with_context(|| format!("cannot open {}", db.display()))
+    Ok(config.server.data_dir.clone())
 }
 
 /// Fails unless `installation` (`team-<id>/<installation id>`) is in `config`.

@@ -1,7 +1,7 @@
 //! `sluice tasks`: the runs of scheduled tasks, and running one now.
 
-use super::{Scope, check_installation, load, open_existing, print_lines};
-use crate::schedule::state;
+use super::{Scope, check_installation, existing_data_dir, load, print_lines};
+use crate::schedule::history::{SqliteHistory, TaskHistory};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -49,12 +49,12 @@ pub(super) enum Action {
 pub(super) fn run(action: Option<Action>, list: List) -> anyhow::Result<()> {
     let (config, installation, task, wait) = match action {
         None => {
-            let (conn, installation) = list.scope.open()?;
-            return print_lines(state::runs(&conn, installation, None, list.limit)?);
+            let (history, installation) = open(&list.scope)?;
+            return print_lines(history.runs(installation, None, list.limit)?);
         }
         Some(Action::Schedules { scope }) => {
-            let (conn, installation) = scope.open()?;
-            return print_lines(state::schedules(&conn, installation)?);
+            let (history, installation) = open(&scope)?;
+            return print_lines(history.schedules(installation)?);
         }
         Some(Action::Run {
             config,
@@ -65,10 +65,10 @@ pub(super) fn run(action: Option<Action>, list: List) -> anyhow::Result<()> {
     };
     let config = load(&config)?;
     check_installation(&config, &installation)?;
-    let conn = open_existing(&config)?;
-    let request = state::request_run(&conn, &installation, &task)?;
+    let history = SqliteHistory::open(&existing_data_dir(&config)?)?;
+    let request = history.request_run(&installation, &task)?;
     let started = Instant::now();
-    while !state::request_taken(&conn, request)? {
+    while !history.request_taken(request)? {
         anyhow::ensure!(
             started.elapsed() < TAKE_WITHIN,
             "no running `sluice serve --config {}` took the request within {} s; it stays queued and runs when the server starts",
@@ -79,7 +79,7 @@ pub(super) fn run(action: Option<Action>, list: List) -> anyhow::Result<()> {
     }
     let deadline = Instant::now() + Duration::from_secs(wait);
     loop {
-        let run = state::runs(&conn, Some(&installation), Some(request), 1)?.pop();
+        let run = history.runs(Some(&installation), Some(request), 1)?.pop();
         if let Some(run) = run.filter(|run| run.outcome != "running") {
             let outcome = run.outcome.clone();
             let error = run.error.clone().unwrap_or_default();
@@ -93,4 +93,13 @@ pub(super) fn run(action: Option<Action>, list: List) -> anyhow::Result<()> {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The task history of the scope's config, and the installation to list.
+fn open(scope: &Scope) -> anyhow::Result<(SqliteHistory, Option<&str>)> {
+    let (config, installation) = scope.config()?;
+    Ok((
+        SqliteHistory::open(&existing_data_dir(&config)?)?,
+        installation,
+    ))
 }

@@ -22,14 +22,20 @@
 //!   and the fencing token of its lease (`sluice tasks`).
 //! - **Who runs it.** Before a run the runner takes the task's lease from a [`lock::RunLock`];
 //!   embedded, one process holds them all ([`lock::LocalLock`]).
-//! - **Jobs** are durable rows: queued by plugins (`jobs` capability) or operators
+//! - **Jobs** are durable ([`jobs`]): queued by plugins (`jobs` capability) or operators
 //!   (`sluice jobs enqueue`), run in order of their time, at least once (a job running when
-//!   sluice stops runs again, with the same id). A retryable failure is retried with backoff up
-//!   to `jobs.max_attempts`, then the job is marked `failed`.
+//!   sluice stops runs again, with the same id). A runner runs an installation's jobs under the
+//!   lease of `<installation>/jobs`, claims each job atomically with the lease's fencing token,
+//!   and records its outcome only while the claim is still its own. A retryable failure is
+//!   retried with backoff up to `jobs.max_attempts`, then the job is marked `failed`.
+//! - **Where it is kept**: runs and ticks in the task history ([`history`]), jobs in the job
+//!   queue ([`jobs`]), leases in the run lock ([`lock`]); each a seam with its written contract
+//!   and an embedded implementation.
 
+pub mod history;
+pub mod jobs;
 pub mod lock;
 mod runner;
-pub mod state;
 pub mod timing;
 
 use crate::config::JobsConfig;
@@ -68,23 +74,57 @@ pub struct TaskInstallation {
     pub jobs: Option<JobsConfig>,
 }
 
-/// Starts one runner thread per installation, with the database of `data_dir` and `lock`.
-/// Runners end once `stop` is set (after the run they are in).
+/// Why the scheduler could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The task history could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The task history could not be read.
+    #[error(transparent)]
+    History(#[from] history::HistoryError),
+    /// The job queue could not be read.
+    #[error(transparent)]
+    Jobs(#[from] jobs::JobError),
+    /// A runner thread could not be started.
+    #[error("cannot start a task runner: {0}")]
+    Thread(std::io::Error),
+}
+
+impl From<runner::StepError> for StartError {
+    fn from(error: runner::StepError) -> Self {
+        match error {
+            runner::StepError::History(error) => StartError::History(error),
+            runner::StepError::Jobs(error) => StartError::Jobs(error),
+        }
+    }
+}
+
+/// Starts one runner thread per installation, recording in the task history of `data_dir`,
+/// taking leases from `lock`, as the node `holder`; each runs jobs from its installation's job
+/// queue (the one its plugin queues on). Runners end once `stop` is set (after the run they are
+/// in).
 pub fn start(
     installations: &[Arc<TaskInstallation>],
     data_dir: &Path,
     lock: &Arc<dyn RunLock>,
+    holder: &str,
     stop: &Arc<AtomicBool>,
-) -> Result<Vec<JoinHandle<()>>, StoreError> {
+) -> Result<Vec<JoinHandle<()>>, StartError> {
     installations
         .iter()
         .map(|installation| {
-            let runner = runner::Runner::new(installation.clone(), data_dir, lock.clone())?;
+            let runner = runner::Runner::new(
+                installation.clone(),
+                Box::new(history::SqliteHistory::open(data_dir)?),
+                lock.clone(),
+                holder,
+            )?;
             let stop = stop.clone();
             std::thread::Builder::new()
                 .name(format!("sluice-tasks-{}", installation.id))
                 .spawn(move || runner.run(&stop))
-                .map_err(|e| StoreError::Thread("a task runner", e))
+                .map_err(StartError::Thread)
         })
         .collect()
 }

@@ -2,16 +2,15 @@
 //! at a time on its own thread (see the semantics in [`super`]).
 
 use super::TaskInstallation;
+use super::history::{HistoryError, NewRun, TaskHistory, Trigger};
+use super::jobs::{JobError, JobQueue, Outcome, QueuedJob};
 use super::lock::RunLock;
-use super::state::{self, QueuedJob, Trigger};
 use crate::capabilities::log::{self, Level};
 use crate::retry::backoff;
 use crate::runtime::hooks::jobs::Job;
 use crate::runtime::{CallError, Instance};
-use crate::store::{self, StoreError, now_ms};
+use crate::store::now_ms;
 use chrono::{DateTime, Utc};
-use rusqlite::Connection;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -27,10 +26,22 @@ struct Due {
     trigger: Trigger,
 }
 
+/// Why a step failed; the runner tries again.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum StepError {
+    #[error(transparent)]
+    History(#[from] HistoryError),
+    #[error(transparent)]
+    Jobs(#[from] JobError),
+}
+
 pub(super) struct Runner {
     installation: Arc<TaskInstallation>,
-    conn: Connection,
+    history: Box<dyn TaskHistory>,
+    jobs: Option<Arc<dyn JobQueue>>,
     lock: Arc<dyn RunLock>,
+    /// The node this runner is on.
+    holder: String,
     instance: Option<Instance>,
     /// Per task (in the installation's order), its next tick.
     due: Vec<Option<Due>>,
@@ -47,16 +58,25 @@ fn utc(ms: i64) -> DateTime<Utc> {
 impl Runner {
     pub(super) fn new(
         installation: Arc<TaskInstallation>,
-        data_dir: &Path,
+        history: Box<dyn TaskHistory>,
         lock: Arc<dyn RunLock>,
-    ) -> Result<Self, StoreError> {
-        let conn = store::open(data_dir)?;
-        state::interrupted(&conn, &installation.id)?;
+        holder: &str,
+    ) -> Result<Self, StepError> {
+        let jobs = installation
+            .jobs
+            .as_ref()
+            .and_then(|_| installation.settings.context.services.jobs.clone());
+        history.interrupted(&installation.id, holder)?;
+        if let Some(jobs) = &jobs {
+            jobs.requeue_interrupted(&installation.id, holder)?;
+        }
         let mut runner = Self {
             due: Vec::new(),
             installation,
-            conn,
+            history,
+            jobs,
             lock,
+            holder: holder.to_owned(),
             instance: None,
         };
         runner.due = runner.catch_up(Utc::now())?;
@@ -65,15 +85,16 @@ impl Runner {
 
     /// The first tick of every task: a tick missed while sluice was down, if recent enough, or
     /// the next one after now. Missed ticks are recorded.
-    fn catch_up(&self, now: DateTime<Utc>) -> Result<Vec<Option<Due>>, StoreError> {
+    fn catch_up(&self, now: DateTime<Utc>) -> Result<Vec<Option<Due>>, StepError> {
         let id = &self.installation.id;
         let mut due = Vec::new();
         for task in &self.installation.tasks {
-            let last = state::last_tick(&self.conn, id, &task.name)?;
+            let last = self.history.last_tick(id, &task.name)?;
             if last.is_none() {
-                state::set_last_tick(&self.conn, id, &task.name, millis(now))?;
+                self.history.set_last_tick(id, &task.name, millis(now))?;
             }
-            state::record_schedule(&self.conn, id, &task.name, &task.schedule)?;
+            self.history
+                .record_schedule(id, &task.name, &task.schedule)?;
             let Some(last) = last else {
                 due.push(task.schedule.after(now).map(|at| Due {
                     at,
@@ -111,7 +132,8 @@ impl Runner {
                         "; the latest is past the starting deadline"
                     }
                 );
-                state::missed(&self.conn, id, &task.name, millis(missed[0]), &why)?;
+                self.history
+                    .missed(id, &task.name, millis(missed[0]), &why)?;
                 self.record_missed(&task.name, skipped);
             }
             if recent {
@@ -120,7 +142,7 @@ impl Runner {
                     trigger: Trigger::CatchUp,
                 }));
             } else {
-                state::set_last_tick(&self.conn, id, &task.name, millis(latest))?;
+                self.history.set_last_tick(id, &task.name, millis(latest))?;
                 due.push(task.schedule.after(now).map(|at| Due {
                     at,
                     trigger: Trigger::Schedule,
@@ -136,7 +158,7 @@ impl Runner {
                 Ok(true) => continue,
                 Ok(false) => {}
                 Err(error) => {
-                    tracing::error!(installation = %self.installation.id, %error, "task runner cannot use the database; retrying");
+                    tracing::error!(installation = %self.installation.id, %error, "task runner cannot use its history or job queue; retrying");
                 }
             }
             let next = self.next_wake().unwrap_or(i64::MAX);
@@ -151,33 +173,31 @@ impl Runner {
     /// When something is due next (epoch ms), as far as the runner knows.
     fn next_wake(&self) -> Option<i64> {
         let ticks = self.due.iter().flatten().map(|due| millis(due.at)).min();
-        let jobs = self.installation.jobs.as_ref().and_then(|_| {
-            state::next_job_due(&self.conn, &self.installation.id)
-                .ok()
-                .flatten()
-        });
+        let jobs = self
+            .jobs
+            .as_ref()
+            .and_then(|jobs| jobs.next_due(&self.installation.id).ok().flatten());
         ticks.into_iter().chain(jobs).min()
     }
 
     /// Does one thing that is due at `now`: an operator's request, a task's tick, or a job.
     /// Returns whether it did anything.
-    fn step(&mut self, now: DateTime<Utc>) -> Result<bool, StoreError> {
+    fn step(&mut self, now: DateTime<Utc>) -> Result<bool, StepError> {
         let id = self.installation.id.clone();
-        if let Some((request, name)) = state::take_request(&self.conn, &id)? {
+        if let Some((request, name)) = self.history.take_request(&id)? {
             match self.installation.tasks.iter().position(|t| t.name == name) {
                 Some(task) => self.run_task(task, now, Trigger::Manual, Some(request))?,
                 None => {
-                    let run = state::run_started(
-                        &self.conn,
-                        &id,
-                        &name,
-                        Trigger::Manual,
-                        millis(now),
-                        0,
-                        Some(request),
-                    )?;
-                    state::run_ended(
-                        &self.conn,
+                    let run = self.history.run_started(&NewRun {
+                        installation: &id,
+                        task: &name,
+                        trigger: Trigger::Manual,
+                        scheduled_at: millis(now),
+                        fencing_token: 0,
+                        request: Some(request),
+                        holder: &self.holder,
+                    })?;
+                    self.history.run_ended(
                         run,
                         Some(&format!("installation {id} has no task `{name}`")),
                     )?;
@@ -201,8 +221,7 @@ impl Runner {
             if now - at > deadline {
                 // Held up past its starting deadline (by a long run or a job): it does not run.
                 let name = self.installation.tasks[task].name.clone();
-                state::missed(
-                    &self.conn,
+                self.history.missed(
                     &id,
                     &name,
                     millis(at),
@@ -215,13 +234,7 @@ impl Runner {
             }
             return Ok(true);
         }
-        if self.installation.jobs.is_some()
-            && let Some(job) = state::take_due_job(&self.conn, &id, millis(now))?
-        {
-            self.run_job(job)?;
-            return Ok(true);
-        }
-        Ok(false)
+        self.run_due_job(now)
     }
 
     /// The instance, started if needed.
@@ -260,33 +273,33 @@ impl Runner {
         at: DateTime<Utc>,
         trigger: Trigger,
         request: Option<i64>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), StepError> {
         let id = self.installation.id.clone();
         let name = self.installation.tasks[task].name.clone();
-        let ttl = self.installation.settings.context.timeout + Duration::from_secs(30);
-        let Some(lease) = self.lock.acquire(&format!("{id}/{name}"), ttl) else {
-            state::missed(
-                &self.conn,
-                &id,
-                &name,
-                millis(at),
-                "another node holds the task's lease",
-            )?;
-            return self.advance(task, at, Utc::now());
+        let lease = match self.lock.acquire(&format!("{id}/{name}"), self.lease_ttl()) {
+            Ok(Some(lease)) => lease,
+            refused => {
+                let why = match refused {
+                    Err(error) => format!("no lease: {error}"),
+                    _ => "another node holds the task's lease".to_owned(),
+                };
+                self.history.missed(&id, &name, millis(at), &why)?;
+                return self.advance(task, at, Utc::now());
+            }
         };
-        let run = state::run_started(
-            &self.conn,
-            &id,
-            &name,
+        let run = self.history.run_started(&NewRun {
+            installation: &id,
+            task: &name,
             trigger,
-            millis(at),
-            lease.fencing_token,
+            scheduled_at: millis(at),
+            fencing_token: lease.fencing_token,
             request,
-        )?;
+            holder: &self.holder,
+        })?;
         let result = self.call(|instance| instance.run_task(&name, millis(at)));
         self.lock.release(&lease);
         let error = result.err().map(|e| e.to_string());
-        state::run_ended(&self.conn, run, error.as_deref())?;
+        self.history.run_ended(run, error.as_deref())?;
         let outcome = if error.is_some() { "failed" } else { "ok" };
         metrics::counter!("sluice_task_runs_total", "installation" => id.to_string(), "task" => name.clone(), "outcome" => outcome)
             .increment(1);
@@ -318,9 +331,8 @@ impl Runner {
         task: usize,
         at: DateTime<Utc>,
         now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        state::set_last_tick(
-            &self.conn,
+    ) -> Result<(), StepError> {
+        self.history.set_last_tick(
             &self.installation.id,
             &self.installation.tasks[task].name,
             millis(at),
@@ -334,7 +346,7 @@ impl Runner {
         task: usize,
         from: DateTime<Utc>,
         now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), StepError> {
         let id = self.installation.id.clone();
         let schedule = self.installation.tasks[task].schedule.clone();
         let name = self.installation.tasks[task].name.clone();
@@ -348,8 +360,8 @@ impl Runner {
                 "{} tick(s) came while a run of the task was still going",
                 overlapped.len()
             );
-            state::missed(&self.conn, &id, &name, millis(*first), &why)?;
-            state::set_last_tick(&self.conn, &id, &name, millis(*last))?;
+            self.history.missed(&id, &name, millis(*first), &why)?;
+            self.history.set_last_tick(&id, &name, millis(*last))?;
             self.record_missed(&name, overlapped.len());
         }
         self.due[task] = schedule.after(now.max(from)).map(|at| Due {
@@ -364,10 +376,48 @@ impl Runner {
             .increment(count as u64);
     }
 
-    /// Runs one job taken from the queue and records what became of it.
-    fn run_job(&mut self, job: QueuedJob) -> Result<(), StoreError> {
+    /// How long a lease is taken for: a run's deadline and a margin.
+    fn lease_ttl(&self) -> Duration {
+        self.installation.settings.context.timeout + Duration::from_secs(30)
+    }
+
+    /// Runs the installation's job due first, if any, under the lease of its jobs; returns
+    /// whether it ran one.
+    fn run_due_job(&mut self, now: DateTime<Utc>) -> Result<bool, StepError> {
+        let Some(jobs) = self.jobs.clone() else {
+            return Ok(false);
+        };
+        let id = self.installation.id.clone();
+        if jobs.next_due(&id)?.is_none_or(|due| due > millis(now)) {
+            return Ok(false);
+        }
+        let lease = match self.lock.acquire(&format!("{id}/jobs"), self.lease_ttl()) {
+            Ok(Some(lease)) => lease,
+            Ok(None) => return Ok(false),
+            Err(error) => {
+                tracing::warn!(installation = %id, %error, "jobs wait for their lease");
+                return Ok(false);
+            }
+        };
+        let claimed = jobs.claim(&id, &self.holder, lease.fencing_token, millis(now));
+        let ran = match claimed {
+            Ok(Some(job)) => self.run_job(jobs.as_ref(), job, lease.fencing_token),
+            Ok(None) => Ok(false),
+            Err(error) => Err(error.into()),
+        };
+        self.lock.release(&lease);
+        ran
+    }
+
+    /// Runs one claimed job and records what became of it.
+    fn run_job(
+        &mut self,
+        jobs: &dyn JobQueue,
+        job: QueuedJob,
+        token: u64,
+    ) -> Result<bool, StepError> {
         let Some(config) = self.installation.jobs.clone() else {
-            return Ok(());
+            return Ok(false);
         };
         let call = Job {
             id: job.id.clone(),
@@ -378,47 +428,45 @@ impl Runner {
         };
         let result = self.call(|instance| instance.run_job(&call));
         let id = self.installation.id.to_string();
-        let outcome = match &result {
-            Ok(()) => Ok(()),
-            Err(error) => {
-                let retryable = match error {
-                    CallError::Plugin { retryable, .. } => *retryable,
-                    CallError::Trap { .. } => true,
-                };
-                let retry = (retryable && job.attempts < config.max_attempts).then(|| {
-                    now_ms()
-                        + backoff(
-                            config.retry_base_seconds,
-                            config.retry_max_seconds,
-                            job.attempts,
-                        )
-                });
-                tracing::warn!(installation = %id, job = %job.id, name = %job.name, attempt = job.attempts, "job failed: {error}");
-                log::record(
-                    &self.installation.settings.context,
-                    Level::Error,
-                    &format!(
-                        "job `{}` ({}) failed on attempt {}: {error}",
-                        job.name, job.id, job.attempts
+        let error = result.err().map(|error| {
+            tracing::warn!(installation = %id, job = %job.id, name = %job.name, attempt = job.attempts, "job failed: {error}");
+            log::record(
+                &self.installation.settings.context,
+                Level::Error,
+                &format!(
+                    "job `{}` ({}) failed on attempt {}: {error}",
+                    job.name, job.id, job.attempts
+                ),
+            );
+            let retryable = match &error {
+                CallError::Plugin { retryable, .. } => *retryable,
+                CallError::Trap { .. } => true,
+            };
+            (error.to_string(), retryable)
+        });
+        let outcome = match &error {
+            None => Outcome::Done,
+            Some((message, true)) if job.attempts < config.max_attempts => Outcome::Retry(
+                message,
+                now_ms()
+                    + backoff(
+                        config.retry_base_seconds,
+                        config.retry_max_seconds,
+                        job.attempts,
                     ),
-                );
-                Err((error.to_string(), retry))
-            }
+            ),
+            Some((message, _)) => Outcome::Failed(message),
         };
-        let label = match &outcome {
-            Ok(()) => "ok",
-            Err((_, Some(_))) => "retried",
-            Err((_, None)) => "failed",
+        let label = match outcome {
+            Outcome::Done => "ok",
+            Outcome::Retry(..) => "retried",
+            Outcome::Failed(_) => "failed",
         };
-        metrics::counter!("sluice_jobs_total", "installation" => id, "outcome" => label)
+        metrics::counter!("sluice_jobs_total", "installation" => id.clone(), "outcome" => label)
             .increment(1);
-        state::job_ended(
-            &self.conn,
-            &job.id,
-            outcome
-                .as_ref()
-                .map(|_| ())
-                .map_err(|(error, retry)| (error.as_str(), *retry)),
-        )
+        if !jobs.finish(&job.id, &self.holder, token, outcome)? {
+            tracing::warn!(installation = %id, job = %job.id, "job outcome refused: the job was claimed again under a newer lease");
+        }
+        Ok(true)
     }
 }

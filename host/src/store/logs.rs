@@ -1,8 +1,19 @@
-//! The `plugin_logs` table: what plugins logged (their `log` calls, stdout and stderr).
+//! Plugin logs: what plugins logged (their `log` calls, stdout and stderr), behind [`LogStore`].
+//! The embedded store is the `plugin_logs` table ([`SqliteLogs`]).
+//!
+//! # The contract every log store keeps
+//!
+//! - **Ordered ids.** Each stored line gets an id larger than that of every line stored before
+//!   it, so a reader follows the log by asking for the lines after the last id it saw.
+//! - **Stored lines survive a restart.** Appending is best effort for the plugins: the `log`
+//!   capability hands lines to one writer and drops (and counts) what it cannot keep up with,
+//!   so a slow store never holds up a plugin.
+//! - **Filters.** Reads filter by team and installation, and return lines oldest first.
 
 use super::{StoreError, rfc3339};
 use rusqlite::{Connection, params};
 use serde::Serialize;
+use std::path::Path;
 
 /// One line to store.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,8 +44,65 @@ pub struct PluginLog {
     pub message: String,
 }
 
+/// Which lines to read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogQuery<'a> {
+    /// Only this team's.
+    pub team: Option<u64>,
+    /// Only this installation's.
+    pub installation: Option<&'a str>,
+    /// Only lines with a larger id, oldest first; `None`: the newest `limit` lines.
+    pub after: Option<i64>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+/// Where plugin log lines are kept (see the module docs for the contract).
+pub trait LogStore: Send {
+    /// Stores `lines`, in order.
+    fn append(&mut self, lines: &[LogLine]) -> Result<(), StoreError>;
+
+    /// The lines `query` asks for, oldest first.
+    fn read(&self, query: &LogQuery<'_>) -> Result<Vec<PluginLog>, StoreError>;
+
+    /// The id of the newest line (0 when there is none).
+    fn last_id(&self) -> Result<i64, StoreError>;
+}
+
+/// The `plugin_logs` table of the embedded database.
+pub struct SqliteLogs {
+    conn: Connection,
+}
+
+impl SqliteLogs {
+    /// The log table of the database in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        Ok(Self {
+            conn: super::open(data_dir)?,
+        })
+    }
+}
+
+impl LogStore for SqliteLogs {
+    fn append(&mut self, lines: &[LogLine]) -> Result<(), StoreError> {
+        insert(&mut self.conn, lines)
+    }
+
+    fn read(&self, query: &LogQuery<'_>) -> Result<Vec<PluginLog>, StoreError> {
+        read(&self.conn, query)
+    }
+
+    fn last_id(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM plugin_logs", [], |row| {
+                row.get(0)
+            })?)
+    }
+}
+
 /// Stores `lines` in one transaction.
-pub fn insert(conn: &mut Connection, lines: &[LogLine]) -> Result<(), StoreError> {
+fn insert(conn: &mut Connection, lines: &[LogLine]) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
     {
         let mut insert = tx.prepare_cached(
@@ -53,28 +121,20 @@ pub fn insert(conn: &mut Connection, lines: &[LogLine]) -> Result<(), StoreError
     Ok(())
 }
 
-/// Plugin log lines with an id above `after` (of `team` and `installation`, if given), oldest
-/// first; with `after = None`, the newest `limit` lines.
-pub fn read(
-    conn: &Connection,
-    team: Option<u64>,
-    installation: Option<&str>,
-    after: Option<i64>,
-    limit: usize,
-) -> Result<Vec<PluginLog>, StoreError> {
+/// The lines `query` asks for, oldest first.
+fn read(conn: &Connection, query: &LogQuery<'_>) -> Result<Vec<PluginLog>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, installation, level, message, time_ms FROM plugin_logs \
          WHERE (?1 IS NULL OR installation = ?1) AND id > ?2 \
          AND (?5 IS NULL OR installation LIKE 'team-' || ?5 || '/%') \
          ORDER BY CASE WHEN ?3 THEN id END ASC, id DESC LIMIT ?4",
     )?;
-    let team = team.map(|t| t as i64);
     let params = params![
-        installation,
-        after.unwrap_or(0),
-        after.is_some(),
-        limit as i64,
-        team
+        query.installation,
+        query.after.unwrap_or(0),
+        query.after.is_some(),
+        query.limit as i64,
+        query.team.map(|t| t as i64)
     ];
     let mut lines = stmt
         .query_map(params, |row| {
@@ -89,13 +149,4 @@ pub fn read(
         .collect::<rusqlite::Result<Vec<_>>>()?;
     lines.sort_by_key(|line| line.id);
     Ok(lines)
-}
-
-/// The id of the newest plugin log line (0 when there is none).
-pub fn last_id(conn: &Connection) -> Result<i64, StoreError> {
-    Ok(
-        conn.query_row("SELECT COALESCE(MAX(id), 0) FROM plugin_logs", [], |row| {
-            row.get(0)
-        })?,
-    )
 }

@@ -137,7 +137,8 @@ CREATE TABLE IF NOT EXISTS task_runs (
     outcome TEXT NOT NULL,
     error TEXT,
     fencing_token INTEGER,
-    request_id INTEGER
+    request_id INTEGER,
+    holder TEXT
 );
 CREATE INDEX IF NOT EXISTS task_runs_by_installation ON task_runs (installation, id);
 CREATE TABLE IF NOT EXISTS task_requests (
@@ -157,9 +158,15 @@ CREATE TABLE IF NOT EXISTS jobs (
     status TEXT NOT NULL,
     last_error TEXT,
     created_at_ms INTEGER NOT NULL,
-    updated_at_ms INTEGER NOT NULL
+    updated_at_ms INTEGER NOT NULL,
+    holder TEXT,
+    fencing_token INTEGER
 );
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (installation, status, run_at_ms);
+CREATE TABLE IF NOT EXISTS fencing_tokens (
+    key TEXT PRIMARY KEY,
+    token INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS recording_archives (
     team_id INTEGER NOT NULL,
     session_id TEXT NOT NULL,
@@ -220,6 +227,12 @@ const MIGRATIONS: &[fn(&Transaction<'_>) -> rusqlite::Result<()>] = &[
             "installation, id, team_id, CAST(first_position AS TEXT), CAST(last_position AS TEXT), created_at_ms, \
              attempts, error, dead_at_ms, replay_requested_ms, replay_attempts, replay_next_ms",
         )
+    },
+    // Jobs and task runs record which node ran them, and jobs the fencing token of its lease.
+    |tx| {
+        add_column(tx, "jobs", "holder TEXT")?;
+        add_column(tx, "jobs", "fencing_token INTEGER")?;
+        add_column(tx, "task_runs", "holder TEXT")
     },
 ];
 
@@ -303,6 +316,14 @@ pub enum StoreError {
     /// A stored event cannot be decoded.
     #[error("a stored event is corrupt: {0}")]
     Corrupt(#[from] WireError),
+    /// A file of the data folder could not be read or written.
+    #[error("cannot use {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A thread that writes to the database could not be started.
     #[error("cannot start {0}: {1}")]
     Thread(&'static str, std::io::Error),
@@ -356,6 +377,34 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     tx.execute_batch(SCHEMA)?;
     tx.pragma_update(None, "user_version", MIGRATIONS.len())?;
     tx.commit()
+}
+
+/// File of the data folder holding this node's id.
+const NODE_ID_FILE: &str = "node-id";
+
+/// The id of the node using `data_dir`: made once, kept in the folder, so a restarted node
+/// knows the work it claimed before it stopped.
+pub fn node_id(data_dir: &Path) -> Result<String, StoreError> {
+    let path = data_dir.join(NODE_ID_FILE);
+    let io = |source| StoreError::Io {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(io(error)),
+    }
+    let id = uuid::Uuid::now_v7().to_string();
+    let partial = data_dir.join(format!("{NODE_ID_FILE}.{id}"));
+    std::fs::write(&partial, &id).map_err(io)?;
+    std::fs::rename(&partial, &path).map_err(io)?;
+    // Whoever renamed last won; every caller reads the same id.
+    Ok(std::fs::read_to_string(&path)
+        .map_err(io)?
+        .trim()
+        .to_owned())
 }
 
 /// Milliseconds since the Unix epoch, now.
