@@ -286,6 +286,7 @@ fn logs_follow_prints_only_lines_stored_after_it_started() {
         .args(["logs", "--follow", "--limit", "0", "--config"])
         .arg(sluice.config_path())
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let stdout = follow.stdout.take().unwrap();
@@ -295,7 +296,14 @@ fn logs_follow_prints_only_lines_stored_after_it_started() {
             let _ = tx.send(line);
         }
     });
-    std::thread::sleep(Duration::from_millis(700)); // let it take its starting point
+    // It says on stderr once it has taken its starting point.
+    let mut stderr = std::io::BufReader::new(follow.stderr.take().unwrap());
+    let mut said = String::new();
+    while !said.starts_with("following") {
+        said.clear();
+        let read = std::io::BufRead::read_line(&mut stderr, &mut said).unwrap();
+        assert!(read > 0, "`sluice logs --follow` ended before it followed");
+    }
     let total = attack_and_wait_for_logs(&sluice);
     let mut printed = Vec::new();
     while let Ok(line) = rx.recv_timeout(Duration::from_secs(2)) {

@@ -1,6 +1,6 @@
 //! Capture over HTTP: paths, bodies, errors, and what gets stored.
 
-use crate::support::{Sluice, gzip, plain_team};
+use crate::support::{Sluice, gzip, plain_team, team_with_plugin};
 use serde_json::{Value, json};
 
 #[test]
@@ -360,4 +360,35 @@ fn a_flood_of_big_batches_is_bounded_in_memory_and_every_200_is_stored() {
     assert!(grown < 400 << 20, "peak memory grew by {} MiB", grown >> 20);
     sluice.drain();
     assert_eq!(sluice.events(1).len(), accepted * EVENTS);
+}
+
+#[test]
+fn a_full_queue_answers_503_queue_full_and_takes_events_again_once_it_drains() {
+    // A plugin that loops on `attack` until its deadline holds the worker, so the queue fills.
+    let config = format!(
+        "[queue]\nmax_depth_events = 10\n{}",
+        team_with_plugin(
+            1,
+            "phc_one",
+            "adversary",
+            "config = { mode = \"loop\" }\ntimeout_ms = 300",
+        )
+    );
+    let sluice = Sluice::start(&config);
+    let batch = |name: &str, count: usize| {
+        let events: Vec<Value> = (0..count)
+            .map(|i| json!({"event": name, "distinct_id": format!("u{i}")}))
+            .collect();
+        sluice.post_json("/batch", &json!({"api_key": "phc_one", "batch": events}))
+    };
+    let (status, body) = batch("attack", 10);
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = batch("normal", 1);
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], "queue_full", "{body}");
+    sluice.drain();
+    let (status, body) = batch("normal", 1);
+    assert_eq!(status, 200, "{body}");
+    sluice.drain();
+    assert_eq!(sluice.events(1).len(), 11, "every accepted event is stored");
 }

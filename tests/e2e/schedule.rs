@@ -473,7 +473,6 @@ fn jobs_run_in_order_of_their_time_and_survive_a_crash() {
     // A job queued just before a crash runs after the restart.
     sluice.crash();
     let survivor = enqueue(&sluice, "echo", r#"{"n":4}"#, &["--in", "1s"]);
-    std::thread::sleep(Duration::from_millis(500));
     sluice.restart();
     let logged = wait_for(&sluice, 30, "four jobs", || {
         let logged = timed_messages(&sluice);

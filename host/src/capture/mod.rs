@@ -360,3 +360,66 @@ pub(crate) fn client_ip(
         .filter(|ip| !ip.is_empty());
     forwarded.map_or_else(|| peer.ip().to_string(), str::to_owned)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::{AppendError, Appending};
+
+    /// An ingest that refuses every append with the same error.
+    struct Refusing(AppendError);
+
+    impl Append for Refusing {
+        fn append(&self, _: u64, _: u64, _: Vec<u8>) -> Appending<'_> {
+            let error = self.0.clone();
+            Box::pin(async move { Err(error) })
+        }
+
+        fn depth(&self) -> u64 {
+            0
+        }
+    }
+
+    /// Posts one event over HTTP to capture on an ingest that answers `error`; returns the
+    /// status, the `Retry-After` header and the body.
+    async fn post_refused(error: AppendError) -> (u16, Option<String>, Value) {
+        let teams = HashMap::from([(Token::parse("phc_one").unwrap(), 1)]);
+        let state = CaptureState::new(teams, Arc::new(Refusing(error)), CaptureConfig::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = routes(Arc::new(state)).into_make_service_with_connect_info::<SocketAddr>();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let response = reqwest::Client::new()
+            .post(format!("http://{addr}/batch"))
+            .body(r#"{"api_key":"phc_one","batch":[{"event":"e","distinct_id":"u"}]}"#)
+            .send()
+            .await
+            .unwrap();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let status = response.status().as_u16();
+        let body = response.bytes().await.unwrap();
+        (status, retry_after, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_full_or_failing_queue_answers_503_with_retry_after_and_a_stable_code() {
+        for (error, code) in [
+            (AppendError::Full(1_000_000), "queue_full"),
+            (
+                AppendError::Unavailable("disk I/O error".into()),
+                "queue_unavailable",
+            ),
+        ] {
+            let (status, retry_after, body) = post_refused(error).await;
+            assert_eq!(status, 503, "{body}");
+            assert!(
+                retry_after.is_some_and(|s| s.parse::<u64>().is_ok()),
+                "{code}"
+            );
+            assert_eq!(body["code"], code, "{body}");
+        }
+    }
+}

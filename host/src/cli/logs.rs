@@ -15,6 +15,9 @@ pub(super) fn print(read: &Read, installation: Option<&str>, follow: bool) -> an
     // Following starts after the newest line stored now, whatever `--limit` printed.
     let mut last = logs.last_id()?;
     let mut lines = logs.read(&query)?;
+    if follow {
+        eprintln!("following the lines stored from now on (Ctrl-C to stop)");
+    }
     loop {
         last = lines.last().map_or(last, |line| line.id.max(last));
         print_lines(lines)?;

@@ -372,3 +372,60 @@ impl TaskHistory for SqliteHistory {
         Ok(runs)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The contract every task history keeps (see the module docs), on `history`.
+    fn keeps_the_contract(history: &dyn TaskHistory) {
+        assert_eq!(history.last_tick("i", "t").unwrap(), None);
+        history.set_last_tick("i", "t", 20).unwrap();
+        history.set_last_tick("i", "t", 10).unwrap();
+        assert_eq!(
+            history.last_tick("i", "t").unwrap(),
+            Some(20),
+            "only forward"
+        );
+
+        let run = |holder| NewRun {
+            installation: "i",
+            task: "t",
+            trigger: Trigger::Schedule,
+            scheduled_at: 20,
+            fencing_token: 7,
+            request: None,
+            holder,
+        };
+        let mine = history.run_started(&run("a")).unwrap();
+        history.run_started(&run("b")).unwrap();
+        history.interrupted("i", "a").unwrap();
+        let outcomes: Vec<(String, Option<u64>)> = history
+            .runs(Some("i"), None, 10)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.outcome, r.fencing_token))
+            .collect();
+        assert_eq!(
+            outcomes,
+            [("interrupted".into(), Some(7)), ("running".into(), Some(7))],
+            "a node marks only its own runs interrupted"
+        );
+        history.run_ended(mine, Some("late")).unwrap();
+
+        let request = history.request_run("i", "t").unwrap();
+        assert!(!history.request_taken(request).unwrap());
+        assert_eq!(
+            history.take_request("i").unwrap(),
+            Some((request, "t".to_owned()))
+        );
+        assert_eq!(history.take_request("i").unwrap(), None, "taken once");
+        assert!(history.request_taken(request).unwrap());
+    }
+
+    #[test]
+    fn the_embedded_history_keeps_the_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        keeps_the_contract(&SqliteHistory::open(dir.path()).unwrap());
+    }
+}

@@ -156,3 +156,143 @@ fn insert_recordings(tx: &Transaction<'_>, recordings: &[Vec<u8>]) -> Result<usi
     }
     Ok(inserted)
 }
+
+/// The ingest and sink contracts (see `ingest/mod.rs` and `sink/mod.rs`), on the embedded queue
+/// and store together, as the server wires them.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::source::{Cursor, Source, SqliteSource};
+    use crate::ingest::sqlite::Queue;
+    use crate::ingest::{Append, AppendError, Ingest};
+    use sluice_abi::wire::BatchWriter;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn event(team_id: u64, n: u8, name: &str) -> Vec<u8> {
+        EventFields {
+            uuid: [n; 16],
+            team_id,
+            timestamp_ms: 0,
+            event: name,
+            distinct_id: "u",
+            ip: None,
+            properties: "{}",
+            set: None,
+            set_once: None,
+        }
+        .encode()
+        .unwrap()
+    }
+
+    fn payload(events: &[Vec<u8>]) -> Vec<u8> {
+        let mut batch = BatchWriter::default();
+        for event in events {
+            batch.push_encoded(event);
+        }
+        batch.finish()
+    }
+
+    /// A receipt of no ingest.
+    struct NoReceipt;
+
+    impl Receipt for NoReceipt {}
+
+    fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(future)
+    }
+
+    #[test]
+    fn appended_is_durable_polled_in_order_until_acknowledged_and_stored_once_per_team() {
+        let dir = tempfile::tempdir().unwrap();
+        let (queue, writer, _) = Queue::start(dir.path(), 3).unwrap();
+        block_on(queue.append(1, 1, payload(&[event(1, 1, "a")]))).unwrap();
+        block_on(queue.append(2, 2, payload(&[event(2, 1, "b"), event(2, 2, "c")]))).unwrap();
+        // Bounded: past `max_depth` events waiting, an append is refused, not queued.
+        assert_eq!(
+            block_on(queue.append(1, 1, payload(&[event(1, 3, "d")]))),
+            Err(AppendError::Full(3))
+        );
+        assert_eq!(queue.depth(), 3);
+        drop(queue);
+        writer.join();
+
+        // Durable before acknowledged: a new process finds what was appended, in order.
+        let (_queue, _writer, mut reader) = Queue::start(dir.path(), 10).unwrap();
+        let polled = reader.poll(10, Duration::ZERO).unwrap().unwrap();
+        assert_eq!(polled.events, 3);
+        assert_eq!(
+            polled.batches.iter().map(|b| b.team_id).collect::<Vec<_>>(),
+            [1, 2]
+        );
+        // At least once: until acknowledged, the same events come again.
+        let again = reader.poll(10, Duration::ZERO).unwrap().unwrap();
+        assert_eq!(again.events, 3);
+
+        // The sink stores per (team, uuid) and settles the receipt in its transaction.
+        let mut sink = SqliteSink::open(dir.path()).unwrap();
+        let mut receipt = again.receipt;
+        let output = Output {
+            // Team 2 used team 1's uuid: another event. The repeat of team 1's is one copy.
+            events: vec![
+                event(1, 1, "a"),
+                event(2, 1, "b"),
+                event(2, 2, "c"),
+                event(1, 1, "a"),
+            ],
+            ..Output::default()
+        };
+        assert_eq!(sink.store(&output, &mut receipt).unwrap().events, 3);
+        reader.ack(receipt).unwrap();
+        assert!(
+            reader.poll(10, Duration::ZERO).unwrap().is_none(),
+            "acknowledged"
+        );
+        // Stored again after a crash before the ack: nothing new.
+        let mut unsettled = polled.receipt;
+        assert_eq!(sink.store(&output, &mut unsettled).unwrap().events, 0);
+
+        // The export source reads each team's stored events in storage order.
+        let mut source = SqliteSource::open(dir.path(), Arc::default()).unwrap();
+        let team2 = source.after(2, &Cursor::start(), 10, usize::MAX).unwrap();
+        assert_eq!(team2.len(), 2);
+        let range = source.range(2, &team2[0].cursor, &team2[1].cursor).unwrap();
+        assert_eq!(range.len(), 2, "a range reads the same events again");
+        let after_first = source.after(2, &team2[0].cursor, 10, usize::MAX).unwrap();
+        assert_eq!(after_first.len(), 1);
+        assert_eq!(source.lag(2, &team2[0].cursor).unwrap().events, 1);
+        let invalid = source.after(2, &Cursor::from_recorded("x".into()), 1, 1);
+        assert!(matches!(
+            invalid,
+            Err(crate::export::source::SourceError::InvalidCursor(_))
+        ));
+    }
+
+    #[test]
+    fn a_dead_letter_is_kept_by_its_envelope_even_when_its_event_is_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = SqliteSink::open(dir.path()).unwrap();
+        let mut damaged = event(1, 9, "e");
+        let last = damaged.len() - 1;
+        damaged[last] = 0xff; // not UTF-8 any more
+        let letter = DeadLetter {
+            installation: "team-1/p".into(),
+            encoded: damaged,
+            error: "boom".into(),
+            backtrace: None,
+        };
+        let output = Output {
+            dead_letters: vec![letter.clone(), letter],
+            ..Output::default()
+        };
+        sink.store(&output, &mut NoReceipt).unwrap();
+        let kept: i64 = sink
+            .conn
+            .query_row("SELECT COUNT(*) FROM dead_letters", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(kept, 1, "one per (team, installation, uuid)");
+    }
+}
