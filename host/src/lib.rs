@@ -5,7 +5,8 @@
 //! [`ingest`] (durable before acknowledging) → [`worker`] running each team's [`chain`] of plugins
 //! in the wasm [`runtime`] → [`sink`] (SQLite) → [`export`] (export plugins, from storage);
 //! [`schedule`] runs plugins' tasks and jobs on a clock. Host [`capabilities`] are what plugins
-//! may call; [`installations`] loads them all at start;
+//! may call; [`installations`] loads them all at start into one [`deployment`], the state the
+//! server swaps as a whole;
 //! [`store`] is the embedded database behind the ingest, the sink, the exports and the commands.
 //! `host/README.md` is the map.
 
@@ -15,6 +16,7 @@ pub mod capture;
 pub mod chain;
 pub mod cli;
 pub mod config;
+pub mod deployment;
 pub mod export;
 pub mod ingest;
 pub mod installations;

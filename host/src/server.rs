@@ -3,10 +3,11 @@
 use crate::capabilities::{Background, Services, StartError};
 use crate::capture::{self, CaptureState};
 use crate::config::{Config, ConfigError, Problem};
+use crate::deployment::{Current, Deployment};
 use crate::export;
 use crate::ingest::Append;
 use crate::ingest::sqlite::Queue;
-use crate::installations::{self, Installed};
+use crate::installations;
 use crate::runtime::{Runtime, RuntimeSettings};
 use crate::schedule::{self, lock::LocalLock};
 use crate::signal::Signal;
@@ -35,14 +36,14 @@ pub async fn serve(
     let lanes = config.workers();
     // Plugins' `setup` calls capabilities that block (object stores, http, storage): it runs on
     // a blocking thread, never on the server's async threads.
-    let (config, runtime, installed, background) =
+    let (config, runtime, deployment, background) =
         tokio::task::spawn_blocking(move || load(config))
             .await
             .map_err(|_| anyhow::anyhow!("loading the plugins panicked"))??;
     tracing::info!(
-        transforms = installed.chains.installations(),
-        exports = installed.exports.len(),
-        tasks = installed.tasks.len(),
+        transforms = deployment.chains.installations(),
+        exports = deployment.exports.len(),
+        tasks = deployment.tasks.len(),
         lanes,
         "plugins loaded"
     );
@@ -52,27 +53,23 @@ pub async fn serve(
     let queue: Arc<dyn Append> = Arc::new(queue);
     let stop = Arc::new(AtomicBool::new(false));
     let stored = Arc::new(Signal::default());
-    let runners_stop = Arc::new(AtomicBool::new(false));
-    let exporters = export::start(
-        &installed.exports,
+    deployment.adopt(export::start(
+        &deployment.exports,
         &config.server.data_dir,
         &stored,
-        &runners_stop,
-    )?;
-    drop(installed.exports);
+    )?);
     let lock: Arc<dyn schedule::lock::RunLock> =
         Arc::new(LocalLock::open(&config.server.data_dir)?);
-    let task_runners = schedule::start(
-        &installed.tasks,
+    deployment.adopt(schedule::start(
+        &deployment.tasks,
         &config.server.data_dir,
         &lock,
         &store::node_id(&config.server.data_dir)?,
-        &runners_stop,
-    )?;
-    drop(installed.tasks);
+    )?);
+    let current = Arc::new(Current::new(deployment));
     let worker = worker::start(
         WorkerSettings {
-            chains: Arc::new(installed.chains),
+            deployment: current.clone(),
             lanes,
             max_instances: config.server.max_instances,
             batch_events: config.queue.batch_events,
@@ -83,13 +80,12 @@ pub async fn serve(
         SqliteSink::open(&config.server.data_dir)?,
     )?;
 
-    let teams = config
-        .teams
-        .iter()
-        .map(|t| (t.token.clone(), t.id))
-        .collect();
     let ready_queue = queue.clone();
-    let capture_state = Arc::new(CaptureState::new(teams, queue, config.capture.clone()));
+    let capture_state = Arc::new(CaptureState::new(
+        current.clone(),
+        queue,
+        config.capture.clone(),
+    ));
     let app =
         Router::new()
             .merge(capture::routes(capture_state))
@@ -133,18 +129,11 @@ pub async fn serve(
     stop.store(true, Ordering::SeqCst);
     let _ = tokio::task::spawn_blocking(move || worker.join()).await;
     // Runners finish the call they are in; an unfinished batch is sent again after a restart, an
-    // unfinished job runs again.
-    runners_stop.store(true, Ordering::SeqCst);
-    stored.notify();
+    // unfinished job runs again. Then every installation (and its services) goes, and the log
+    // writer stores what is left.
     let _ = tokio::task::spawn_blocking(move || {
-        for runner in exporters.into_iter().chain(task_runners) {
-            let _ = runner.join();
-        }
-    })
-    .await;
-    // Every installation (and its services) went with the worker; the log writer stores what
-    // is left.
-    let _ = tokio::task::spawn_blocking(move || {
+        current.get().stop_runners();
+        drop(current);
         drop(runtime);
         background.join();
     })
@@ -154,27 +143,12 @@ pub async fn serve(
 
 /// Starts the engine and the capability services, and loads every installation (running each
 /// plugin's `setup`). Blocking: never call it on an async thread.
-fn load(config: Config) -> anyhow::Result<(Config, Runtime, Installed, Background)> {
-    let lanes = config.workers();
-    let installations: usize = config.teams.iter().map(|t| t.plugins.len()).sum();
-    let max_memory_mb = config
-        .teams
-        .iter()
-        .flat_map(|t| &t.plugins)
-        .map(|p| p.memory_mb)
-        .max()
-        .unwrap_or(64);
+fn load(config: Config) -> anyhow::Result<(Config, Runtime, Deployment, Background)> {
     let runtime = Runtime::new(&RuntimeSettings {
-        // At most one instance per installation and lane, within the instance budget, plus the
-        // ones used while loading.
-        max_instances: u32::try_from(
-            installations
-                .saturating_mul(lanes)
-                .min(config.server.max_instances)
-                + 2,
-        )
-        .unwrap_or(u32::MAX),
-        max_memory_bytes: (max_memory_mb as usize) << 20,
+        // Sized by the process's limits, not by this config's installations, so that a later
+        // config fits the same engine; plus the instances used while loading.
+        max_instances: u32::try_from(config.server.max_instances + 2).unwrap_or(u32::MAX),
+        max_memory_bytes: (config.server.max_instance_memory_mb as usize) << 20,
         cache_dir: Some(config.server.data_dir.join("compiled")),
     })?;
     let config_error = |problems| ConfigError {
@@ -189,5 +163,11 @@ fn load(config: Config) -> anyhow::Result<(Config, Runtime, Installed, Backgroun
             other => other.into(),
         })?;
     let installed = installations::load(&runtime, &config, &services).map_err(config_error)?;
-    Ok((config, runtime, installed, background))
+    let teams = config
+        .teams
+        .iter()
+        .map(|t| (t.token.clone(), t.id))
+        .collect();
+    let deployment = Deployment::new(teams, installed, services);
+    Ok((config, runtime, deployment, background))
 }

@@ -14,6 +14,7 @@
 //! dead-lettered or quarantined; plugins never run a round twice because the sink failed.
 
 use crate::chain::{ChainRunner, Chains};
+use crate::deployment::Current;
 use crate::ingest::{Ingest, Ingested, Receipt};
 use crate::signal::Signal;
 use crate::sink::{DeadLetter, Output, Quarantined, Sink, Stored};
@@ -42,8 +43,8 @@ const SINK: &str = "(sink)";
 
 /// How the worker is set up.
 pub struct WorkerSettings {
-    /// Every team's chain.
-    pub chains: Arc<Chains>,
+    /// The deployment in force, whose chains each round runs (read once per round).
+    pub deployment: Arc<Current>,
     /// Parallel lanes.
     pub lanes: usize,
     /// Most live plugin instances across lanes.
@@ -93,7 +94,8 @@ fn run<I: Ingest, S: Sink>(settings: WorkerSettings, mut ingest: I, mut sink: S)
             }
         };
         let started = Instant::now();
-        let output = process(&settings, &mut lanes, &polled.batches);
+        let deployment = settings.deployment.get();
+        let output = process(&settings, &deployment.chains, &mut lanes, &polled.batches);
         let mut receipt = polled.receipt;
         let Some(stored) = store(&mut sink, output, &mut receipt, &settings.stop) else {
             // Stopping while the sink is down: the round stays in the ingest for the next start.
@@ -172,8 +174,12 @@ fn split(batches: &[Ingested], lane_count: usize) -> Work {
 /// Runs every lane's events through their teams' chains in parallel. A lane that panics (a host
 /// bug) gets a fresh runner and its events run again on their own, split until the events it
 /// panics on are found; those are dead-lettered and the rest of the round goes on.
-fn process(settings: &WorkerSettings, lanes: &mut [ChainRunner], batches: &[Ingested]) -> Output {
-    let chains = &*settings.chains;
+fn process(
+    settings: &WorkerSettings,
+    chains: &Chains,
+    lanes: &mut [ChainRunner],
+    batches: &[Ingested],
+) -> Output {
     let work = split(batches, lanes.len());
     let mut merged = Output {
         recordings: work.recordings,
@@ -219,7 +225,7 @@ fn process(settings: &WorkerSettings, lanes: &mut [ChainRunner], batches: &[Inge
                 .unwrap_or_default();
             let mut out = Output::default();
             for (team, events) in groups {
-                isolate(settings, &mut lanes[lane], team, events, &mut out);
+                isolate(settings, chains, &mut lanes[lane], team, events, &mut out);
             }
             out
         });
@@ -233,12 +239,13 @@ fn process(settings: &WorkerSettings, lanes: &mut [ChainRunner], batches: &[Inge
 /// fresh runner, down to single events, which are dead-lettered with the panic's message.
 fn isolate(
     settings: &WorkerSettings,
+    chains: &Chains,
     runner: &mut ChainRunner,
     team: u64,
     events: Vec<Vec<u8>>,
     out: &mut Output,
 ) {
-    let chain = settings.chains.of(team);
+    let chain = chains.of(team);
     let attempt = events.clone();
     let mut part = Output::default();
     let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -262,8 +269,8 @@ fn isolate(
     }
     let mut first = events;
     let second = first.split_off(first.len() / 2);
-    isolate(settings, runner, team, first, out);
-    isolate(settings, runner, team, second, out);
+    isolate(settings, chains, runner, team, first, out);
+    isolate(settings, chains, runner, team, second, out);
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {

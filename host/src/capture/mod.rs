@@ -21,7 +21,8 @@ use budget::{Budget, Reservation};
 pub use error::CaptureError;
 pub use normalize::{NewEvent, RequestContext, encode, normalize};
 
-use crate::config::{CaptureConfig, Token};
+use crate::config::CaptureConfig;
+use crate::deployment::Current;
 use crate::ingest::Append;
 use axum::Router;
 use axum::body::Body;
@@ -32,7 +33,6 @@ use axum::routing::{MethodFilter, on, post};
 use http_body_util::BodyExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tower_http::cors::CorsLayer;
@@ -65,7 +65,7 @@ const MAX_DISCARD_BYTES: usize = 64 * 1024 * 1024;
 
 /// What capture handlers share.
 pub struct CaptureState {
-    teams: HashMap<Token, u64>,
+    deployment: Arc<Current>,
     queue: Arc<dyn Append>,
     limits: CaptureConfig,
     budget: Budget,
@@ -104,11 +104,12 @@ impl Received {
 }
 
 impl CaptureState {
-    /// Capture for the given token → team map, appending to `queue`.
-    pub fn new(teams: HashMap<Token, u64>, queue: Arc<dyn Append>, limits: CaptureConfig) -> Self {
+    /// Capture for the tokens of the deployment in force (read per request), appending to
+    /// `queue`.
+    pub fn new(deployment: Arc<Current>, queue: Arc<dyn Append>, limits: CaptureConfig) -> Self {
         let decoders = std::thread::available_parallelism().map_or(2, |n| n.get() * 2);
         Self {
-            teams,
+            deployment,
             queue,
             budget: Budget::new(limits.max_in_flight_bytes, decoders),
             limits,
@@ -172,9 +173,11 @@ impl CaptureState {
         Ok(made)
     }
 
-    /// The team of a token.
+    /// The team of a token, in the deployment in force.
     fn team(&self, token: &str) -> Result<u64, CaptureError> {
-        self.teams
+        self.deployment
+            .get()
+            .teams
             .get(token)
             .copied()
             .ok_or(CaptureError::UnknownToken)
@@ -364,7 +367,12 @@ pub(crate) fn client_ip(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::capabilities::Services;
+    use crate::config::Token;
+    use crate::deployment::Deployment;
     use crate::ingest::{AppendError, Appending};
+    use crate::installations::Installed;
+    use std::collections::HashMap;
 
     /// An ingest that refuses every append with the same error.
     struct Refusing(AppendError);
@@ -384,7 +392,12 @@ mod tests {
     /// status, the `Retry-After` header and the body.
     async fn post_refused(error: AppendError) -> (u16, Option<String>, Value) {
         let teams = HashMap::from([(Token::parse("phc_one").unwrap(), 1)]);
-        let state = CaptureState::new(teams, Arc::new(Refusing(error)), CaptureConfig::default());
+        let deployment = Deployment::new(teams, Installed::default(), Services::detached());
+        let state = CaptureState::new(
+            Arc::new(Current::new(deployment)),
+            Arc::new(Refusing(error)),
+            CaptureConfig::default(),
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app = routes(Arc::new(state)).into_make_service_with_connect_info::<SocketAddr>();

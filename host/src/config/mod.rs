@@ -191,6 +191,15 @@ impl Config {
         let teams = teams::load(&mut c, table.get("teams"), base);
         for installation in teams.iter().flat_map(|t| &t.plugins) {
             capabilities.check_grants(&mut c, &installation.key, &installation.grants);
+            if installation.memory_mb > server.max_instance_memory_mb {
+                c.add(
+                    format!("{}.memory_mb", installation.key),
+                    format!(
+                        "is above `server.max_instance_memory_mb` ({})",
+                        server.max_instance_memory_mb
+                    ),
+                );
+            }
         }
         c.finish(path)?;
         Ok(Self {

@@ -18,6 +18,10 @@ pub struct ServerConfig {
     /// Most plugin instances alive at once across all workers; beyond it, the least recently
     /// used instance of a worker is torn down (and rebuilt when needed again).
     pub max_instances: usize,
+    /// The largest memory cap (`memory_mb`) an installation may ask for. The engine reserves
+    /// address space for `max_instances` instances of this size when it starts, so that any
+    /// config this process later runs fits without a restart.
+    pub max_instance_memory_mb: u64,
 }
 
 impl Default for ServerConfig {
@@ -27,6 +31,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("data"),
             workers: None,
             max_instances: 1_000,
+            max_instance_memory_mb: 4_096,
         }
     }
 }
@@ -42,6 +47,12 @@ pub(super) fn load(
     let mut server: ServerConfig = c.section(table, "server");
     if server.max_instances == 0 {
         c.add("server.max_instances", "must be at least 1");
+    }
+    if !(1..=4_096).contains(&server.max_instance_memory_mb) {
+        c.add(
+            "server.max_instance_memory_mb",
+            "must be between 1 and 4096",
+        );
     }
     if let Some(listen) = env("SLUICE_LISTEN") {
         match listen.parse() {

@@ -17,13 +17,13 @@ pub mod source;
 pub mod state;
 
 use crate::config::ExportConfig;
+use crate::deployment::RunnerHandle;
 use crate::runtime::{InstanceSettings, Plugin};
 use crate::signal::Signal;
 use crate::store::StoreError;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::thread::JoinHandle;
 
 /// One plugin installation that exports events.
 pub struct ExportInstallation {
@@ -41,23 +41,31 @@ pub struct ExportInstallation {
 
 /// Starts one runner thread per export installation, reading events from the store of
 /// `data_dir` ([`source::SqliteSource`]) and recording there. Runners wake when `stored` is
-/// notified and end once `stop` is set.
+/// notified; each ends once its own handle stops it.
 pub fn start(
     installations: &[Arc<ExportInstallation>],
     data_dir: &Path,
     stored: &Arc<Signal>,
-    stop: &Arc<AtomicBool>,
-) -> Result<Vec<JoinHandle<()>>, StoreError> {
+) -> Result<Vec<RunnerHandle>, StoreError> {
     installations
         .iter()
         .map(|installation| {
             let source = source::SqliteSource::open(data_dir, stored.clone())?;
             let runner = runner::Runner::new(installation.clone(), data_dir, Box::new(source))?;
-            let stop = stop.clone();
-            std::thread::Builder::new()
-                .name(format!("sluice-export-{}", installation.id))
-                .spawn(move || runner.run(&stop))
-                .map_err(|e| StoreError::Thread("an export runner", e))
+            let stop = Arc::new(AtomicBool::new(false));
+            let thread = {
+                let stop = stop.clone();
+                std::thread::Builder::new()
+                    .name(format!("sluice-export-{}", installation.id))
+                    .spawn(move || runner.run(&stop))
+                    .map_err(|e| StoreError::Thread("an export runner", e))?
+            };
+            Ok(RunnerHandle::new(
+                installation.id.clone(),
+                stop,
+                Some(stored.clone()),
+                thread,
+            ))
         })
         .collect()
 }

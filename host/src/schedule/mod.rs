@@ -39,13 +39,13 @@ mod runner;
 pub mod timing;
 
 use crate::config::JobsConfig;
+use crate::deployment::RunnerHandle;
 use crate::runtime::{InstanceSettings, Plugin};
 use crate::store::StoreError;
 use lock::RunLock;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::thread::JoinHandle;
 use std::time::Duration;
 use timing::Schedule;
 
@@ -102,15 +102,14 @@ impl From<runner::StepError> for StartError {
 
 /// Starts one runner thread per installation, recording in the task history of `data_dir`,
 /// taking leases from `lock`, as the node `holder`; each runs jobs from its installation's job
-/// queue (the one its plugin queues on). Runners end once `stop` is set (after the run they are
-/// in).
+/// queue (the one its plugin queues on). Each runner ends once its own handle stops it (after
+/// the run it is in).
 pub fn start(
     installations: &[Arc<TaskInstallation>],
     data_dir: &Path,
     lock: &Arc<dyn RunLock>,
     holder: &str,
-    stop: &Arc<AtomicBool>,
-) -> Result<Vec<JoinHandle<()>>, StartError> {
+) -> Result<Vec<RunnerHandle>, StartError> {
     installations
         .iter()
         .map(|installation| {
@@ -120,11 +119,20 @@ pub fn start(
                 lock.clone(),
                 holder,
             )?;
-            let stop = stop.clone();
-            std::thread::Builder::new()
-                .name(format!("sluice-tasks-{}", installation.id))
-                .spawn(move || runner.run(&stop))
-                .map_err(StartError::Thread)
+            let stop = Arc::new(AtomicBool::new(false));
+            let thread = {
+                let stop = stop.clone();
+                std::thread::Builder::new()
+                    .name(format!("sluice-tasks-{}", installation.id))
+                    .spawn(move || runner.run(&stop))
+                    .map_err(StartError::Thread)?
+            };
+            Ok(RunnerHandle::new(
+                installation.id.clone(),
+                stop,
+                None,
+                thread,
+            ))
         })
         .collect()
 }
