@@ -411,22 +411,9 @@ fn lane_of(team_id: u64, distinct_id: &str, lanes: usize) -> usize {
 mod tests {
     use super::*;
     use crate::sink::SinkError;
-    use sluice_abi::wire::EventFields;
 
     fn event(n: u8, name: &str) -> Vec<u8> {
-        EventFields {
-            uuid: [n; 16],
-            team_id: 1,
-            timestamp_ms: 0,
-            event: name,
-            distinct_id: "u",
-            ip: None,
-            properties: "{}",
-            set: None,
-            set_once: None,
-        }
-        .encode()
-        .unwrap()
+        crate::sink::test_event(1, n, name)
     }
 
     fn name(encoded: &[u8]) -> String {

@@ -97,3 +97,21 @@ pub trait Sink: Send {
     /// the sink can (see the module docs).
     fn store(&mut self, output: &Output, receipt: &mut dyn Receipt) -> Result<Stored, SinkError>;
 }
+
+/// An encoded event of `team_id` with uuid bytes all `n` and name `name`, for tests.
+#[cfg(test)]
+pub(crate) fn test_event(team_id: u64, n: u8, name: &str) -> Vec<u8> {
+    sluice_abi::wire::EventFields {
+        uuid: [n; 16],
+        team_id,
+        timestamp_ms: 0,
+        event: name,
+        distinct_id: "u",
+        ip: None,
+        properties: "{}",
+        set: None,
+        set_once: None,
+    }
+    .encode()
+    .expect("a test event encodes")
+}

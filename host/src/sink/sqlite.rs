@@ -169,21 +169,7 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    fn event(team_id: u64, n: u8, name: &str) -> Vec<u8> {
-        EventFields {
-            uuid: [n; 16],
-            team_id,
-            timestamp_ms: 0,
-            event: name,
-            distinct_id: "u",
-            ip: None,
-            properties: "{}",
-            set: None,
-            set_once: None,
-        }
-        .encode()
-        .unwrap()
-    }
+    use crate::sink::test_event as event;
 
     fn payload(events: &[Vec<u8>]) -> Vec<u8> {
         let mut batch = BatchWriter::default();
