@@ -16,6 +16,9 @@ pub enum CaptureError {
     /// The body (or its decompressed form) is larger than allowed.
     #[error("payload too large: more than {0} bytes")]
     PayloadTooLarge(usize),
+    /// An event is larger than the ingest takes.
+    #[error("{0}")]
+    EventTooLarge(String),
     /// The body could not be read, decompressed or parsed.
     #[error("invalid payload: {0}")]
     InvalidPayload(String),
@@ -75,6 +78,7 @@ impl CaptureError {
             CaptureError::PayloadTooLarge(_) => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
             }
+            CaptureError::EventTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "event_too_large"),
             CaptureError::InvalidPayload(_) => (StatusCode::BAD_REQUEST, "invalid_payload"),
             CaptureError::EmptyBatch => (StatusCode::BAD_REQUEST, "empty_batch"),
             CaptureError::InvalidEvent(_) => (StatusCode::BAD_REQUEST, "invalid_event"),
@@ -102,6 +106,7 @@ impl From<AppendError> for CaptureError {
         match error {
             AppendError::Full(_) => CaptureError::QueueFull(error.to_string()),
             AppendError::Unavailable(_) => CaptureError::QueueUnavailable(error.to_string()),
+            AppendError::TooLarge(_) => CaptureError::EventTooLarge(error.to_string()),
         }
     }
 }

@@ -23,7 +23,7 @@ pub use normalize::{NewEvent, RequestContext, encode, normalize};
 
 use crate::config::CaptureConfig;
 use crate::deployment::Current;
-use crate::ingest::Append;
+use crate::ingest::{Append, Appended};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Query, State};
@@ -69,13 +69,6 @@ pub struct CaptureState {
     queue: Arc<dyn Append>,
     limits: CaptureConfig,
     budget: Budget,
-}
-
-/// One request's events, encoded for the queue.
-struct Prepared {
-    team_id: u64,
-    events: u64,
-    payload: Vec<u8>,
 }
 
 /// A request body read within the budget, with what decoding needs from the rest of the
@@ -141,7 +134,7 @@ impl CaptureState {
         self: &Arc<Self>,
         mut received: Received,
         limit: usize,
-        then: impl FnOnce(&CaptureState, Decoded) -> Result<(T, Option<Prepared>), CaptureError>
+        then: impl FnOnce(&CaptureState, Decoded) -> Result<(T, Option<Appended>), CaptureError>
         + Send
         + 'static,
     ) -> Result<T, CaptureError> {
@@ -160,13 +153,12 @@ impl CaptureState {
         .await
         .map_err(|_| CaptureError::Internal)?;
         drop(decoder);
-        let ((made, prepared), held) = decoded?;
-        if let Some(prepared) = prepared {
-            self.queue
-                .append(prepared.team_id, prepared.events, prepared.payload)
-                .await?;
-            metrics::counter!("sluice_capture_events_total", "team" => prepared.team_id.to_string())
-                .increment(prepared.events);
+        let ((made, appended), held) = decoded?;
+        if let Some(appended) = appended {
+            let (team, events) = (appended.team_id, appended.events);
+            self.queue.append(appended).await?;
+            metrics::counter!("sluice_capture_events_total", "team" => team.to_string())
+                .increment(events);
         }
         drop(held);
         metrics::gauge!("sluice_capture_in_flight_bytes").set(self.budget.in_flight() as f64);
@@ -184,10 +176,11 @@ impl CaptureState {
     }
 
     /// Encodes `events` for the team of `token`.
-    fn prepare(&self, token: &str, events: &[NewEvent]) -> Result<Prepared, CaptureError> {
+    fn prepare(&self, token: &str, events: &[NewEvent]) -> Result<Appended, CaptureError> {
         let team_id = self.team(token)?;
-        Ok(Prepared {
+        Ok(Appended {
             team_id,
+            token: token.to_owned(),
             events: events.len() as u64,
             payload: normalize::encode(events, team_id)?,
         })
@@ -378,7 +371,7 @@ mod tests {
     struct Refusing(AppendError);
 
     impl Append for Refusing {
-        fn append(&self, _: u64, _: u64, _: Vec<u8>) -> Appending<'_> {
+        fn append(&self, _: Appended) -> Appending<'_> {
             let error = self.0.clone();
             Box::pin(async move { Err(error) })
         }

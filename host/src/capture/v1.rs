@@ -7,8 +7,9 @@
 //! `{"result": "drop", "details": ...}` for an event that cannot be accepted while the others
 //! are. The event is mapped back to the legacy shape so that the rest of sluice sees one shape.
 
-use super::{CaptureState, Prepared, Received, RequestContext, client_ip, normalize, time};
+use super::{CaptureState, Received, RequestContext, client_ip, normalize, time};
 use crate::capture::CaptureError;
+use crate::ingest::Appended;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
@@ -96,7 +97,7 @@ fn events(
     payload: Value,
     ctx: &RequestContext,
     sdk: Option<(&str, &str)>,
-) -> Result<(Map<String, Value>, Option<Prepared>), CaptureError> {
+) -> Result<(Map<String, Value>, Option<Appended>), CaptureError> {
     let Value::Object(mut envelope) = payload else {
         return Err(CaptureError::InvalidPayload(
             "expected {\"batch\": [...]}".into(),

@@ -39,6 +39,23 @@ pub enum AppendError {
     /// The ingest could not store the events durably.
     #[error("the ingest queue could not store the events: {0}")]
     Unavailable(String),
+    /// An event is larger than the ingest takes; sending it again cannot help.
+    #[error("an event is too large for the ingest: {0}")]
+    TooLarge(String),
+}
+
+/// One request's events, as capture appends them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// The team of every event in it.
+    pub team_id: u64,
+    /// The project token they were sent with (a Kafka ingest keys each event by
+    /// `token:distinct_id`, as PostHog does).
+    pub token: String,
+    /// How many events it holds.
+    pub events: u64,
+    /// A batch in the wire encoding.
+    pub payload: Vec<u8>,
 }
 
 /// The future [`Append::append`] returns.
@@ -46,9 +63,8 @@ pub type Appending<'a> = Pin<Box<dyn Future<Output = Result<(), AppendError>> + 
 
 /// Where capture puts events. Cheap to share between request handlers.
 pub trait Append: Send + Sync {
-    /// Stores one request's `events` of `team_id` (`payload` is a batch in the wire encoding)
-    /// durably; resolves only once they would survive a crash.
-    fn append(&self, team_id: u64, events: u64, payload: Vec<u8>) -> Appending<'_>;
+    /// Stores one request's events durably; resolves only once they would survive a crash.
+    fn append(&self, appended: Appended) -> Appending<'_>;
 
     /// Events appended and not yet acknowledged, and those of requests still waiting to be
     /// appended.

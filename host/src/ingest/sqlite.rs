@@ -6,7 +6,9 @@
 //! The worker reads rows back in arrival order through [`QueueReader`]; they are deleted when
 //! acknowledged, by the SQLite sink inside the transaction that stores their results.
 
-use super::{Append, AppendError, Appending, Ingest, IngestError, Ingested, Polled, Receipt};
+use super::{
+    Append, AppendError, Appended, Appending, Ingest, IngestError, Ingested, Polled, Receipt,
+};
 use crate::signal::Signal;
 use crate::store::{self, StoreError};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -116,7 +118,13 @@ impl Queue {
 }
 
 impl Append for Queue {
-    fn append(&self, team_id: u64, events: u64, payload: Vec<u8>) -> Appending<'_> {
+    fn append(&self, appended: Appended) -> Appending<'_> {
+        let Appended {
+            team_id,
+            events,
+            payload,
+            ..
+        } = appended;
         Box::pin(async move {
             let waiting = self.shared.waiting();
             if waiting.saturating_add(events) > self.max_depth {

@@ -164,7 +164,7 @@ mod tests {
     use super::*;
     use crate::export::source::{Cursor, Source, SqliteSource};
     use crate::ingest::sqlite::Queue;
-    use crate::ingest::{Append, AppendError, Ingest};
+    use crate::ingest::{Append, AppendError, Appended, Ingest};
     use sluice_abi::wire::BatchWriter;
     use std::sync::Arc;
     use std::time::Duration;
@@ -177,6 +177,15 @@ mod tests {
             batch.push_encoded(event);
         }
         batch.finish()
+    }
+
+    fn appended(team_id: u64, events: u64, payload: Vec<u8>) -> Appended {
+        Appended {
+            team_id,
+            token: format!("phc_{team_id}"),
+            events,
+            payload,
+        }
     }
 
     /// A receipt of no ingest.
@@ -195,11 +204,16 @@ mod tests {
     fn appended_is_durable_polled_in_order_until_acknowledged_and_stored_once_per_team() {
         let dir = tempfile::tempdir().unwrap();
         let (queue, writer, _) = Queue::start(dir.path(), 3).unwrap();
-        block_on(queue.append(1, 1, payload(&[event(1, 1, "a")]))).unwrap();
-        block_on(queue.append(2, 2, payload(&[event(2, 1, "b"), event(2, 2, "c")]))).unwrap();
+        block_on(queue.append(appended(1, 1, payload(&[event(1, 1, "a")])))).unwrap();
+        block_on(queue.append(appended(
+            2,
+            2,
+            payload(&[event(2, 1, "b"), event(2, 2, "c")]),
+        )))
+        .unwrap();
         // Bounded: past `max_depth` events waiting, an append is refused, not queued.
         assert_eq!(
-            block_on(queue.append(1, 1, payload(&[event(1, 3, "d")]))),
+            block_on(queue.append(appended(1, 1, payload(&[event(1, 3, "d")])))),
             Err(AppendError::Full(3))
         );
         assert_eq!(queue.depth(), 3);
