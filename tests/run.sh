@@ -6,7 +6,8 @@
 # 2. builds every wasm plugin and test guest once (plugins/build.sh),
 # 3. installs the real PostHog SDKs the compatibility tests drive (posthog-python from PyPI,
 #    posthog-node, posthog-js and playwright-core from npm, Debian's chromium), pinned,
-# 4. builds the s3s-fs S3-compatible server (crates.io, pinned) the export tests run,
+# 4. builds the s3s-fs S3-compatible server (crates.io, pinned) the export tests run, and the
+#    Kafka-protocol broker helper (tests/broker: librdkafka's mock cluster) the Kafka tests run,
 # 5. checks formatting and lints, then runs all unit, SDK and end-to-end tests.
 # Reuses CARGO_TARGET_DIR when it is set (CI keeps one outside the clone); works from nothing.
 # Tools are cached outside the clone, keyed by version (SLUICE_TOOLS_DIR, default
@@ -59,6 +60,10 @@ if [ ! -x "$s3s" ]; then
     --root "$tools/s3s-fs-$s3s_version" --quiet
 fi
 export SLUICE_S3S_FS="$s3s"
+
+# A Kafka-protocol broker several sluice processes share (librdkafka's mock cluster).
+cargo build --locked -p sluice-test-broker
+export SLUICE_TEST_BROKER="$target/debug/sluice-test-broker"
 
 cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings

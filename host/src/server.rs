@@ -6,6 +6,7 @@ use crate::config::{Config, ConfigError, Problem};
 use crate::deployment::{Current, Deployment};
 use crate::export;
 use crate::ingest::Append;
+use crate::ingest::kafka::{KafkaAppend, KafkaIngest};
 use crate::ingest::sqlite::Queue;
 use crate::installations;
 use crate::runtime::{Runtime, RuntimeSettings};
@@ -48,9 +49,6 @@ pub async fn serve(
         "plugins loaded"
     );
 
-    let (queue, writer, reader) =
-        Queue::start(&config.server.data_dir, config.queue.max_depth_events)?;
-    let queue: Arc<dyn Append> = Arc::new(queue);
     let stop = Arc::new(AtomicBool::new(false));
     let stored = Arc::new(Signal::default());
     deployment.adopt(export::start(
@@ -67,18 +65,29 @@ pub async fn serve(
         &store::node_id(&config.server.data_dir)?,
     )?);
     let current = Arc::new(Current::new(deployment));
-    let worker = worker::start(
-        WorkerSettings {
-            deployment: current.clone(),
-            lanes,
-            max_instances: config.server.max_instances,
-            batch_events: config.queue.batch_events,
-            stop: stop.clone(),
-            stored: stored.clone(),
-        },
-        reader,
-        SqliteSink::open(&config.server.data_dir)?,
-    )?;
+    let settings = WorkerSettings {
+        deployment: current.clone(),
+        lanes,
+        max_instances: config.server.max_instances,
+        batch_events: config.queue.batch_events,
+        stop: stop.clone(),
+        stored: stored.clone(),
+    };
+    let sink = SqliteSink::open(&config.server.data_dir)?;
+    // The ingest: the embedded queue, or the Kafka topic when the config names one.
+    let (queue, writer, worker): (Arc<dyn Append>, _, _) = match &config.kafka {
+        None => {
+            let (queue, writer, reader) =
+                Queue::start(&config.server.data_dir, config.queue.max_depth_events)?;
+            let worker = worker::start(settings, reader, sink)?;
+            (Arc::new(queue), Some(writer), worker)
+        }
+        Some(kafka) => {
+            let kafka = kafka.settings();
+            let worker = worker::start(settings, KafkaIngest::new(&kafka)?, sink)?;
+            (Arc::new(KafkaAppend::new(&kafka)?), None, worker)
+        }
+    };
 
     let ready_queue = queue.clone();
     let capture_state = Arc::new(CaptureState::new(
@@ -125,7 +134,9 @@ pub async fn serve(
 
     tracing::info!("shutting down: committing the queue and finishing the current round");
     // The router (and with it every queue handle) is gone once serve returns.
-    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    if let Some(writer) = writer {
+        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    }
     stop.store(true, Ordering::SeqCst);
     let _ = tokio::task::spawn_blocking(move || worker.join()).await;
     // Runners finish the call they are in; an unfinished batch is sent again after a restart, an

@@ -16,6 +16,7 @@ mod durability;
 mod examples;
 mod exports;
 mod isolation;
+mod kafka;
 mod retention;
 mod s3;
 mod schedule;

@@ -13,6 +13,7 @@ mod breaker;
 mod capture;
 mod export;
 mod ids;
+mod kafka;
 mod queue;
 mod schedule;
 mod server;
@@ -22,6 +23,7 @@ pub use breaker::BreakerConfig;
 pub use capture::CaptureConfig;
 pub use export::ExportConfig;
 pub use ids::{InstallationId, MAX_TOKEN_LEN, Token};
+pub use kafka::KafkaConfig;
 pub use queue::QueueConfig;
 pub use schedule::{JobsConfig, ScheduleConfig};
 pub use server::ServerConfig;
@@ -46,6 +48,8 @@ pub struct Config {
     pub capture: CaptureConfig,
     /// Embedded queue settings.
     pub queue: QueueConfig,
+    /// The Kafka ingest, if the file names one (else the embedded queue).
+    pub kafka: Option<KafkaConfig>,
     /// The sections capabilities own (`[geoip]`...).
     pub capabilities: capabilities::Settings,
     /// Teams, their tokens and plugin chains.
@@ -141,7 +145,7 @@ impl Collector {
 }
 
 /// The sections sluice itself reads; capabilities add theirs.
-const OWN_SECTIONS: [&str; 3] = ["server", "capture", "queue"];
+const OWN_SECTIONS: [&str; 4] = ["server", "capture", "queue", "kafka"];
 
 impl Config {
     /// Reads and validates `path`; `env` looks up environment overrides.
@@ -187,6 +191,7 @@ impl Config {
         let server = server::load(&mut c, table, base, env);
         let capture: CaptureConfig = c.section(table, "capture");
         let queue = queue::load(&mut c, table);
+        let kafka = kafka::load(&mut c, table);
         let capabilities = capabilities::Settings::load(&mut c, table, base, env);
         let teams = teams::load(&mut c, table.get("teams"), base);
         for installation in teams.iter().flat_map(|t| &t.plugins) {
@@ -207,6 +212,7 @@ impl Config {
             server,
             capture,
             queue,
+            kafka,
             capabilities,
             teams,
         })

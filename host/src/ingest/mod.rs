@@ -22,6 +22,7 @@
 //! own transaction, so storing and acknowledging are one atomic step and nothing is processed
 //! twice even after a crash. [`Ingest::ack`] is still called afterwards.
 
+pub mod kafka;
 pub mod sqlite;
 
 use std::any::Any;

@@ -1,0 +1,250 @@
+//! The Kafka ingest through the real binary: capture produces to a Kafka-protocol broker (the
+//! `sluice-test-broker` helper process, librdkafka's mock cluster on a localhost port, built by
+//! `tests/run.sh`), the worker consumes it as a member of the workers' group and stores.
+
+use crate::support::{Sluice, plain_team};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `sluice-test-broker` with the ingest topic, stopped when dropped.
+struct Broker {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    /// `bootstrap.servers`.
+    brokers: String,
+}
+
+impl Broker {
+    fn start() -> Self {
+        let path = std::env::var("SLUICE_TEST_BROKER").unwrap_or_else(|_| {
+            panic!("SLUICE_TEST_BROKER is not set: run the tests with tests/run.sh, which builds the broker helper")
+        });
+        let mut child = Command::new(&path)
+            .arg("sluice_ingest:4")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start the broker helper {path}: {e}"));
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let brokers = line
+            .trim()
+            .strip_prefix("brokers ")
+            .unwrap_or_else(|| panic!("the broker helper said {line:?}"))
+            .to_owned();
+        Self {
+            child,
+            stdin,
+            stdout,
+            brokers,
+        }
+    }
+
+    /// Sends `command` (`down`, `up`) and waits for its `ok`.
+    fn tell(&mut self, command: &str) {
+        writeln!(self.stdin, "{command}").unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ok", "{command}");
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `count` events of user `user-<u>` for `u` in `users`, numbered `n` from `first` per user,
+/// each with its own uuid (as SDKs send), so a request sent again is the same events.
+fn batch(users: usize, first: usize, count: usize) -> Vec<Value> {
+    (first..first + count)
+        .flat_map(|n| {
+            (0..users).map(move |u| {
+                json!({"event": "e", "distinct_id": format!("user-{u}"), "properties": {"n": n},
+                       "uuid": format!("0190a000-0000-7000-8000-{u:04}{n:08}")})
+            })
+        })
+        .collect()
+}
+
+/// Waits until team 1 has `count` stored events; returns them.
+fn stored(sluice: &Sluice, count: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let events = sluice.events(1);
+        if events.len() >= count {
+            return events;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {count} events stored\n{}",
+            events.len(),
+            sluice.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn on_kafka_every_acknowledged_event_is_stored_once_in_order_per_user_and_a_down_broker_gets_503() {
+    let mut broker = Broker::start();
+    let config = format!(
+        "[kafka]\nbrokers = \"{}\"\ndelivery_timeout_ms = 2000\nsession_timeout_ms = 6000\nmax_event_bytes = 4000\n{}",
+        broker.brokers,
+        plain_team(1, "phc_one")
+    );
+    let sluice = Sluice::start(&config);
+    let post = |events: Vec<Value>| {
+        sluice.post_json("/batch", &json!({"api_key": "phc_one", "batch": events}))
+    };
+    let mut acknowledged = 0;
+    for round in 0..10 {
+        let (status, body) = post(batch(20, round * 3, 3));
+        assert_eq!(status, 200, "{body}");
+        acknowledged += 60;
+    }
+    let events = stored(&sluice, acknowledged);
+    assert_eq!(events.len(), acknowledged, "nothing stored twice");
+    // Per user, in the order sent (storage order).
+    let mut seen: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for event in &events {
+        seen.entry(event["distinct_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(event["properties"]["n"].as_u64().unwrap());
+    }
+    for (user, ns) in &seen {
+        assert_eq!(ns, &(0..30).collect::<Vec<u64>>(), "{user}");
+    }
+
+    // Too large for the ingest: refused with a clear 413, never a 200.
+    let large =
+        json!({"event": "e", "distinct_id": "big", "properties": {"blob": "x".repeat(5_000)}});
+    let (status, body) = post(vec![large]);
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (413, Some("event_too_large")),
+        "{body}"
+    );
+
+    // The broker down: 503 (never a 200 for what is not delivered).
+    broker.tell("down");
+    let (status, body) = post(batch(5, 100, 1));
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], "queue_unavailable", "{body}");
+    broker.tell("up");
+    // Back up: the same request is accepted once the producer reconnects.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = post(batch(5, 100, 1));
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(Instant::now() < deadline, "never recovered: {body}");
+    }
+    acknowledged += 5;
+    let events = stored(&sluice, acknowledged);
+    let uuids: BTreeSet<&str> = events.iter().map(|e| e["uuid"].as_str().unwrap()).collect();
+    // A request refused while the broker was down may have delivered some of its events; their
+    // copies sent again are stored once.
+    assert_eq!(uuids.len(), events.len(), "no event stored twice");
+    let late = events
+        .iter()
+        .filter(|e| e["properties"]["n"] == 100)
+        .count();
+    assert_eq!(late, 5, "the accepted request is stored, once");
+}
+
+#[test]
+fn on_kafka_a_worker_killed_under_load_loses_nothing_and_stores_nothing_twice() {
+    let broker = Broker::start();
+    let config = format!(
+        "[kafka]\nbrokers = \"{}\"\nsession_timeout_ms = 6000\n{}",
+        broker.brokers,
+        plain_team(1, "phc_one")
+    );
+    let mut sluice = Sluice::start(&config);
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let url = std::sync::Mutex::new(sluice.url.clone());
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    // Each round is one request of 10 users' next event; a round is acknowledged or not.
+    let acknowledged = std::thread::scope(|scope| {
+        let sender = scope.spawn(|| {
+            let mut acknowledged = Vec::new();
+            let mut round = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let events = batch(10, round, 1);
+                let target = format!("{}/batch", url.lock().unwrap());
+                let sent = client
+                    .post(target)
+                    .body(json!({"api_key": "phc_one", "batch": events}).to_string())
+                    .send();
+                if sent.is_ok_and(|r| r.status() == 200) {
+                    acknowledged.push(round);
+                    round += 1;
+                }
+            }
+            acknowledged
+        });
+        for _ in 0..2 {
+            std::thread::sleep(Duration::from_millis(1_500));
+            sluice.restart();
+            *url.lock().unwrap() = sluice.url.clone();
+        }
+        std::thread::sleep(Duration::from_millis(1_000));
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        sender.join().unwrap()
+    });
+    assert!(
+        acknowledged.len() > 20,
+        "only {} rounds acknowledged",
+        acknowledged.len()
+    );
+    let expected = acknowledged.len() * 10;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let events = loop {
+        let events = sluice.events(1);
+        let acked: usize = events
+            .iter()
+            .filter(|e| acknowledged.contains(&(e["properties"]["n"].as_u64().unwrap() as usize)))
+            .count();
+        if acked >= expected {
+            break events;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{acked} of {expected} acknowledged events stored"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let uuids: BTreeSet<&str> = events.iter().map(|e| e["uuid"].as_str().unwrap()).collect();
+    assert_eq!(uuids.len(), events.len(), "no event stored twice");
+    let mut seen: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for event in &events {
+        seen.entry(event["distinct_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(event["properties"]["n"].as_u64().unwrap());
+    }
+    for (user, ns) in &seen {
+        assert!(
+            ns.windows(2).all(|w| w[0] < w[1]),
+            "{user} out of order: {ns:?}"
+        );
+    }
+    eprintln!(
+        "killed twice: {} rounds ({expected} events) acknowledged, {} events stored, 0 duplicated, 0 out of order",
+        acknowledged.len(),
+        events.len()
+    );
+}
