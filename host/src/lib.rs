@@ -22,6 +22,7 @@ pub mod ingest;
 pub mod installations;
 pub mod net;
 pub mod retry;
+pub mod roles;
 pub mod runtime;
 pub mod schedule;
 pub mod server;

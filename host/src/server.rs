@@ -9,6 +9,7 @@ use crate::ingest::Append;
 use crate::ingest::kafka::{KafkaAppend, KafkaIngest};
 use crate::ingest::sqlite::Queue;
 use crate::installations;
+use crate::roles::{Role, Roles};
 use crate::runtime::{Runtime, RuntimeSettings};
 use crate::schedule::{self, lock::LocalLock};
 use crate::signal::Signal;
@@ -25,14 +26,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Runs sluice until `shutdown` resolves, then stops accepting, lets the queue commit what it
-/// was given, lets the worker finish its round, and tears plugins down. `on_listening` is called
-/// with the bound address once requests are accepted.
+/// Runs the `roles` of sluice until `shutdown` resolves, then stops accepting, lets the queue
+/// commit what it was given, lets the worker finish its round, and tears plugins down.
+/// `on_listening` is called with the bound address once requests are accepted.
 pub async fn serve(
     config: Config,
+    roles: Roles,
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_listening: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
+    roles.check(&config).map_err(anyhow::Error::msg)?;
     let prometheus = telemetry::prometheus();
     let lanes = config.workers();
     // Plugins' `setup` calls capabilities that block (object stores, http, storage): it runs on
@@ -46,24 +49,29 @@ pub async fn serve(
         exports = deployment.exports.len(),
         tasks = deployment.tasks.len(),
         lanes,
+        %roles,
         "plugins loaded"
     );
 
     let stop = Arc::new(AtomicBool::new(false));
     let stored = Arc::new(Signal::default());
-    deployment.adopt(export::start(
-        &deployment.exports,
-        &config.server.data_dir,
-        &stored,
-    )?);
-    let lock: Arc<dyn schedule::lock::RunLock> =
-        Arc::new(LocalLock::open(&config.server.data_dir)?);
-    deployment.adopt(schedule::start(
-        &deployment.tasks,
-        &config.server.data_dir,
-        &lock,
-        &store::node_id(&config.server.data_dir)?,
-    )?);
+    if roles.has(Role::Exporter) {
+        deployment.adopt(export::start(
+            &deployment.exports,
+            &config.server.data_dir,
+            &stored,
+        )?);
+    }
+    if roles.has(Role::Scheduler) {
+        let lock: Arc<dyn schedule::lock::RunLock> =
+            Arc::new(LocalLock::open(&config.server.data_dir)?);
+        deployment.adopt(schedule::start(
+            &deployment.tasks,
+            &config.server.data_dir,
+            &lock,
+            &store::node_id(&config.server.data_dir)?,
+        )?);
+    }
     let current = Arc::new(Current::new(deployment));
     let settings = WorkerSettings {
         deployment: current.clone(),
@@ -73,31 +81,42 @@ pub async fn serve(
         stop: stop.clone(),
         stored: stored.clone(),
     };
-    let sink = SqliteSink::open(&config.server.data_dir)?;
-    // The ingest: the embedded queue, or the Kafka topic when the config names one.
-    let (queue, writer, worker): (Arc<dyn Append>, _, _) = match &config.kafka {
-        None => {
+    // The ingest: the embedded queue (capture and worker in this process), or the Kafka topic
+    // when the config names one (each side only where this node runs it).
+    let (queue, writer, worker): (Option<Arc<dyn Append>>, _, _) = match &config.kafka {
+        None if roles.has(Role::Capture) => {
             let (queue, writer, reader) =
                 Queue::start(&config.server.data_dir, config.queue.max_depth_events)?;
+            let sink = SqliteSink::open(&config.server.data_dir)?;
             let worker = worker::start(settings, reader, sink)?;
-            (Arc::new(queue), Some(writer), worker)
+            (Some(Arc::new(queue)), Some(writer), Some(worker))
         }
+        None => (None, None, None),
         Some(kafka) => {
             let kafka = kafka.settings();
-            let worker = worker::start(settings, KafkaIngest::new(&kafka)?, sink)?;
-            (Arc::new(KafkaAppend::new(&kafka)?), None, worker)
+            let worker = if roles.has(Role::Worker) {
+                let sink = SqliteSink::open(&config.server.data_dir)?;
+                Some(worker::start(settings, KafkaIngest::new(&kafka)?, sink)?)
+            } else {
+                None
+            };
+            let queue: Option<Arc<dyn Append>> = if roles.has(Role::Capture) {
+                Some(Arc::new(KafkaAppend::new(&kafka)?))
+            } else {
+                None
+            };
+            (queue, None, worker)
         }
     };
 
     let ready_queue = queue.clone();
-    let capture_state = Arc::new(CaptureState::new(
-        current.clone(),
-        queue,
-        config.capture.clone(),
-    ));
+    let mut app = Router::new();
+    if let Some(queue) = queue {
+        let state = CaptureState::new(current.clone(), queue, config.capture.clone());
+        app = app.merge(capture::routes(Arc::new(state)));
+    }
     let app =
-        Router::new()
-            .merge(capture::routes(capture_state))
+        app
             .route(
                 "/health",
                 get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
@@ -105,7 +124,7 @@ pub async fn serve(
             .route(
                 "/ready",
                 get(move || {
-                    let depth = ready_queue.depth();
+                    let depth = ready_queue.as_ref().map_or(0, |queue| queue.depth());
                     async move {
                         axum::Json(serde_json::json!({ "status": "ready", "queue_depth": depth }))
                     }
@@ -138,7 +157,9 @@ pub async fn serve(
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     }
     stop.store(true, Ordering::SeqCst);
-    let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+    if let Some(worker) = worker {
+        let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+    }
     // Runners finish the call they are in; an unfinished batch is sent again after a restart, an
     // unfinished job runs again. Then every installation (and its services) goes, and the log
     // writer stores what is left.

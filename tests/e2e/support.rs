@@ -39,6 +39,8 @@ pub struct Sluice {
     pub dir: tempfile::TempDir,
     /// Base URL, e.g. `http://127.0.0.1:40123`.
     pub url: String,
+    /// What is passed to `serve` besides the config.
+    args: Vec<String>,
     client: reqwest::blocking::Client,
 }
 
@@ -55,8 +57,15 @@ impl Sluice {
 
     /// Starts sluice on the `sluice.toml` already in `dir`.
     pub fn start_in(dir: tempfile::TempDir) -> Self {
+        Self::start_in_with(dir, &[])
+    }
+
+    /// Starts sluice on the `sluice.toml` already in `dir`, with `args` after `serve` (such as
+    /// `--role worker`).
+    pub fn start_in_with(dir: tempfile::TempDir, args: &[&str]) -> Self {
         let mut sluice = Self {
             child: None,
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
             dir,
             url: String::new(),
             client: reqwest::blocking::Client::builder()
@@ -70,7 +79,9 @@ impl Sluice {
 
     fn launch(&mut self) {
         let mut child = Command::new(sluice_bin())
-            .args(["serve", "--config"])
+            .arg("serve")
+            .args(&self.args)
+            .arg("--config")
             .arg(self.config_path())
             .env("SLUICE_LISTEN", "127.0.0.1:0")
             .env("RUST_LOG", "warn,sluice::plugin=info")
@@ -127,6 +138,22 @@ impl Sluice {
     /// What the server wrote to stderr so far.
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    /// Asks the process to shut down (SIGTERM) and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let sent = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(sent.success(), "cannot send SIGTERM");
+            let status = child.wait().unwrap();
+            assert!(
+                status.success(),
+                "sluice exited with {status} after SIGTERM"
+            );
+        }
     }
 
     /// Kills the process without letting it shut down (SIGKILL), like a crash.

@@ -26,6 +26,7 @@ impl Served {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let server = runtime.spawn(sluice::server::serve(
             config,
+            sluice::roles::Roles::all(),
             async move {
                 let _ = stopped.await;
             },

@@ -7,6 +7,7 @@ mod recordings;
 mod tasks;
 
 use crate::config::Config;
+use crate::roles::{Role, Roles};
 use crate::{server, store, telemetry};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -34,6 +35,10 @@ enum Command {
         /// The sluice.toml to use.
         #[arg(long, short)]
         config: PathBuf,
+        /// What this process runs (comma-separated or repeated); default: everything. Capture
+        /// and worker on different nodes need a `[kafka]` ingest.
+        #[arg(long, value_delimiter = ',')]
+        role: Vec<Role>,
     },
     /// Print stored events as JSON lines, oldest first.
     Events(#[command(flatten)] Read),
@@ -155,10 +160,11 @@ fn load(path: &Path) -> anyhow::Result<Config> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { config } => {
+        Command::Serve { config, role } => {
             let config = load(&config)?;
             let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(server::serve(config, shutdown_signal(), |addr| {
+            let roles = Roles::of(&role);
+            runtime.block_on(server::serve(config, roles, shutdown_signal(), |addr| {
                 println!("listening on http://{addr}");
                 let _ = std::io::stdout().flush();
             }))
