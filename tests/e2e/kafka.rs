@@ -359,6 +359,16 @@ fn two_capture_and_two_worker_nodes_lose_nothing_when_a_worker_is_killed_or_a_th
         acknowledged.len()
     );
     let (stored, users) = check_stored(&workers[1], &acknowledged);
+    let (_, produced) = captures[0].get("/metrics");
+    assert!(
+        produced.contains("sluice_ingest_produce_seconds"),
+        "{produced}"
+    );
+    let (_, consumed) = workers[1].get("/metrics");
+    assert!(
+        consumed.contains("sluice_ingest_consumer_lag_events{partition="),
+        "{consumed}"
+    );
     eprintln!(
         "2 capture + 2 worker nodes, one worker killed and restarted, a third joined and left: {} events acknowledged, {stored} stored, 0 duplicated, 0 out of order across {users} users",
         acknowledged.len() * 30

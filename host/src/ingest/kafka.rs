@@ -128,6 +128,7 @@ impl Append for KafkaAppend {
             self.in_flight
                 .fetch_add(events.len() as u64, Ordering::SeqCst);
             let _counted = InFlight(self.in_flight.clone(), events.len() as u64);
+            let started = std::time::Instant::now();
             let mut deliveries = Vec::with_capacity(events.len());
             for event in &events {
                 let distinct_id = event.text(Field::DistinctId).map_err(unreadable)?;
@@ -142,12 +143,16 @@ impl Append for KafkaAppend {
                 deliveries.push(delivery);
             }
             for delivery in deliveries {
-                match delivery.await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err((error, _))) => return Err(append_error(&error)),
-                    Err(_) => return Err(AppendError::Unavailable("the producer stopped".into())),
-                }
+                let failed = match delivery.await {
+                    Ok(Ok(_)) => continue,
+                    Ok(Err((error, _))) => append_error(&error),
+                    Err(_) => AppendError::Unavailable("the producer stopped".into()),
+                };
+                metrics::counter!("sluice_ingest_delivery_failures_total").increment(1);
+                return Err(failed);
             }
+            metrics::histogram!("sluice_ingest_produce_seconds")
+                .record(started.elapsed().as_secs_f64());
             Ok(())
         })
     }
@@ -157,12 +162,16 @@ impl Append for KafkaAppend {
     }
 }
 
+/// How often the worker measures its consumer lag.
+const LAG_EVERY: Duration = Duration::from_secs(5);
+
 /// The worker side: one member of the workers' consumer group.
 pub struct KafkaIngest {
     consumer: BaseConsumer,
     topic: String,
     /// Where each partition of the last round not acknowledged began, to read it again.
     unacknowledged: Option<BTreeMap<i32, i64>>,
+    lag_measured: Option<std::time::Instant>,
 }
 
 /// Commits the offsets after the last message of each partition of one round.
@@ -202,7 +211,35 @@ impl KafkaIngest {
             consumer,
             topic: settings.topic.clone(),
             unacknowledged: None,
+            lag_measured: None,
         })
+    }
+
+    /// Sets `sluice_ingest_consumer_lag_events` for each assigned partition (the messages after
+    /// this worker's position), at most every [`LAG_EVERY`]; a failure only skips a sample.
+    fn measure_lag(&mut self) {
+        if self.lag_measured.is_some_and(|at| at.elapsed() < LAG_EVERY) {
+            return;
+        }
+        self.lag_measured = Some(std::time::Instant::now());
+        let Ok(positions) = self.consumer.position() else {
+            return;
+        };
+        for element in positions.elements_for_topic(&self.topic) {
+            let partition = element.partition();
+            let Ok((low, high)) =
+                self.consumer
+                    .fetch_watermarks(&self.topic, partition, Duration::from_secs(1))
+            else {
+                continue;
+            };
+            let position = match element.offset() {
+                Offset::Offset(offset) => offset,
+                _ => low,
+            };
+            metrics::gauge!("sluice_ingest_consumer_lag_events", "partition" => partition.to_string())
+                .set((high - position).max(0) as f64);
+        }
     }
 
     /// Moves each partition of the round not acknowledged back to where it began.
@@ -232,6 +269,7 @@ impl Ingest for KafkaIngest {
         wait: Duration,
     ) -> Result<Option<Polled<KafkaReceipt>>, IngestError> {
         self.rewind()?;
+        self.measure_lag();
         let mut batches = Vec::new();
         let mut starts = BTreeMap::new();
         let mut next = BTreeMap::new();
