@@ -15,6 +15,8 @@
 //!     through decoding and normalization, in MB/s of request body and events/s.
 //! (e) Failure isolation: the time to finish a batch of 1,000 events with one poison event
 //!     (a panic, a stack overflow) against the same batch without it.
+//! (g) (b') on the embedded queue and on a Kafka ingest (librdkafka's mock cluster in this
+//!     process), in the same run, and their ratio. The ClickHouse leg comes with the loader.
 //! (f) The chains of the peer model of PostHog's plugin server (`../shared/peers/posthog-vm`),
 //!     on the same events, beside the peer's own figures from the same run: sluice's wasm chain
 //!     runner plus what the sink does before storing, against node `vm` contexts with JSON in
@@ -83,11 +85,14 @@ fn main() {
         println!(
             "\n(b) end to end: HTTP /batch of 100 gzip events -> queue -> downsample 50% -> SQLite"
         );
-        end_to_end(&plugins, false);
+        end_to_end(&plugins, false, None);
         println!(
             "\n(b') end to end: HTTP /batch of 100 gzip events with $ip -> queue -> [downsample 50%, geoip] -> SQLite"
         );
-        end_to_end(&plugins, true);
+        end_to_end(&plugins, true, None);
+    }
+    if runs("g") {
+        kafka_beside_embedded(&plugins);
     }
     if runs("d") {
         println!(
@@ -639,10 +644,16 @@ fn downsample_pair(
 
 /// Capture to storage through the real server, with the downsampling chain, or with
 /// `geoip` the [downsample, geoip] chain on events that carry a `$ip` of the test network.
-fn end_to_end(plugins: &std::path::Path, geoip: bool) {
+/// The end-to-end run of (b), (b') and (g): on the embedded queue, or on the Kafka broker at
+/// `kafka` (whose worker is done once `expect` events are stored). Returns the events stored
+/// and the events/s processed and stored.
+fn end_to_end(plugins: &std::path::Path, geoip: bool, kafka: Option<(&str, i64)>) -> (i64, f64) {
     let dir = tempfile::tempdir().unwrap();
+    let kafka_section = kafka.map_or_else(String::new, |(brokers, _)| {
+        format!("[kafka]\nbrokers = \"{brokers}\"\nsession_timeout_ms = 6000\n")
+    });
     let mut text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nworkers = 2\n\
+        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nworkers = 2\n{kafka_section}\
          [[teams]]\nid = 1\ntoken = \"phc_bench\"\n\
          [[teams.plugins]]\nid = \"downsample\"\nplugin = \"{}\"\nconfig = {{ percentage = 50 }}\n",
         plugins.join("downsample.wasm").display()
@@ -712,14 +723,29 @@ fn end_to_end(plugins: &std::path::Path, geoip: bool) {
     });
     let accepted = started.elapsed();
     let conn = sluice::store::open(&data_dir).unwrap();
-    while sluice::ingest::sqlite::depth(&conn).unwrap() > 0 {
-        std::thread::sleep(Duration::from_millis(5));
+    let count = || -> i64 {
+        conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+            .unwrap()
+    };
+    match kafka {
+        None => {
+            while sluice::ingest::sqlite::depth(&conn).unwrap() > 0 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        Some((_, expect)) => {
+            while count() < expect {
+                assert!(
+                    started.elapsed() < Duration::from_secs(600),
+                    "the worker stalled"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
     }
     let stored_in = started.elapsed();
     let events = (REQUESTS * 100) as f64;
-    let stored: i64 = conn
-        .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
-        .unwrap();
+    let stored = count();
     if geoip {
         let located: i64 = conn
             .query_row(
@@ -744,6 +770,25 @@ fn end_to_end(plugins: &std::path::Path, geoip: bool) {
         stored_in.as_secs_f64()
     );
     served.stop();
+    (stored, events / stored_in.as_secs_f64())
+}
+
+/// (g): the end-to-end run of (b') on the embedded queue and on a Kafka-protocol broker
+/// (librdkafka's mock cluster in this process, 4 partitions), in the same run.
+fn kafka_beside_embedded(plugins: &std::path::Path) {
+    println!(
+        "\n(g) end to end, [downsample 50%, geoip] -> SQLite: the embedded queue, then a Kafka ingest (capture -> broker -> worker)"
+    );
+    println!("  embedded queue:");
+    let (stored, embedded) = end_to_end(plugins, true, None);
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    cluster.create_topic("sluice_ingest", 4, 1).unwrap();
+    println!("  Kafka ingest (mock cluster on loopback, acks=all, one message per event):");
+    let (_, kafka) = end_to_end(plugins, true, Some((&cluster.bootstrap_servers(), stored)));
+    println!(
+        "  Kafka / embedded: {:.2} of the embedded rate ({kafka:.0} vs {embedded:.0} events/s)",
+        kafka / embedded
+    );
 }
 
 /// A chain of wasm installations, each `(plugin name, config)`, answered by `services`.
