@@ -399,3 +399,43 @@ fn capture_and_worker_apart_without_a_shared_ingest_is_refused_with_the_reason()
         "{stderr}"
     );
 }
+
+#[test]
+fn on_kafka_a_poison_event_is_dead_lettered_as_in_the_embedded_mode_and_the_rest_flows() {
+    let broker = Broker::start();
+    let config = format!(
+        "[kafka]\nbrokers = \"{}\"\nsession_timeout_ms = 6000\n{}",
+        broker.brokers,
+        crate::support::team_with_plugin(
+            1,
+            "phc_one",
+            "adversary",
+            "config = { mode = \"panic\" }\non_error = \"dead_letter\"",
+        )
+    );
+    let sluice = Sluice::start(&config);
+    let mut events = batch(10, 0, 3);
+    events.push(json!({"event": "attack", "distinct_id": "mallory",
+                       "uuid": "0190a000-0000-7000-8000-999999999999"}));
+    let (status, body) =
+        sluice.post_json("/batch", &json!({"api_key": "phc_one", "batch": events}));
+    assert_eq!(status, 200, "{body}");
+    let stored = stored(&sluice, 30);
+    assert_eq!(stored.len(), 30);
+    assert!(stored.iter().all(|e| e["event"] == "e"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let letters = loop {
+        let letters = sluice.dead_letters(1);
+        if !letters.is_empty() {
+            break letters;
+        }
+        assert!(Instant::now() < deadline, "no dead letter");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0]["event"]["event"], "attack");
+    assert!(
+        letters[0]["error"].as_str().unwrap().contains("panicked"),
+        "{letters:?}"
+    );
+}
