@@ -115,31 +115,22 @@ pub async fn serve(
         let state = CaptureState::new(current.clone(), queue, config.capture.clone());
         app = app.merge(capture::routes(Arc::new(state)));
     }
-    let app =
-        app
-            .route(
-                "/health",
-                get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
-            )
-            .route(
-                "/ready",
-                get(move || {
-                    let depth = ready_queue.as_ref().map_or(0, |queue| queue.depth());
-                    async move {
-                        axum::Json(serde_json::json!({ "status": "ready", "queue_depth": depth }))
-                    }
-                }),
-            )
-            .route(
-                "/metrics",
-                get(move || async move {
-                    (
-                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                        prometheus.render(),
-                    )
-                        .into_response()
-                }),
-            );
+    let app = app
+        .route(
+            "/health",
+            get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
+        )
+        .route("/ready", get(move || ready(ready_queue.clone())))
+        .route(
+            "/metrics",
+            get(move || async move {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    prometheus.render(),
+                )
+                    .into_response()
+            }),
+        );
     let listener = tokio::net::TcpListener::bind(config.server.listen).await?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %config.server.data_dir.display(), "sluice is listening");
@@ -171,6 +162,28 @@ pub async fn serve(
     })
     .await;
     Ok(())
+}
+
+/// `/ready`: `200` with the queue depth when the ingest this node appends to can take events,
+/// else `503` with the reason.
+async fn ready(queue: Option<Arc<dyn Append>>) -> axum::response::Response {
+    let Some(queue) = queue else {
+        return axum::Json(serde_json::json!({ "status": "ready", "queue_depth": 0 }))
+            .into_response();
+    };
+    let depth = queue.depth();
+    let reachable = tokio::task::spawn_blocking(move || queue.reachable())
+        .await
+        .unwrap_or_else(|_| Err("the readiness check panicked".into()));
+    match reachable {
+        Ok(()) => axum::Json(serde_json::json!({ "status": "ready", "queue_depth": depth }))
+            .into_response(),
+        Err(reason) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({ "status": "unavailable", "reason": reason })),
+        )
+            .into_response(),
+    }
 }
 
 /// Starts the engine and the capability services, and loads every installation (running each

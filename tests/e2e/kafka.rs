@@ -139,6 +139,10 @@ fn on_kafka_every_acknowledged_event_is_stored_once_in_order_per_user_and_a_down
     let (status, body) = post(batch(5, 100, 1));
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["code"], "queue_unavailable", "{body}");
+    // Not ready while its broker is away, with the reason.
+    let (status, ready) = sluice.get("/ready");
+    assert_eq!(status, 503, "{ready}");
+    assert!(ready.contains("unavailable"), "{ready}");
     broker.tell("up");
     // Back up: the same request is accepted once the producer reconnects.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -151,6 +155,7 @@ fn on_kafka_every_acknowledged_event_is_stored_once_in_order_per_user_and_a_down
         assert!(Instant::now() < deadline, "never recovered: {body}");
     }
     acknowledged += 5;
+    assert_eq!(sluice.get("/ready").0, 200);
     let events = stored(&sluice, acknowledged);
     let uuids: BTreeSet<&str> = events.iter().map(|e| e["uuid"].as_str().unwrap()).collect();
     // A request refused while the broker was down may have delivered some of its events; their

@@ -24,7 +24,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_abi::wire::{self, BatchReader, BatchWriter, Field};
 use std::collections::BTreeMap;
@@ -159,6 +159,23 @@ impl Append for KafkaAppend {
 
     fn depth(&self) -> u64 {
         self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Whether a broker answers with the ingest topic's metadata.
+    fn reachable(&self) -> Result<(), String> {
+        let metadata = self
+            .producer
+            .client()
+            .fetch_metadata(Some(&self.topic), Duration::from_secs(1))
+            .map_err(|e| format!("the Kafka brokers do not answer: {e}"))?;
+        match metadata.topics().first().and_then(|t| t.error()) {
+            None => Ok(()),
+            Some(error) => Err(format!(
+                "topic {}: {:?}",
+                self.topic,
+                RDKafkaErrorCode::from(error)
+            )),
+        }
     }
 }
 

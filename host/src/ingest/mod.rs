@@ -70,6 +70,11 @@ pub trait Append: Send + Sync {
     /// Events appended and not yet acknowledged, and those of requests still waiting to be
     /// appended.
     fn depth(&self) -> u64;
+
+    /// Whether the backend can take events now (for `/ready`); blocks for at most a second.
+    fn reachable(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// One appended payload as the worker receives it.
