@@ -75,6 +75,18 @@ fn batch(users: usize, first: usize, count: usize) -> Vec<Value> {
         .collect()
 }
 
+/// Each user's event numbers (`n`), in storage order.
+fn per_user(events: &[Value]) -> BTreeMap<String, Vec<u64>> {
+    let mut users: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for event in events {
+        users
+            .entry(event["distinct_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(event["properties"]["n"].as_u64().unwrap());
+    }
+    users
+}
+
 /// Waits until team 1 has `count` stored events; returns them.
 fn stored(sluice: &Sluice, count: usize) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -114,13 +126,7 @@ fn on_kafka_every_acknowledged_event_is_stored_once_in_order_per_user_and_a_down
     let events = stored(&sluice, acknowledged);
     assert_eq!(events.len(), acknowledged, "nothing stored twice");
     // Per user, in the order sent (storage order).
-    let mut seen: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for event in &events {
-        seen.entry(event["distinct_id"].as_str().unwrap().to_owned())
-            .or_default()
-            .push(event["properties"]["n"].as_u64().unwrap());
-    }
-    for (user, ns) in &seen {
+    for (user, ns) in &per_user(&events) {
         assert_eq!(ns, &(0..30).collect::<Vec<u64>>(), "{user}");
     }
 
@@ -177,80 +183,18 @@ fn on_kafka_a_worker_killed_under_load_loses_nothing_and_stores_nothing_twice() 
         plain_team(1, "phc_one")
     );
     let mut sluice = Sluice::start(&config);
-    let client = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
-    let url = std::sync::Mutex::new(sluice.url.clone());
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    // Each round is one request of 10 users' next event; a round is acknowledged or not.
-    let acknowledged = std::thread::scope(|scope| {
-        let sender = scope.spawn(|| {
-            let mut acknowledged = Vec::new();
-            let mut round = 0;
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                let events = batch(10, round, 1);
-                let target = format!("{}/batch", url.lock().unwrap());
-                let sent = client
-                    .post(target)
-                    .body(json!({"api_key": "phc_one", "batch": events}).to_string())
-                    .send();
-                if sent.is_ok_and(|r| r.status() == 200) {
-                    acknowledged.push(round);
-                    round += 1;
-                }
-            }
-            acknowledged
-        });
+    let urls = std::sync::Mutex::new(vec![sluice.url.clone()]);
+    let acknowledged = under_load(&urls, || {
         for _ in 0..2 {
             std::thread::sleep(Duration::from_millis(1_500));
             sluice.restart();
-            *url.lock().unwrap() = sluice.url.clone();
+            *urls.lock().unwrap() = vec![sluice.url.clone()];
         }
-        std::thread::sleep(Duration::from_millis(1_000));
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        sender.join().unwrap()
     });
-    assert!(
-        acknowledged.len() > 20,
-        "only {} rounds acknowledged",
-        acknowledged.len()
-    );
-    let expected = acknowledged.len() * 10;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let events = loop {
-        let events = sluice.events(1);
-        let acked: usize = events
-            .iter()
-            .filter(|e| acknowledged.contains(&(e["properties"]["n"].as_u64().unwrap() as usize)))
-            .count();
-        if acked >= expected {
-            break events;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{acked} of {expected} acknowledged events stored"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let uuids: BTreeSet<&str> = events.iter().map(|e| e["uuid"].as_str().unwrap()).collect();
-    assert_eq!(uuids.len(), events.len(), "no event stored twice");
-    let mut seen: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for event in &events {
-        seen.entry(event["distinct_id"].as_str().unwrap().to_owned())
-            .or_default()
-            .push(event["properties"]["n"].as_u64().unwrap());
-    }
-    for (user, ns) in &seen {
-        assert!(
-            ns.windows(2).all(|w| w[0] < w[1]),
-            "{user} out of order: {ns:?}"
-        );
-    }
+    let (stored, users) = check_stored(&sluice, &acknowledged);
     eprintln!(
-        "killed twice: {} rounds ({expected} events) acknowledged, {} events stored, 0 duplicated, 0 out of order",
-        acknowledged.len(),
-        events.len()
+        "killed twice: {} events acknowledged, {stored} stored, 0 duplicated, 0 out of order across {users} users",
+        acknowledged.len() * 30
     );
 }
 
@@ -268,9 +212,9 @@ fn node(broker: &Broker, data: &std::path::Path, roles: &str) -> Sluice {
     Sluice::start_in_with(dir, &["--role", roles])
 }
 
-/// Sends rounds (one request of 30 users' next event) to the capture nodes in turn until `stop`;
-/// returns the rounds acknowledged with `200`.
-fn load(urls: &[String], stop: &std::sync::atomic::AtomicBool) -> Vec<usize> {
+/// Sends rounds (one request of 30 users' next event) to the capture nodes in turn (as `urls`
+/// holds them at each round) until `stop`; returns the rounds acknowledged with `200`.
+fn load(urls: &std::sync::Mutex<Vec<String>>, stop: &std::sync::atomic::AtomicBool) -> Vec<usize> {
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -278,7 +222,10 @@ fn load(urls: &[String], stop: &std::sync::atomic::AtomicBool) -> Vec<usize> {
     let mut acknowledged = Vec::new();
     let mut round = 0;
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-        let url = &urls[round % urls.len()];
+        let url = {
+            let urls = urls.lock().unwrap();
+            urls[round % urls.len()].clone()
+        };
         let body = json!({"api_key": "phc_one", "batch": batch(30, round, 1)}).to_string();
         let sent = client.post(format!("{url}/batch")).body(body).send();
         if sent.is_ok_and(|r| r.status() == 200) {
@@ -286,6 +233,25 @@ fn load(urls: &[String], stop: &std::sync::atomic::AtomicBool) -> Vec<usize> {
             round += 1;
         }
     }
+    acknowledged
+}
+
+/// Runs [`load`] on `urls` while `meanwhile` runs, and a second more; returns the rounds
+/// acknowledged (a good many, or the test fails).
+fn under_load(urls: &std::sync::Mutex<Vec<String>>, meanwhile: impl FnOnce()) -> Vec<usize> {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let acknowledged = std::thread::scope(|scope| {
+        let sender = scope.spawn(|| load(urls, &stop));
+        meanwhile();
+        std::thread::sleep(Duration::from_millis(1_000));
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        sender.join().unwrap()
+    });
+    assert!(
+        acknowledged.len() > 20,
+        "only {} rounds acknowledged",
+        acknowledged.len()
+    );
     acknowledged
 }
 
@@ -312,12 +278,7 @@ fn check_stored(reader: &Sluice, acknowledged: &[usize]) -> (usize, usize) {
     };
     let uuids: BTreeSet<&str> = events.iter().map(|e| e["uuid"].as_str().unwrap()).collect();
     assert_eq!(uuids.len(), events.len(), "no event stored twice");
-    let mut seen: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for event in &events {
-        seen.entry(event["distinct_id"].as_str().unwrap().to_owned())
-            .or_default()
-            .push(event["properties"]["n"].as_u64().unwrap());
-    }
+    let seen = per_user(&events);
     for (user, ns) in &seen {
         assert!(
             ns.windows(2).all(|w| w[0] < w[1]),
@@ -341,10 +302,8 @@ fn two_capture_and_two_worker_nodes_lose_nothing_when_a_worker_is_killed_or_a_th
         node(&broker, &data, "worker"),
         node(&broker, &data, "worker"),
     ];
-    let urls: Vec<String> = captures.iter().map(|c| c.url.clone()).collect();
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let acknowledged = std::thread::scope(|scope| {
-        let sender = scope.spawn(|| load(&urls, &stop));
+    let urls = std::sync::Mutex::new(captures.iter().map(|c| c.url.clone()).collect());
+    let acknowledged = under_load(&urls, || {
         std::thread::sleep(Duration::from_millis(2_000));
         // SIGKILL one worker mid-batch; start it again later.
         workers[0].crash();
@@ -354,15 +313,7 @@ fn two_capture_and_two_worker_nodes_lose_nothing_when_a_worker_is_killed_or_a_th
         let mut third = node(&broker, &data, "worker");
         std::thread::sleep(Duration::from_millis(3_000));
         third.stop();
-        std::thread::sleep(Duration::from_millis(1_000));
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        sender.join().unwrap()
     });
-    assert!(
-        acknowledged.len() > 20,
-        "only {} rounds acknowledged",
-        acknowledged.len()
-    );
     let (stored, users) = check_stored(&workers[1], &acknowledged);
     let (_, produced) = captures[0].get("/metrics");
     assert!(
