@@ -309,7 +309,8 @@ async fn accept(
 /// Reads at most `limit` bytes of body, each byte kept reserved in `held`. A larger body is
 /// read on and discarded (up to [`MAX_DISCARD_BYTES`]) so that the client, still uploading,
 /// receives the `413` instead of a reset connection; memory use stays bounded by `limit` either
-/// way. Past the budget, reading stops with [`CaptureError::Busy`].
+/// way. Past the budget, what the body held is given back and the rest is read and discarded the
+/// same way, and the answer is [`CaptureError::Busy`].
 async fn read_body(
     mut body: Body,
     limit: usize,
@@ -317,6 +318,7 @@ async fn read_body(
 ) -> Result<Vec<u8>, CaptureError> {
     let mut kept = Vec::new();
     let mut seen = 0usize;
+    let mut busy = false;
     while let Some(frame) = body.frame().await {
         let frame = frame
             .map_err(|e| CaptureError::InvalidPayload(format!("cannot read the body: {e}")))?;
@@ -324,15 +326,25 @@ async fn read_body(
             continue;
         };
         seen = seen.saturating_add(data.len());
-        if seen <= limit {
-            held.grow(data.len())?;
-            kept.extend_from_slice(&data);
+        if seen <= limit && !busy {
+            if held.grow(data.len()).is_ok() {
+                kept.extend_from_slice(&data);
+            } else {
+                // Past the budget: give back what this body holds and read the rest without
+                // keeping it, so the client reads the `503` instead of a reset connection.
+                busy = true;
+                held.release(kept.len());
+                kept = Vec::new();
+            }
         } else if seen > limit.saturating_add(MAX_DISCARD_BYTES) {
             break;
         }
     }
     if seen > limit {
         return Err(CaptureError::PayloadTooLarge(limit));
+    }
+    if busy {
+        return Err(CaptureError::Busy);
     }
     Ok(kept)
 }
