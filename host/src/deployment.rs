@@ -30,19 +30,27 @@ pub struct RunnerHandle {
 }
 
 impl RunnerHandle {
-    /// A runner that ends once `stop` is set; `wake` is notified to cut its sleep short.
-    pub fn new(
+    /// Starts `run` on a thread named `name` for `installation`; `run` ends once the flag it is
+    /// given is set, and `wake` (if any) is notified to cut its sleep short.
+    pub fn spawn(
+        name: String,
         installation: Arc<str>,
-        stop: Arc<AtomicBool>,
         wake: Option<Arc<Signal>>,
-        thread: JoinHandle<()>,
-    ) -> Self {
-        Self {
+        run: impl FnOnce(&AtomicBool) + Send + 'static,
+    ) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(move || run(&stop))?
+        };
+        Ok(Self {
             installation,
             stop,
             wake,
             thread,
-        }
+        })
     }
 
     /// Asks the runner to stop after the call it is in, without waiting.
@@ -171,16 +179,12 @@ mod tests {
 
     /// A runner for `installation` that spins until stopped.
     fn runner(installation: &str) -> RunnerHandle {
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            })
-        };
-        RunnerHandle::new(Arc::from(installation), stop, None, thread)
+        RunnerHandle::spawn("test".into(), Arc::from(installation), None, |stop| {
+            while !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+        .unwrap()
     }
 
     fn deployment(token: &str, team: u64) -> Deployment {

@@ -23,7 +23,6 @@ use crate::signal::Signal;
 use crate::store::StoreError;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 /// One plugin installation that exports events.
 pub struct ExportInstallation {
@@ -52,20 +51,13 @@ pub fn start(
         .map(|installation| {
             let source = source::SqliteSource::open(data_dir, stored.clone())?;
             let runner = runner::Runner::new(installation.clone(), data_dir, Box::new(source))?;
-            let stop = Arc::new(AtomicBool::new(false));
-            let thread = {
-                let stop = stop.clone();
-                std::thread::Builder::new()
-                    .name(format!("sluice-export-{}", installation.id))
-                    .spawn(move || runner.run(&stop))
-                    .map_err(|e| StoreError::Thread("an export runner", e))?
-            };
-            Ok(RunnerHandle::new(
+            RunnerHandle::spawn(
+                format!("sluice-export-{}", installation.id),
                 installation.id.clone(),
-                stop,
                 Some(stored.clone()),
-                thread,
-            ))
+                move |stop| runner.run(stop),
+            )
+            .map_err(|e| StoreError::Thread("an export runner", e))
         })
         .collect()
 }

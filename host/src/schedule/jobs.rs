@@ -372,6 +372,9 @@ mod tests {
     fn the_embedded_queue_keeps_the_contract_and_claims_each_job_once_under_contention() {
         let dir = tempfile::tempdir().unwrap();
         keeps_the_contract(&SqliteJobs::open(dir.path()).unwrap());
+        // Durable: a queue opened again has the jobs queued before.
+        let queued = SqliteJobs::open(dir.path()).unwrap().list(None).unwrap();
+        assert_eq!(queued.len(), 2);
 
         let other = tempfile::tempdir().unwrap();
         for _ in 0..50 {

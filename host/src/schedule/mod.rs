@@ -45,7 +45,6 @@ use crate::store::StoreError;
 use lock::RunLock;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 use timing::Schedule;
 
@@ -119,20 +118,13 @@ pub fn start(
                 lock.clone(),
                 holder,
             )?;
-            let stop = Arc::new(AtomicBool::new(false));
-            let thread = {
-                let stop = stop.clone();
-                std::thread::Builder::new()
-                    .name(format!("sluice-tasks-{}", installation.id))
-                    .spawn(move || runner.run(&stop))
-                    .map_err(StartError::Thread)?
-            };
-            Ok(RunnerHandle::new(
+            RunnerHandle::spawn(
+                format!("sluice-tasks-{}", installation.id),
                 installation.id.clone(),
-                stop,
                 None,
-                thread,
-            ))
+                move |stop| runner.run(stop),
+            )
+            .map_err(StartError::Thread)
         })
         .collect()
 }
