@@ -8,6 +8,7 @@
 #    posthog-node, posthog-js and playwright-core from npm, Debian's chromium), pinned,
 # 4. builds the s3s-fs S3-compatible server (crates.io, pinned) the export tests run, and the
 #    Kafka-protocol broker helper (tests/broker: librdkafka's mock cluster) the Kafka tests run,
+#    and installs Debian's clickhouse-server (the tests start their own, on free ports),
 # 5. checks formatting and lints, then runs all unit, SDK and end-to-end tests.
 # Reuses CARGO_TARGET_DIR when it is set (CI keeps one outside the clone); works from nothing.
 # Tools are cached outside the clone, keyed by version (SLUICE_TOOLS_DIR, default
@@ -60,6 +61,21 @@ if [ ! -x "$s3s" ]; then
     --root "$tools/s3s-fs-$s3s_version" --quiet
 fi
 export SLUICE_S3S_FS="$s3s"
+
+# ClickHouse for the tests of sluice at scale; each test starts its own server on free ports
+# with its data in a temp folder (tests/e2e/engines.rs).
+if [ ! -x /usr/sbin/clickhouse-server ]; then
+  echo "tests/run.sh: installing clickhouse-server" >&2
+  # Installed without starting Debian's own service: the tests start theirs and stop them.
+  added_policy=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    added_policy=1
+  fi
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clickhouse-server >/dev/null
+  [ -z "$added_policy" ] || rm -f /usr/sbin/policy-rc.d
+fi
+export SLUICE_CLICKHOUSE=/usr/sbin/clickhouse-server
 
 # A Kafka-protocol broker several sluice processes share (librdkafka's mock cluster).
 cargo build --locked -p sluice-test-broker

@@ -3,11 +3,13 @@
 //!
 //! The flow of one event, one module per stage: [`capture`] (PostHog-compatible HTTP API) →
 //! [`ingest`] (durable before acknowledging) → [`worker`] running each team's [`chain`] of plugins
-//! in the wasm [`runtime`] → [`sink`] (SQLite) → [`export`] (export plugins, from storage);
+//! in the wasm [`runtime`] → [`sink`] (SQLite, or topics the [`clickhouse`] loader inserts)
+//! → [`export`] (export plugins, from storage);
 //! [`schedule`] runs plugins' tasks and jobs on a clock. Host [`capabilities`] are what plugins
 //! may call; [`installations`] loads them all at start into one [`deployment`], the state the
 //! server swaps as a whole;
-//! [`store`] is the embedded database behind the ingest, the sink, the exports and the commands.
+//! [`store`] is the embedded database behind the ingest, the sink, the exports and the commands;
+//! [`kafka`] is what the Kafka clients share.
 //! `host/README.md` is the map.
 
 pub mod bindings;
@@ -15,12 +17,15 @@ pub mod capabilities;
 pub mod capture;
 pub mod chain;
 pub mod cli;
+pub mod clickhouse;
 pub mod config;
 pub mod deployment;
 pub mod export;
 pub mod ingest;
 pub mod installations;
+pub mod kafka;
 pub mod net;
+pub mod ready;
 pub mod retry;
 pub mod roles;
 pub mod runtime;

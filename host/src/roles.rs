@@ -13,6 +13,9 @@ pub enum Role {
     Capture,
     /// The worker: takes events from the ingest, runs the chains, stores the results.
     Worker,
+    /// The loader: inserts what workers stored on the topics into ClickHouse (with
+    /// `[clickhouse]` only).
+    Loader,
     /// The export runners.
     Exporter,
     /// The task and job runners.
@@ -24,6 +27,7 @@ impl fmt::Display for Role {
         f.write_str(match self {
             Role::Capture => "capture",
             Role::Worker => "worker",
+            Role::Loader => "loader",
             Role::Exporter => "exporter",
             Role::Scheduler => "scheduler",
         })
@@ -35,19 +39,20 @@ impl fmt::Display for Role {
 pub struct Roles(BTreeSet<Role>);
 
 impl Roles {
-    /// Every role: one process runs everything.
-    pub fn all() -> Self {
-        Self(
-            [Role::Capture, Role::Worker, Role::Exporter, Role::Scheduler]
-                .into_iter()
-                .collect(),
-        )
+    /// Every role `config`'s backends allow: one process runs everything.
+    pub fn all(config: &Config) -> Self {
+        let mut roles: BTreeSet<Role> =
+            [Role::Capture, Role::Worker, Role::Exporter, Role::Scheduler].into();
+        if config.clickhouse.is_some() {
+            roles.insert(Role::Loader);
+        }
+        Self(roles)
     }
 
-    /// The roles named; none named means all.
-    pub fn of(named: &[Role]) -> Self {
+    /// The roles named; none named means all that `config` allows.
+    pub fn of(named: &[Role], config: &Config) -> Self {
         if named.is_empty() {
-            Self::all()
+            Self::all(config)
         } else {
             Self(named.iter().copied().collect())
         }
@@ -59,8 +64,15 @@ impl Roles {
     }
 
     /// Why the node cannot run these roles on `config`'s backends, if it cannot: the embedded
-    /// queue lives in one process, so capture and worker split across nodes need `[kafka]`.
+    /// queue lives in one process, so capture and worker split across nodes need `[kafka]`; a
+    /// loader needs `[clickhouse]` to load into.
     pub fn check(&self, config: &Config) -> Result<(), String> {
+        if self.has(Role::Loader) && config.clickhouse.is_none() {
+            return Err(format!(
+                "--role loader inserts stored events into ClickHouse: add a [clickhouse] section to {}",
+                config.path.display()
+            ));
+        }
         let split = self.has(Role::Capture) != self.has(Role::Worker);
         if split && config.kafka.is_none() {
             return Err(format!(

@@ -2,19 +2,22 @@
 
 use crate::capabilities::{Background, Services, StartError};
 use crate::capture::{self, CaptureState};
+use crate::clickhouse::loader::Loader;
 use crate::config::{Config, ConfigError, Problem};
 use crate::deployment::{Current, Deployment};
 use crate::export;
-use crate::ingest::Append;
 use crate::ingest::kafka::{KafkaAppend, KafkaIngest};
 use crate::ingest::sqlite::Queue;
 use crate::installations;
+use crate::ready::Readiness;
 use crate::roles::{Role, Roles};
 use crate::runtime::{Runtime, RuntimeSettings};
 use crate::schedule::{self, lock::LocalLock};
 use crate::signal::Signal;
+use crate::sink::kafka::{KafkaLogs, KafkaSink, RowProducer};
 use crate::sink::sqlite::SqliteSink;
 use crate::store;
+use crate::store::logs::{LogStore, SqliteLogs};
 use crate::telemetry;
 use crate::worker::{self, WorkerSettings};
 use axum::Router;
@@ -53,6 +56,14 @@ pub async fn serve(
         "plugins loaded"
     );
 
+    if config.clickhouse.is_some() && roles.has(Role::Exporter) && !deployment.exports.is_empty() {
+        let names: Vec<&str> = deployment.exports.iter().map(|e| &*e.id).collect();
+        anyhow::bail!(
+            "{}: export installations ({}) read stored events from the embedded database, which [clickhouse] replaces; exports from ClickHouse are not supported yet: remove them from this config",
+            config.path.display(),
+            names.join(", ")
+        );
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let stored = Arc::new(Signal::default());
     if roles.has(Role::Exporter) {
@@ -82,36 +93,60 @@ pub async fn serve(
         stored: stored.clone(),
     };
     // The ingest: the embedded queue (capture and worker in this process), or the Kafka topic
-    // when the config names one (each side only where this node runs it).
-    let (queue, writer, worker): (Option<Arc<dyn Append>>, _, _) = match &config.kafka {
+    // when the config names one (each side only where this node runs it). The sink: the
+    // embedded database, or the stored topics when the config names ClickHouse.
+    let mut readiness = Readiness {
+        max_lag: config.kafka.as_ref().map_or(0, |kafka| kafka.ready_max_lag),
+        ..Readiness::default()
+    };
+    let (writer, worker) = match &config.kafka {
         None if roles.has(Role::Capture) => {
             let (queue, writer, reader) =
                 Queue::start(&config.server.data_dir, config.queue.max_depth_events)?;
             let sink = SqliteSink::open(&config.server.data_dir)?;
             let worker = worker::start(settings, reader, sink)?;
-            (Some(Arc::new(queue)), Some(writer), Some(worker))
+            readiness.append = Some(Arc::new(queue));
+            (Some(writer), Some(worker))
         }
-        None => (None, None, None),
+        None => (None, None),
         Some(kafka) => {
-            let kafka = kafka.settings();
             let worker = if roles.has(Role::Worker) {
-                let sink = SqliteSink::open(&config.server.data_dir)?;
-                Some(worker::start(settings, KafkaIngest::new(&kafka)?, sink)?)
+                let ingest = KafkaIngest::new(&kafka.settings())?;
+                readiness.lags.push(("worker", ingest.lag()));
+                Some(match row_producer(&config)? {
+                    Some(rows) => worker::start(settings, ingest, KafkaSink::new(rows))?,
+                    None => {
+                        worker::start(settings, ingest, SqliteSink::open(&config.server.data_dir)?)?
+                    }
+                })
             } else {
                 None
             };
-            let queue: Option<Arc<dyn Append>> = if roles.has(Role::Capture) {
-                Some(Arc::new(KafkaAppend::new(&kafka)?))
-            } else {
-                None
-            };
-            (queue, None, worker)
+            if roles.has(Role::Capture) {
+                readiness.append = Some(Arc::new(KafkaAppend::new(&kafka.settings())?));
+            }
+            (None, worker)
         }
     };
+    let loader = match (&config.kafka, &config.clickhouse) {
+        (Some(kafka), Some(clickhouse)) if roles.has(Role::Loader) => {
+            readiness.clickhouse = Some(clickhouse.settings());
+            let running = Loader {
+                brokers: kafka.brokers.clone(),
+                session_timeout: kafka.settings().session_timeout,
+                topics: clickhouse.topics(),
+                clickhouse: clickhouse.settings(),
+                settings: clickhouse.loader(),
+            }
+            .start(stop.clone())?;
+            readiness.lags.push(("loader", running.lag));
+            Some(running.thread)
+        }
+        _ => None,
+    };
 
-    let ready_queue = queue.clone();
     let mut app = Router::new();
-    if let Some(queue) = queue {
+    if let Some(queue) = readiness.append.clone() {
         let state = CaptureState::new(current.clone(), queue, config.capture.clone());
         app = app.merge(capture::routes(Arc::new(state)));
     }
@@ -120,7 +155,7 @@ pub async fn serve(
             "/health",
             get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
         )
-        .route("/ready", get(move || ready(ready_queue.clone())))
+        .route("/ready", get(move || readiness.clone().answer()))
         .route(
             "/metrics",
             get(move || async move {
@@ -148,8 +183,8 @@ pub async fn serve(
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     }
     stop.store(true, Ordering::SeqCst);
-    if let Some(worker) = worker {
-        let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+    for thread in worker.into_iter().chain(loader) {
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     }
     // Runners finish the call they are in; an unfinished batch is sent again after a restart, an
     // unfinished job runs again. Then every installation (and its services) goes, and the log
@@ -164,26 +199,20 @@ pub async fn serve(
     Ok(())
 }
 
-/// `/ready`: `200` with the queue depth when the ingest this node appends to can take events,
-/// else `503` with the reason.
-async fn ready(queue: Option<Arc<dyn Append>>) -> axum::response::Response {
-    let Some(queue) = queue else {
-        return axum::Json(serde_json::json!({ "status": "ready", "queue_depth": 0 }))
-            .into_response();
+/// What produces the stored topics when `config` names ClickHouse (else the embedded database
+/// stores).
+fn row_producer(config: &Config) -> anyhow::Result<Option<RowProducer>> {
+    let (Some(kafka), Some(clickhouse)) = (&config.kafka, &config.clickhouse) else {
+        return Ok(None);
     };
-    let depth = queue.depth();
-    let reachable = tokio::task::spawn_blocking(move || queue.reachable())
-        .await
-        .unwrap_or_else(|_| Err("the readiness check panicked".into()));
-    match reachable {
-        Ok(()) => axum::Json(serde_json::json!({ "status": "ready", "queue_depth": depth }))
-            .into_response(),
-        Err(reason) => (
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({ "status": "unavailable", "reason": reason })),
-        )
-            .into_response(),
-    }
+    // A row is an event as JSON inside JSON (escaped) or a dead letter's bytes in base64.
+    let max_row_bytes = kafka.max_event_bytes * 3;
+    Ok(Some(RowProducer::new(
+        &kafka.brokers,
+        clickhouse.topics(),
+        kafka.settings().delivery_timeout,
+        max_row_bytes,
+    )?))
 }
 
 /// Starts the engine and the capability services, and loads every installation (running each
@@ -200,12 +229,18 @@ fn load(config: Config) -> anyhow::Result<(Config, Runtime, Deployment, Backgrou
         path: config.path.clone(),
         problems,
     };
-    let (services, background) = Services::start(&config.capabilities, &config.server.data_dir)
-        .map_err(|error| match error {
-            StartError::Config { key, reason } => {
-                anyhow::Error::from(config_error(vec![Problem { key, reason }]))
+    let logs: Box<dyn LogStore> = match row_producer(&config)? {
+        Some(rows) => Box::new(KafkaLogs::new(rows)),
+        None => Box::new(SqliteLogs::open(&config.server.data_dir)?),
+    };
+    let (services, background) =
+        Services::start(&config.capabilities, &config.server.data_dir, logs).map_err(|error| {
+            match error {
+                StartError::Config { key, reason } => {
+                    anyhow::Error::from(config_error(vec![Problem { key, reason }]))
+                }
+                other => other.into(),
             }
-            other => other.into(),
         })?;
     let installed = installations::load(&runtime, &config, &services).map_err(config_error)?;
     let teams = config

@@ -1,66 +1,14 @@
-//! The Kafka ingest through the real binary: capture produces to a Kafka-protocol broker (the
-//! `sluice-test-broker` helper process, librdkafka's mock cluster on a localhost port, built by
-//! `tests/run.sh`), the worker consumes it as a member of the workers' group and stores.
+//! sluice at scale through the real binary: capture produces to a Kafka-protocol broker, the
+//! worker consumes it as a member of the workers' group and stores, into the embedded database
+//! or (with `[clickhouse]`) to the stored topics, which loaders insert into a real ClickHouse.
+//! See [`crate::engines`] for the broker and ClickHouse processes.
 
+use crate::engines::{Broker, ClickHouseServer};
 use crate::support::{Sluice, plain_team};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// A running `sluice-test-broker` with the ingest topic, stopped when dropped.
-struct Broker {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-    /// `bootstrap.servers`.
-    brokers: String,
-}
-
-impl Broker {
-    fn start() -> Self {
-        let path = std::env::var("SLUICE_TEST_BROKER").unwrap_or_else(|_| {
-            panic!("SLUICE_TEST_BROKER is not set: run the tests with tests/run.sh, which builds the broker helper")
-        });
-        let mut child = Command::new(&path)
-            .arg("sluice_ingest:4")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start the broker helper {path}: {e}"));
-        let stdin = child.stdin.take().unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let brokers = line
-            .trim()
-            .strip_prefix("brokers ")
-            .unwrap_or_else(|| panic!("the broker helper said {line:?}"))
-            .to_owned();
-        Self {
-            child,
-            stdin,
-            stdout,
-            brokers,
-        }
-    }
-
-    /// Sends `command` (`down`, `up`) and waits for its `ok`.
-    fn tell(&mut self, command: &str) {
-        writeln!(self.stdin, "{command}").unwrap();
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "ok", "{command}");
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// `count` events of user `user-<u>` for `u` in `users`, numbered `n` from `first` per user,
 /// each with its own uuid (as SDKs send), so a request sent again is the same events.
@@ -198,15 +146,15 @@ fn on_kafka_a_worker_killed_under_load_loses_nothing_and_stores_nothing_twice() 
     );
 }
 
-/// A node with `roles` on the broker, storing into the shared data folder `data`.
-fn node(broker: &Broker, data: &std::path::Path, roles: &str) -> Sluice {
+/// A node with `roles` and its own data folder, on the broker, storing into `clickhouse`, with
+/// team 1's chain `team` (a `[[teams]]` table).
+fn node(broker: &Broker, clickhouse: &ClickHouseServer, team: &str, roles: &str) -> Sluice {
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nworkers = 1\n\
-         [kafka]\nbrokers = \"{}\"\nsession_timeout_ms = 6000\n{}",
-        data.display(),
+        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nworkers = 1\n\
+         [kafka]\nbrokers = \"{}\"\nsession_timeout_ms = 6000\n{}{team}",
         broker.brokers,
-        plain_team(1, "phc_one")
+        clickhouse.section(),
     );
     std::fs::write(dir.path().join("sluice.toml"), config).unwrap();
     Sluice::start_in_with(dir, &["--role", roles])
@@ -289,19 +237,15 @@ fn check_stored(reader: &Sluice, acknowledged: &[usize]) -> (usize, usize) {
 }
 
 #[test]
-fn two_capture_and_two_worker_nodes_lose_nothing_when_a_worker_is_killed_or_a_third_joins_and_leaves()
+fn two_capture_and_two_worker_nodes_on_clickhouse_lose_nothing_when_a_worker_is_killed_or_a_third_joins_and_leaves()
  {
     let broker = Broker::start();
-    let shared = tempfile::tempdir().unwrap();
-    let data = shared.path().join("data");
-    let captures = [
-        node(&broker, &data, "capture"),
-        node(&broker, &data, "capture"),
-    ];
-    let mut workers = [
-        node(&broker, &data, "worker"),
-        node(&broker, &data, "worker"),
-    ];
+    let clickhouse = ClickHouseServer::start();
+    let team = plain_team(1, "phc_one");
+    let node = |roles| node(&broker, &clickhouse, &team, roles);
+    let captures = [node("capture"), node("capture")];
+    // Each worker node loads too, so the kill interrupts a worker and a loader.
+    let mut workers = [node("worker,loader"), node("worker,loader")];
     let urls = std::sync::Mutex::new(captures.iter().map(|c| c.url.clone()).collect());
     let acknowledged = under_load(&urls, || {
         std::thread::sleep(Duration::from_millis(2_000));
@@ -310,7 +254,7 @@ fn two_capture_and_two_worker_nodes_lose_nothing_when_a_worker_is_killed_or_a_th
         std::thread::sleep(Duration::from_millis(2_000));
         workers[0].restart();
         // A third worker joins under load, then leaves (shut down with SIGTERM).
-        let mut third = node(&broker, &data, "worker");
+        let mut third = node("worker,loader");
         std::thread::sleep(Duration::from_millis(3_000));
         third.stop();
     });
@@ -322,12 +266,16 @@ fn two_capture_and_two_worker_nodes_lose_nothing_when_a_worker_is_killed_or_a_th
     );
     let (_, consumed) = workers[1].get("/metrics");
     assert!(
-        consumed.contains("sluice_ingest_consumer_lag_events{partition="),
+        consumed.contains("sluice_kafka_consumer_lag_events{topic=\"sluice_ingest\",partition=")
+            && consumed.contains("sluice_loader_insert_seconds"),
         "{consumed}"
     );
+    // Loaded more than once somewhere (the kill), kept once.
+    let loaded = clickhouse.query("SELECT count() FROM sluice.events");
     eprintln!(
-        "2 capture + 2 worker nodes, one worker killed and restarted, a third joined and left: {} events acknowledged, {stored} stored, 0 duplicated, 0 out of order across {users} users",
-        acknowledged.len() * 30
+        "2 capture + 2 worker/loader nodes on ClickHouse, one killed and restarted, a third joined and left: {} events acknowledged, {} rows loaded, {stored} stored after de-duplication, 0 duplicated, 0 out of order across {users} users",
+        acknowledged.len() * 30,
+        loaded.trim(),
     );
 }
 
@@ -357,19 +305,17 @@ fn capture_and_worker_apart_without_a_shared_ingest_is_refused_with_the_reason()
 }
 
 #[test]
-fn on_kafka_a_poison_event_is_dead_lettered_as_in_the_embedded_mode_and_the_rest_flows() {
+fn at_scale_a_poison_event_is_dead_lettered_in_clickhouse_as_in_the_embedded_mode_and_the_rest_flows()
+ {
     let broker = Broker::start();
-    let config = format!(
-        "[kafka]\nbrokers = \"{}\"\nsession_timeout_ms = 6000\n{}",
-        broker.brokers,
-        crate::support::team_with_plugin(
-            1,
-            "phc_one",
-            "adversary",
-            "config = { mode = \"panic\" }\non_error = \"dead_letter\"",
-        )
+    let clickhouse = ClickHouseServer::start();
+    let team = crate::support::team_with_plugin(
+        1,
+        "phc_one",
+        "adversary",
+        "config = { mode = \"panic\" }\non_error = \"dead_letter\"",
     );
-    let sluice = Sluice::start(&config);
+    let sluice = node(&broker, &clickhouse, &team, "capture,worker,loader");
     let mut events = batch(10, 0, 3);
     events.push(json!({"event": "attack", "distinct_id": "mallory",
                        "uuid": "0190a000-0000-7000-8000-999999999999"}));
@@ -393,5 +339,54 @@ fn on_kafka_a_poison_event_is_dead_lettered_as_in_the_embedded_mode_and_the_rest
     assert!(
         letters[0]["error"].as_str().unwrap().contains("panicked"),
         "{letters:?}"
+    );
+}
+
+/// The value of the metric line starting with `name ` in `metrics` (0 when absent).
+fn metric(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn a_clickhouse_outage_never_stops_ingestion_and_the_loader_catches_up_without_loss_or_duplicates()
+{
+    let broker = Broker::start();
+    let mut clickhouse = ClickHouseServer::start();
+    let team = plain_team(1, "phc_one");
+    let sluice = node(&broker, &clickhouse, &team, "capture,worker,loader");
+    let processed = || metric(&sluice.get("/metrics").1, "sluice_worker_events_in_total");
+    let urls = std::sync::Mutex::new(vec![sluice.url.clone()]);
+    let acknowledged = under_load(&urls, || {
+        std::thread::sleep(Duration::from_millis(1_500));
+        clickhouse.kill();
+        let before = processed();
+        std::thread::sleep(Duration::from_millis(4_000));
+        // Capture and the worker go on; the loader waits, and /ready says why.
+        assert!(
+            processed() > before,
+            "the worker stopped while ClickHouse was down"
+        );
+        let (status, ready) = sluice.get("/ready");
+        assert_eq!(status, 503, "{ready}");
+        assert!(ready.contains("ClickHouse cannot be reached"), "{ready}");
+        clickhouse.resume();
+    });
+    let (stored, users) = check_stored(&sluice, &acknowledged);
+    let (_, metrics) = sluice.get("/metrics");
+    assert!(
+        metric(&metrics, "sluice_loader_insert_failures_total") >= 1.0,
+        "{metrics}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sluice.get("/ready").0 != 200 {
+        assert!(Instant::now() < deadline, "{}", sluice.get("/ready").1);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "ClickHouse down 4 s under load: {} events acknowledged, {stored} stored after it came back, 0 duplicated, 0 out of order across {users} users",
+        acknowledged.len() * 30
     );
 }

@@ -13,6 +13,7 @@ mod cli;
 mod compat;
 mod contract;
 mod durability;
+mod engines;
 mod examples;
 mod exports;
 mod isolation;

@@ -24,9 +24,10 @@ impl Served {
             .unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let roles = sluice::roles::Roles::all(&config);
         let server = runtime.spawn(sluice::server::serve(
             config,
-            sluice::roles::Roles::all(),
+            roles,
             async move {
                 let _ = stopped.await;
             },

@@ -375,13 +375,14 @@ impl Background {
 }
 
 impl Services {
-    /// Starts every backend for `settings`, with their data in `data_dir`.
+    /// Starts every backend for `settings`, with their data in `data_dir` and plugin log lines
+    /// written to `logs`.
     pub fn start(
         settings: &Settings,
         data_dir: &Path,
+        logs: Box<dyn crate::store::logs::LogStore>,
     ) -> Result<(Arc<Self>, Background), StartError> {
-        let (logs, log_writer) =
-            log::LogSink::start(Box::new(crate::store::logs::SqliteLogs::open(data_dir)?))?;
+        let (logs, log_writer) = log::LogSink::start(logs)?;
         let services = Self {
             logs: Some(logs),
             storage: Some(Arc::new(storage::SqliteStorage::open(data_dir)?)),

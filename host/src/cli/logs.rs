@@ -1,10 +1,19 @@
 //! `sluice logs`.
 
-use super::{Read, print_lines};
-use crate::store::logs::{LogQuery, LogStore, SqliteLogs};
+use super::{Read, Stored, print_lines};
+use crate::clickhouse;
+use crate::store::logs::{LogQuery, SqliteLogs};
 
 /// Prints plugin log lines (of `installation`, if given), then, with `follow`, each new one.
 pub(super) fn print(read: &Read, installation: Option<&str>, follow: bool) -> anyhow::Result<()> {
+    if let Stored::ClickHouse(ch) = read.stored()? {
+        anyhow::ensure!(
+            !follow,
+            "--follow reads the embedded database; with [clickhouse], lines reach ClickHouse out of order (each loader batch at its own time), so following them is not supported: run without --follow"
+        );
+        let lines = clickhouse::read::recent_logs(&ch, read.team, installation, read.limit)?;
+        return print_lines(lines);
+    }
     let logs = SqliteLogs::open(&read.data_dir()?)?;
     let mut query = LogQuery {
         team: read.team,

@@ -6,8 +6,10 @@ mod logs;
 mod recordings;
 mod tasks;
 
+use crate::clickhouse::{self, ClickHouse};
 use crate::config::Config;
 use crate::roles::{Role, Roles};
+use crate::store::read::{StoredDeadLetter, StoredEvent};
 use crate::{server, store, telemetry};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -131,9 +133,45 @@ impl Scope {
     }
 }
 
+/// Where a config's events, recordings, dead letters and logs are stored.
+enum Stored {
+    /// The embedded database.
+    Embedded(rusqlite::Connection),
+    /// ClickHouse (`[clickhouse]`).
+    ClickHouse(ClickHouse),
+}
+
+impl Stored {
+    /// The store `config` names.
+    fn of(config: &Config) -> anyhow::Result<Self> {
+        Ok(match &config.clickhouse {
+            Some(clickhouse) => Self::ClickHouse(ClickHouse::new(&clickhouse.settings())?),
+            None => Self::Embedded(open_existing(config)?),
+        })
+    }
+
+    fn events(&self, team: Option<u64>, limit: usize) -> anyhow::Result<Vec<StoredEvent>> {
+        Ok(match self {
+            Self::Embedded(conn) => store::read::recent_events(conn, team, limit)?,
+            Self::ClickHouse(ch) => clickhouse::read::recent_events(ch, team, limit)?,
+        })
+    }
+
+    fn dead_letters(
+        &self,
+        team: Option<u64>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<StoredDeadLetter>> {
+        Ok(match self {
+            Self::Embedded(conn) => store::read::recent_dead_letters(conn, team, limit)?,
+            Self::ClickHouse(ch) => clickhouse::read::recent_dead_letters(ch, team, limit)?,
+        })
+    }
+}
+
 impl Read {
-    fn open(&self) -> anyhow::Result<rusqlite::Connection> {
-        open_existing(&load(&self.config)?)
+    fn stored(&self) -> anyhow::Result<Stored> {
+        Stored::of(&load(&self.config)?)
     }
 
     fn data_dir(&self) -> anyhow::Result<PathBuf> {
@@ -163,33 +201,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { config, role } => {
             let config = load(&config)?;
             let runtime = tokio::runtime::Runtime::new()?;
-            let roles = Roles::of(&role);
+            let roles = Roles::of(&role, &config);
             runtime.block_on(server::serve(config, roles, shutdown_signal(), |addr| {
                 println!("listening on http://{addr}");
                 let _ = std::io::stdout().flush();
             }))
         }
-        Command::Events(read) => print_lines(store::read::recent_events(
-            &read.open()?,
-            read.team,
-            read.limit,
-        )?),
+        Command::Events(read) => print_lines(read.stored()?.events(read.team, read.limit)?),
         Command::Recordings { read, session } => recordings::print(&read, session.as_deref()),
         Command::Logs {
             read,
             installation,
             follow,
         } => logs::print(&read, installation.as_deref(), follow),
-        Command::DeadLetters(read) => print_lines(store::read::recent_dead_letters(
-            &read.open()?,
-            read.team,
-            read.limit,
-        )?),
-        Command::Quarantine(read) => print_lines(store::read::recent_quarantined(
-            &read.open()?,
-            read.team,
-            read.limit,
-        )?),
+        Command::DeadLetters(read) => {
+            print_lines(read.stored()?.dead_letters(read.team, read.limit)?)
+        }
+        Command::Quarantine(read) => {
+            let config = load(&read.config)?;
+            anyhow::ensure!(
+                config.clickhouse.is_none(),
+                "with [clickhouse], ingest messages that cannot be read are dead letters of installation {}: see `sluice dead-letters --config {}`",
+                clickhouse::rows::INGEST,
+                read.config.display()
+            );
+            print_lines(store::read::recent_quarantined(
+                &open_existing(&config)?,
+                read.team,
+                read.limit,
+            )?)
+        }
         Command::Exports { action, config } => exports::run(action, config),
         Command::Tasks { action, list } => tasks::run(action, list),
         Command::Jobs { action, list } => jobs::run(action, list),

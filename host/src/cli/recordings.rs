@@ -1,6 +1,7 @@
 //! `sluice recordings`: stored recordings, and, for one session, what was archived of it.
 
-use super::{Read, load, open_existing, print_lines};
+use super::{Read, Stored, load, open_existing, print_lines};
+use crate::clickhouse;
 use crate::store::read::{self, StoredRecording};
 use anyhow::Context;
 use flate2::read::GzDecoder;
@@ -14,6 +15,11 @@ const ARCHIVE_DEADLINE: Duration = Duration::from_secs(60);
 /// Prints the newest `read.limit` recording events (of `session`, archived ones included).
 pub(super) fn print(read: &Read, session: Option<&str>) -> anyhow::Result<()> {
     let config = load(&read.config)?;
+    if let Stored::ClickHouse(ch) = Stored::of(&config)? {
+        // The retention plugin (which archives) needs the embedded database.
+        let lines = clickhouse::read::recent_recordings(&ch, read.team, session, read.limit)?;
+        return print_lines(lines);
+    }
     let conn = open_existing(&config)?;
     let mut lines: Vec<StoredRecording> = Vec::new();
     if let Some(session) = session {

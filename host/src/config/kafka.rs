@@ -28,6 +28,10 @@ pub struct KafkaConfig {
     /// How long a worker may go silent before its partitions move to the other workers.
     #[serde(default = "default_session_timeout_ms")]
     pub session_timeout_ms: u64,
+    /// A worker or loader further behind its topics than this many messages answers `/ready`
+    /// with `503` (it is alive, but not caught up).
+    #[serde(default = "default_ready_max_lag")]
+    pub ready_max_lag: u64,
 }
 
 fn default_topic() -> String {
@@ -48,6 +52,10 @@ fn default_delivery_timeout_ms() -> u64 {
 
 fn default_session_timeout_ms() -> u64 {
     10_000
+}
+
+fn default_ready_max_lag() -> u64 {
+    100_000
 }
 
 impl KafkaConfig {

@@ -11,6 +11,7 @@
 
 mod breaker;
 mod capture;
+mod clickhouse;
 mod export;
 mod ids;
 mod kafka;
@@ -21,6 +22,7 @@ mod teams;
 
 pub use breaker::BreakerConfig;
 pub use capture::CaptureConfig;
+pub use clickhouse::ClickHouseConfig;
 pub use export::ExportConfig;
 pub use ids::{InstallationId, MAX_TOKEN_LEN, Token};
 pub use kafka::KafkaConfig;
@@ -50,6 +52,8 @@ pub struct Config {
     pub queue: QueueConfig,
     /// The Kafka ingest, if the file names one (else the embedded queue).
     pub kafka: Option<KafkaConfig>,
+    /// ClickHouse storage, if the file names it (else the embedded database).
+    pub clickhouse: Option<ClickHouseConfig>,
     /// The sections capabilities own (`[geoip]`...).
     pub capabilities: capabilities::Settings,
     /// Teams, their tokens and plugin chains.
@@ -145,7 +149,7 @@ impl Collector {
 }
 
 /// The sections sluice itself reads; capabilities add theirs.
-const OWN_SECTIONS: [&str; 4] = ["server", "capture", "queue", "kafka"];
+const OWN_SECTIONS: [&str; 5] = ["server", "capture", "queue", "kafka", "clickhouse"];
 
 impl Config {
     /// Reads and validates `path`; `env` looks up environment overrides.
@@ -192,10 +196,17 @@ impl Config {
         let capture: CaptureConfig = c.section(table, "capture");
         let queue = queue::load(&mut c, table);
         let kafka = kafka::load(&mut c, table);
+        let clickhouse = clickhouse::load(&mut c, table, kafka.is_some(), env);
         let capabilities = capabilities::Settings::load(&mut c, table, base, env);
         let teams = teams::load(&mut c, table.get("teams"), base);
         for installation in teams.iter().flat_map(|t| &t.plugins) {
             capabilities.check_grants(&mut c, &installation.key, &installation.grants);
+            if clickhouse.is_some() && installation.grants.allows("recordings") {
+                c.add(
+                    format!("{}.grants", installation.key),
+                    "the recordings capability reads recordings from the embedded database, which [clickhouse] replaces; it is not available with [clickhouse] yet",
+                );
+            }
             if installation.memory_mb > server.max_instance_memory_mb {
                 c.add(
                     format!("{}.memory_mb", installation.key),
@@ -213,6 +224,7 @@ impl Config {
             capture,
             queue,
             kafka,
+            clickhouse,
             capabilities,
             teams,
         })
@@ -327,6 +339,49 @@ mod tests {
             text.contains("not a usable project token (personal_api_key)"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn clickhouse_needs_kafka_a_usable_url_and_no_recordings_grant() {
+        let error = load(
+            r#"
+            [clickhouse]
+            url = "127.0.0.1:8123"
+            database = "my-db"
+            batch_rows = 0
+            [[teams]]
+            id = 1
+            token = "phc_abc"
+            [[teams.plugins]]
+            id = "retention"
+            plugin = "p.wasm"
+            grants = ["recordings"]
+            "#,
+            &[],
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = error.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "clickhouse",
+                "clickhouse.url",
+                "clickhouse.database",
+                "clickhouse.batch_rows",
+                "teams[0].plugins[0].grants",
+            ],
+            "{error}"
+        );
+
+        let config = load(
+            "[kafka]\nbrokers = \"b:9092\"\n[clickhouse]\nurl = \"http://ch:8123\"\n",
+            &[("SLUICE_CLICKHOUSE_PASSWORD", "secret")],
+        )
+        .unwrap();
+        let clickhouse = config.clickhouse.unwrap();
+        assert_eq!(clickhouse.settings().password.as_deref(), Some("secret"));
+        assert_eq!(clickhouse.topics().events, "sluice_events");
+        assert_eq!(clickhouse.loader().batch_rows, 50_000);
     }
 
     #[test]

@@ -20,20 +20,13 @@
 use super::{
     Append, AppendError, Appended, Appending, Ingest, IngestError, Ingested, Polled, Receipt,
 };
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use crate::kafka::{self, GroupConsumer, Offsets};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::{Offset, TopicPartitionList};
 use sluice_abi::wire::{self, BatchReader, BatchWriter, Field};
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
-
-/// How long a poll waits for more messages once it has one.
-const FILL_WAIT: Duration = Duration::from_millis(10);
 
 /// Where the ingest topic is and how it is used.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,24 +57,12 @@ pub struct KafkaAppend {
 impl KafkaAppend {
     /// A producer for `settings`.
     pub fn new(settings: &KafkaSettings) -> Result<Self, KafkaError> {
-        let producer = ClientConfig::new()
-            .set("bootstrap.servers", &settings.brokers)
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("compression.type", "lz4")
-            .set("linger.ms", "20")
-            .set(
-                "message.timeout.ms",
-                settings.delivery_timeout.as_millis().to_string(),
-            )
-            // Room for the message's own framing beyond the event.
-            .set(
-                "message.max.bytes",
-                (settings.max_event_bytes + 64 * 1024).to_string(),
-            )
-            .create()?;
         Ok(Self {
-            producer,
+            producer: kafka::producer(
+                &settings.brokers,
+                settings.delivery_timeout,
+                settings.max_event_bytes,
+            )?,
             topic: settings.topic.clone(),
             max_event_bytes: settings.max_event_bytes,
             in_flight: Arc::default(),
@@ -129,27 +110,25 @@ impl Append for KafkaAppend {
                 .fetch_add(events.len() as u64, Ordering::SeqCst);
             let _counted = InFlight(self.in_flight.clone(), events.len() as u64);
             let started = std::time::Instant::now();
-            let mut deliveries = Vec::with_capacity(events.len());
-            for event in &events {
-                let distinct_id = event.text(Field::DistinctId).map_err(unreadable)?;
-                let key = format!("{}:{}", appended.token, distinct_id.unwrap_or_default());
-                let record = FutureRecord::to(&self.topic)
-                    .key(&key)
-                    .payload(event.body());
-                let delivery = self
-                    .producer
-                    .send_result(record)
-                    .map_err(|(error, _)| append_error(&error))?;
-                deliveries.push(delivery);
-            }
-            for delivery in deliveries {
-                let failed = match delivery.await {
-                    Ok(Ok(_)) => continue,
-                    Ok(Err((error, _))) => append_error(&error),
-                    Err(_) => AppendError::Unavailable("the producer stopped".into()),
-                };
+            let keys = events
+                .iter()
+                .map(|event| {
+                    let distinct_id = event.text(Field::DistinctId).map_err(unreadable)?;
+                    Ok(format!(
+                        "{}:{}",
+                        appended.token,
+                        distinct_id.unwrap_or_default()
+                    ))
+                })
+                .collect::<Result<Vec<_>, AppendError>>()?;
+            let records = events.iter().zip(&keys).map(|(event, key)| {
+                FutureRecord::to(&self.topic)
+                    .key(key.as_str())
+                    .payload(event.body())
+            });
+            if let Err(error) = kafka::deliver(&self.producer, records).await {
                 metrics::counter!("sluice_ingest_delivery_failures_total").increment(1);
-                return Err(failed);
+                return Err(append_error(&error));
             }
             metrics::histogram!("sluice_ingest_produce_seconds")
                 .record(started.elapsed().as_secs_f64());
@@ -163,39 +142,33 @@ impl Append for KafkaAppend {
 
     /// Whether a broker answers with the ingest topic's metadata.
     fn reachable(&self) -> Result<(), String> {
-        let metadata = self
-            .producer
-            .client()
-            .fetch_metadata(Some(&self.topic), Duration::from_secs(1))
-            .map_err(|e| format!("the Kafka brokers do not answer: {e}"))?;
-        match metadata.topics().first().and_then(|t| t.error()) {
-            None => Ok(()),
-            Some(error) => Err(format!(
-                "topic {}: {:?}",
-                self.topic,
-                RDKafkaErrorCode::from(error)
-            )),
-        }
+        topic_reachable(&self.producer, &self.topic)
     }
 }
 
-/// How often the worker measures its consumer lag.
-const LAG_EVERY: Duration = Duration::from_secs(5);
+/// Whether a broker of `producer` answers with `topic`'s metadata, within a second.
+pub fn topic_reachable(producer: &FutureProducer, topic: &str) -> Result<(), String> {
+    let metadata = producer
+        .client()
+        .fetch_metadata(Some(topic), Duration::from_secs(1))
+        .map_err(|e| format!("the Kafka brokers do not answer: {e}"))?;
+    match metadata.topics().first().and_then(|t| t.error()) {
+        None => Ok(()),
+        Some(error) => Err(format!(
+            "topic {topic}: {:?}",
+            RDKafkaErrorCode::from(error)
+        )),
+    }
+}
 
 /// The worker side: one member of the workers' consumer group.
 pub struct KafkaIngest {
-    consumer: BaseConsumer,
-    topic: String,
-    /// Where each partition of the last round not acknowledged began, to read it again.
-    unacknowledged: Option<BTreeMap<i32, i64>>,
-    lag_measured: Option<std::time::Instant>,
+    consumer: GroupConsumer,
 }
 
-/// Commits the offsets after the last message of each partition of one round.
+/// Commits the offset after the last message of each partition of one round.
 #[derive(Debug)]
-pub struct KafkaReceipt {
-    next: BTreeMap<i32, i64>,
-}
+pub struct KafkaReceipt(Offsets);
 
 impl Receipt for KafkaReceipt {}
 
@@ -206,74 +179,19 @@ fn unavailable(error: KafkaError) -> IngestError {
 impl KafkaIngest {
     /// Joins the consumer group of `settings` on its topic.
     pub fn new(settings: &KafkaSettings) -> Result<Self, KafkaError> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &settings.brokers)
-            .set("group.id", &settings.group)
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false")
-            .set(
-                "session.timeout.ms",
-                settings.session_timeout.as_millis().to_string(),
-            )
-            .set(
-                "heartbeat.interval.ms",
-                (settings.session_timeout.as_millis() / 4)
-                    .max(100)
-                    .to_string(),
-            )
-            .create()?;
-        consumer.subscribe(&[&settings.topic])?;
         Ok(Self {
-            consumer,
-            topic: settings.topic.clone(),
-            unacknowledged: None,
-            lag_measured: None,
+            consumer: GroupConsumer::join(
+                &settings.brokers,
+                &settings.group,
+                &[&settings.topic],
+                settings.session_timeout,
+            )?,
         })
     }
 
-    /// Sets `sluice_ingest_consumer_lag_events` for each assigned partition (the messages after
-    /// this worker's position), at most every [`LAG_EVERY`]; a failure only skips a sample.
-    fn measure_lag(&mut self) {
-        if self.lag_measured.is_some_and(|at| at.elapsed() < LAG_EVERY) {
-            return;
-        }
-        self.lag_measured = Some(std::time::Instant::now());
-        let Ok(positions) = self.consumer.position() else {
-            return;
-        };
-        for element in positions.elements_for_topic(&self.topic) {
-            let partition = element.partition();
-            let Ok((low, high)) =
-                self.consumer
-                    .fetch_watermarks(&self.topic, partition, Duration::from_secs(1))
-            else {
-                continue;
-            };
-            let position = match element.offset() {
-                Offset::Offset(offset) => offset,
-                _ => low,
-            };
-            metrics::gauge!("sluice_ingest_consumer_lag_events", "partition" => partition.to_string())
-                .set((high - position).max(0) as f64);
-        }
-    }
-
-    /// Moves each partition of the round not acknowledged back to where it began.
-    fn rewind(&mut self) -> Result<(), IngestError> {
-        if let Some(starts) = self.unacknowledged.take() {
-            for (partition, offset) in starts {
-                self.consumer
-                    .seek(
-                        &self.topic,
-                        partition,
-                        Offset::Offset(offset),
-                        Duration::from_secs(5),
-                    )
-                    .map_err(unavailable)?;
-            }
-        }
-        Ok(())
+    /// This worker's consumer lag, as last measured (-1 until measured).
+    pub fn lag(&self) -> Arc<AtomicI64> {
+        self.consumer.lag()
     }
 }
 
@@ -285,60 +203,43 @@ impl Ingest for KafkaIngest {
         max_events: usize,
         wait: Duration,
     ) -> Result<Option<Polled<KafkaReceipt>>, IngestError> {
-        self.rewind()?;
-        self.measure_lag();
-        let mut batches = Vec::new();
-        let mut starts = BTreeMap::new();
-        let mut next = BTreeMap::new();
-        let mut timeout = wait;
-        while batches.len() < max_events {
-            let Some(message) = self.consumer.poll(timeout) else {
-                break;
-            };
-            let message = message.map_err(unavailable)?;
-            // Take what is arriving with it too, but do not wait for more.
-            timeout = FILL_WAIT;
-            let body = message.payload().unwrap_or_default();
-            let mut encoded = Vec::with_capacity(body.len() + 4);
-            encoded.extend_from_slice(&(body.len() as u32).to_le_bytes());
-            encoded.extend_from_slice(body);
-            // An unreadable message still goes to the worker, which quarantines it.
-            let team_id = wire::parse_encoded(&encoded).map_or(0, |raw| raw.team_id());
-            let mut batch = BatchWriter::with_capacity(encoded.len());
-            batch.push_encoded(&encoded);
-            starts
-                .entry(message.partition())
-                .or_insert(message.offset());
-            next.insert(message.partition(), message.offset() + 1);
-            batches.push(Ingested {
-                position: format!("{}:{}", message.partition(), message.offset()),
-                team_id,
-                events: 1,
-                payload: batch.finish(),
-            });
-        }
-        if batches.is_empty() {
+        // A round not acknowledged is read again.
+        self.consumer.rewind().map_err(unavailable)?;
+        let mut offsets = Offsets::default();
+        let messages = self
+            .consumer
+            .poll(max_events, wait, &mut offsets)
+            .map_err(unavailable)?;
+        if messages.is_empty() {
             return Ok(None);
         }
-        self.unacknowledged = Some(starts);
+        let batches: Vec<Ingested> = messages
+            .into_iter()
+            .map(|message| {
+                let mut encoded = Vec::with_capacity(message.payload.len() + 4);
+                encoded.extend_from_slice(&(message.payload.len() as u32).to_le_bytes());
+                encoded.extend_from_slice(&message.payload);
+                // An unreadable message still goes to the worker, which quarantines it.
+                let team_id = wire::parse_encoded(&encoded).map_or(0, |raw| raw.team_id());
+                let mut batch = BatchWriter::with_capacity(encoded.len());
+                batch.push_encoded(&encoded);
+                Ingested {
+                    position: format!("{}:{}", message.partition, message.offset),
+                    team_id,
+                    events: 1,
+                    payload: batch.finish(),
+                }
+            })
+            .collect();
         Ok(Some(Polled {
             events: batches.len() as u64,
             batches,
-            receipt: KafkaReceipt { next },
+            receipt: KafkaReceipt(offsets),
         }))
     }
 
     fn ack(&mut self, receipt: KafkaReceipt) -> Result<(), IngestError> {
-        let mut offsets = TopicPartitionList::new();
-        for (partition, next) in &receipt.next {
-            offsets
-                .add_partition_offset(&self.topic, *partition, Offset::Offset(*next))
-                .map_err(unavailable)?;
-        }
-        self.unacknowledged = None;
-        self.consumer
-            .commit(&offsets, CommitMode::Sync)
-            .map_err(unavailable)
+        self.consumer.commit(receipt.0).map_err(unavailable)
     }
 }
 
@@ -347,6 +248,7 @@ impl Ingest for KafkaIngest {
 mod tests {
     use super::*;
     use rdkafka::mocking::MockCluster;
+    use std::collections::BTreeMap;
 
     fn settings(brokers: String) -> KafkaSettings {
         KafkaSettings {

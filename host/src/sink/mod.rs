@@ -22,6 +22,7 @@
 //! - If the ingest lives in the same store, the sink settles the poll's [`Receipt`] in the
 //!   same transaction (the embedded sink recognises the embedded queue's receipt).
 
+pub mod kafka;
 pub mod sqlite;
 
 use crate::ingest::Receipt;

@@ -57,16 +57,11 @@ pub struct LogQuery<'a> {
     pub limit: usize,
 }
 
-/// Where plugin log lines are kept (see the module docs for the contract).
+/// Where plugin log lines are written (see the module docs for the contract); each store has
+/// its own reader for the commands.
 pub trait LogStore: Send {
     /// Stores `lines`, in order.
     fn append(&mut self, lines: &[LogLine]) -> Result<(), StoreError>;
-
-    /// The lines `query` asks for, oldest first.
-    fn read(&self, query: &LogQuery<'_>) -> Result<Vec<PluginLog>, StoreError>;
-
-    /// The id of the newest line (0 when there is none).
-    fn last_id(&self) -> Result<i64, StoreError>;
 }
 
 /// The `plugin_logs` table of the embedded database.
@@ -87,12 +82,16 @@ impl LogStore for SqliteLogs {
     fn append(&mut self, lines: &[LogLine]) -> Result<(), StoreError> {
         insert(&mut self.conn, lines)
     }
+}
 
-    fn read(&self, query: &LogQuery<'_>) -> Result<Vec<PluginLog>, StoreError> {
+impl SqliteLogs {
+    /// The lines `query` asks for, oldest first.
+    pub fn read(&self, query: &LogQuery<'_>) -> Result<Vec<PluginLog>, StoreError> {
         read(&self.conn, query)
     }
 
-    fn last_id(&self) -> Result<i64, StoreError> {
+    /// The id of the newest line (0 when there is none).
+    pub fn last_id(&self) -> Result<i64, StoreError> {
         Ok(self
             .conn
             .query_row("SELECT COALESCE(MAX(id), 0) FROM plugin_logs", [], |row| {

@@ -327,6 +327,9 @@ pub enum StoreError {
     /// A thread that writes to the database could not be started.
     #[error("cannot start {0}: {1}")]
     Thread(&'static str, std::io::Error),
+    /// The store at scale (brokers, ClickHouse) did not take or give what was asked.
+    #[error("{0}")]
+    Remote(String),
 }
 
 impl StoreError {

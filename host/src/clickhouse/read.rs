@@ -1,0 +1,169 @@
+//! What the commands print, read from ClickHouse: the same lines as from the embedded store,
+//! each row once (`FINAL`), newest last. Rows stored in the same millisecond keep the order of
+//! the topic partition they were loaded from, which is per-user order for events.
+
+use super::rows::{DeadLetterRow, EventRow, LogRow, RecordingRow, event_fields};
+use super::{ClickHouse, ClickHouseError, Table};
+use crate::store::logs::PluginLog;
+use crate::store::read::{DeadEvent, StoredDeadLetter, StoredEvent, StoredRecording};
+use crate::store::rfc3339;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::de::DeserializeOwned;
+use sluice_abi::wire;
+
+/// Single quotes around `text`, escaped for ClickHouse.
+fn quoted(text: &str) -> String {
+    format!("'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// The newest `limit` rows of `table` matching `filter` (a condition, or `1`) in `order`
+/// (newest first), returned oldest first.
+fn newest<T: DeserializeOwned>(
+    clickhouse: &ClickHouse,
+    table: Table,
+    columns: &str,
+    filter: &str,
+    order: &str,
+    limit: usize,
+) -> Result<Vec<T>, ClickHouseError> {
+    let mut rows = clickhouse.select(&format!(
+        "SELECT {columns} FROM {}.{} FINAL WHERE {filter} ORDER BY {order} LIMIT {limit}",
+        clickhouse.database(),
+        table.name()
+    ))?;
+    rows.reverse();
+    Ok(rows)
+}
+
+fn team_filter(team: Option<u64>) -> String {
+    team.map_or_else(|| "1".into(), |team| format!("team_id = {team}"))
+}
+
+/// The newest `limit` stored events (of `team`, if given), oldest first.
+pub fn recent_events(
+    clickhouse: &ClickHouse,
+    team: Option<u64>,
+    limit: usize,
+) -> Result<Vec<StoredEvent>, ClickHouseError> {
+    let rows: Vec<EventRow> = newest(
+        clickhouse,
+        Table::Events,
+        "team_id, uuid, event, distinct_id, timestamp_ms, ip, properties, set_json, \
+         set_once_json, stored_at_ms",
+        &team_filter(team),
+        "stored_at_ms DESC, kafka_partition DESC, kafka_offset DESC",
+        limit,
+    )?;
+    Ok(rows
+        .iter()
+        .map(|row| StoredEvent::from_fields(&event_fields(row)))
+        .collect())
+}
+
+/// The newest `limit` dead letters (of `team`, if given), oldest first.
+pub fn recent_dead_letters(
+    clickhouse: &ClickHouse,
+    team: Option<u64>,
+    limit: usize,
+) -> Result<Vec<StoredDeadLetter>, ClickHouseError> {
+    let rows: Vec<DeadLetterRow> = newest(
+        clickhouse,
+        Table::DeadLetters,
+        "team_id, installation, uuid, event_base64, error, backtrace, created_at_ms",
+        &team_filter(team),
+        "created_at_ms DESC, kafka_partition DESC, kafka_offset DESC",
+        limit,
+    )?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let encoded = BASE64.decode(&row.event_base64).unwrap_or_default();
+            // The event as it was before the plugin that failed, earlier plugins' edits applied.
+            let event = wire::parse_encoded(&encoded)
+                .and_then(|raw| raw.with_patch_applied(StoredEvent::from_fields))
+                .map_or_else(
+                    |error| DeadEvent::Damaged {
+                        damaged: error.to_string(),
+                        bytes_base64: row.event_base64.clone(),
+                    },
+                    DeadEvent::Readable,
+                );
+            StoredDeadLetter {
+                installation: row.installation,
+                error: row.error,
+                backtrace: row.backtrace,
+                event,
+            }
+        })
+        .collect())
+}
+
+/// The newest `limit` recording events (of `team` and `session`, if given), oldest first.
+pub fn recent_recordings(
+    clickhouse: &ClickHouse,
+    team: Option<u64>,
+    session: Option<&str>,
+    limit: usize,
+) -> Result<Vec<StoredRecording>, ClickHouseError> {
+    let mut filter = team_filter(team);
+    if let Some(session) = session {
+        filter.push_str(&format!(" AND session_id = {}", quoted(session)));
+    }
+    let rows: Vec<RecordingRow> = newest(
+        clickhouse,
+        Table::Recordings,
+        "team_id, uuid, session_id, window_id, distinct_id, timestamp_ms, properties, stored_at_ms",
+        &filter,
+        "stored_at_ms DESC, kafka_partition DESC, kafka_offset DESC",
+        limit,
+    )?;
+    Ok(rows
+        .into_iter()
+        .map(|row| StoredRecording {
+            uuid: row.uuid,
+            team_id: row.team_id,
+            session_id: row.session_id,
+            window_id: row.window_id,
+            distinct_id: row.distinct_id,
+            timestamp: rfc3339(row.timestamp_ms),
+            properties: serde_json::from_str(&row.properties)
+                .unwrap_or(serde_json::Value::String(row.properties)),
+        })
+        .collect())
+}
+
+/// The newest `limit` plugin log lines (of `team` and `installation`, if given), oldest first.
+pub fn recent_logs(
+    clickhouse: &ClickHouse,
+    team: Option<u64>,
+    installation: Option<&str>,
+    limit: usize,
+) -> Result<Vec<PluginLog>, ClickHouseError> {
+    let mut filter = vec!["1".to_owned()];
+    if let Some(team) = team {
+        filter.push(format!("startsWith(installation, 'team-{team}/')"));
+    }
+    if let Some(installation) = installation {
+        filter.push(format!("installation = {}", quoted(installation)));
+    }
+    let rows: Vec<LogRow> = newest(
+        clickhouse,
+        Table::Logs,
+        "id, installation, level, message, time_ms",
+        &filter.join(" AND "),
+        "time_ms DESC, kafka_partition DESC, kafka_offset DESC",
+        limit,
+    )?;
+    Ok(rows
+        .into_iter()
+        .enumerate()
+        .map(|(n, row)| PluginLog {
+            id: n as i64,
+            time: rfc3339(row.time_ms),
+            installation: row.installation,
+            level: row.level,
+            message: row.message,
+        })
+        .collect())
+}
