@@ -15,8 +15,10 @@
 //!     through decoding and normalization, in MB/s of request body and events/s.
 //! (e) Failure isolation: the time to finish a batch of 1,000 events with one poison event
 //!     (a panic, a stack overflow) against the same batch without it.
-//! (g) (b') on the embedded queue and on a Kafka ingest (librdkafka's mock cluster in this
-//!     process), in the same run, and their ratio. The ClickHouse leg comes with the loader.
+//! (g) (b') on the embedded queue, on a Kafka ingest (librdkafka's mock cluster in this
+//!     process) into SQLite, and on Kafka into ClickHouse (capture -> broker -> worker -> stored
+//!     topic -> loader -> Debian's clickhouse-server), in the same run, and their ratios; plus
+//!     the worker's own cost per event of consuming the ingest topic and committing.
 //! (f) The chains of the peer model of PostHog's plugin server (`../shared/peers/posthog-vm`),
 //!     on the same events, beside the peer's own figures from the same run: sluice's wasm chain
 //!     runner plus what the sink does before storing, against node `vm` contexts with JSON in
@@ -43,6 +45,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+#[path = "../../tests/e2e/clickhouse_server.rs"]
+mod clickhouse_server;
 
 const EVENTS: usize = 100_000;
 const BATCH: usize = 1_000;
@@ -85,11 +90,11 @@ fn main() {
         println!(
             "\n(b) end to end: HTTP /batch of 100 gzip events -> queue -> downsample 50% -> SQLite"
         );
-        end_to_end(&plugins, false, None);
+        end_to_end(&plugins, false, &Backend::Embedded);
         println!(
             "\n(b') end to end: HTTP /batch of 100 gzip events with $ip -> queue -> [downsample 50%, geoip] -> SQLite"
         );
-        end_to_end(&plugins, true, None);
+        end_to_end(&plugins, true, &Backend::Embedded);
     }
     if runs("g") {
         kafka_beside_embedded(&plugins);
@@ -642,16 +647,38 @@ fn downsample_pair(
     (native_ns, wasm_ns, plugin, settings)
 }
 
+/// Where an end-to-end run stores.
+enum Backend<'a> {
+    /// The embedded queue and SQLite.
+    Embedded,
+    /// A Kafka ingest at `brokers` into SQLite; done once `expect` events are stored.
+    Kafka { brokers: &'a str, expect: i64 },
+    /// A Kafka ingest at `brokers` into `server`; done once `expect` events are loaded.
+    ClickHouse {
+        brokers: &'a str,
+        expect: i64,
+        server: &'a clickhouse_server::ClickHouseServer,
+    },
+}
+
 /// Capture to storage through the real server, with the downsampling chain, or with
 /// `geoip` the [downsample, geoip] chain on events that carry a `$ip` of the test network.
-/// The end-to-end run of (b), (b') and (g): on the embedded queue, or on the Kafka broker at
-/// `kafka` (whose worker is done once `expect` events are stored). Returns the events stored
-/// and the events/s processed and stored.
-fn end_to_end(plugins: &std::path::Path, geoip: bool, kafka: Option<(&str, i64)>) -> (i64, f64) {
+/// The end-to-end run of (b), (b') and (g), on `backend`. Returns the events stored and the
+/// events/s processed and stored.
+fn end_to_end(plugins: &std::path::Path, geoip: bool, backend: &Backend) -> (i64, f64) {
     let dir = tempfile::tempdir().unwrap();
-    let kafka_section = kafka.map_or_else(String::new, |(brokers, _)| {
-        format!("[kafka]\nbrokers = \"{brokers}\"\nsession_timeout_ms = 6000\n")
-    });
+    let kafka_section = match backend {
+        Backend::Embedded => String::new(),
+        Backend::Kafka { brokers, .. } => {
+            format!("[kafka]\nbrokers = \"{brokers}\"\nsession_timeout_ms = 6000\n")
+        }
+        Backend::ClickHouse {
+            brokers, server, ..
+        } => format!(
+            "[kafka]\nbrokers = \"{brokers}\"\nsession_timeout_ms = 6000\n{}",
+            server.section()
+        ),
+    };
     let mut text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nworkers = 2\n{kafka_section}\
          [[teams]]\nid = 1\ntoken = \"phc_bench\"\n\
@@ -723,38 +750,47 @@ fn end_to_end(plugins: &std::path::Path, geoip: bool, kafka: Option<(&str, i64)>
     });
     let accepted = started.elapsed();
     let conn = sluice::store::open(&data_dir).unwrap();
-    let count = || -> i64 {
-        conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
-            .unwrap()
+    let count = |located: bool| -> i64 {
+        let filter = if located {
+            " WHERE properties LIKE '%Linköping%'"
+        } else {
+            ""
+        };
+        match backend {
+            Backend::ClickHouse { server, .. } => server
+                .query(&format!("SELECT count() FROM sluice.events FINAL{filter}"))
+                .trim()
+                .parse()
+                .unwrap(),
+            _ => conn
+                .query_row(&format!("SELECT COUNT(*) FROM events{filter}"), [], |r| {
+                    r.get(0)
+                })
+                .unwrap(),
+        }
     };
-    match kafka {
-        None => {
+    match backend {
+        Backend::Embedded => {
             while sluice::ingest::sqlite::depth(&conn).unwrap() > 0 {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
-        Some((_, expect)) => {
-            while count() < expect {
+        Backend::Kafka { expect, .. } | Backend::ClickHouse { expect, .. } => {
+            // Counting is not free (ClickHouse shares the cores): a few times a second.
+            while count(false) < *expect {
                 assert!(
                     started.elapsed() < Duration::from_secs(600),
                     "the worker stalled"
                 );
-                std::thread::sleep(Duration::from_millis(5));
+                std::thread::sleep(Duration::from_millis(100));
             }
         }
     }
     let stored_in = started.elapsed();
     let events = (REQUESTS * 100) as f64;
-    let stored = count();
+    let stored = count(false);
     if geoip {
-        let located: i64 = conn
-            .query_row(
-                "SELECT COUNT(*) FROM events WHERE properties LIKE '%Linköping%'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(located, stored, "every stored event was located");
+        assert_eq!(count(true), stored, "every stored event was located");
     }
     println!(
         "  {REQUESTS} requests x 100 events, {CONCURRENCY} concurrent clients in the same process"
@@ -773,21 +809,108 @@ fn end_to_end(plugins: &std::path::Path, geoip: bool, kafka: Option<(&str, i64)>
     (stored, events / stored_in.as_secs_f64())
 }
 
-/// (g): the end-to-end run of (b') on the embedded queue and on a Kafka-protocol broker
-/// (librdkafka's mock cluster in this process, 4 partitions), in the same run.
+/// (g): the end-to-end run of (b') on the embedded queue, on a Kafka-protocol broker into
+/// SQLite and on the broker into ClickHouse (librdkafka's mock cluster in this process, 4
+/// partitions per topic), in the same run; then the worker's cost of consuming and committing.
 fn kafka_beside_embedded(plugins: &std::path::Path) {
     println!(
-        "\n(g) end to end, [downsample 50%, geoip] -> SQLite: the embedded queue, then a Kafka ingest (capture -> broker -> worker)"
+        "\n(g) end to end, [downsample 50%, geoip]: the embedded queue -> SQLite; capture -> Kafka -> worker -> SQLite; capture -> Kafka -> worker -> Kafka -> loader -> ClickHouse"
     );
     println!("  embedded queue:");
-    let (stored, embedded) = end_to_end(plugins, true, None);
-    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
-    cluster.create_topic("sluice_ingest", 4, 1).unwrap();
-    println!("  Kafka ingest (mock cluster on loopback, acks=all, one message per event):");
-    let (_, kafka) = end_to_end(plugins, true, Some((&cluster.bootstrap_servers(), stored)));
+    let (stored, embedded) = end_to_end(plugins, true, &Backend::Embedded);
+    let cluster = mock_cluster();
+    let brokers = cluster.bootstrap_servers();
     println!(
-        "  Kafka / embedded: {:.2} of the embedded rate ({kafka:.0} vs {embedded:.0} events/s)",
+        "  Kafka ingest into SQLite (mock cluster on loopback, acks=all, one message per event):"
+    );
+    let (_, kafka) = end_to_end(
+        plugins,
+        true,
+        &Backend::Kafka {
+            brokers: &brokers,
+            expect: stored,
+        },
+    );
+    // Another ingest topic for this run: the one above holds the first run's events.
+    let second = mock_cluster();
+    let server = clickhouse_server::ClickHouseServer::start();
+    println!(
+        "  Kafka ingest, stored topics, loader into ClickHouse {}:",
+        server.query("SELECT version()").trim()
+    );
+    let (_, clickhouse) = end_to_end(
+        plugins,
+        true,
+        &Backend::ClickHouse {
+            brokers: &second.bootstrap_servers(),
+            expect: stored,
+            server: &server,
+        },
+    );
+    println!(
+        "  Kafka -> SQLite / embedded:     {:.2} ({kafka:.0} vs {embedded:.0} events/s)",
         kafka / embedded
+    );
+    println!(
+        "  Kafka -> ClickHouse / embedded: {:.2} ({clickhouse:.0} vs {embedded:.0} events/s)",
+        clickhouse / embedded
+    );
+    consume_and_commit(&second.bootstrap_servers());
+}
+
+/// librdkafka's mock cluster in this process, with sluice's topics of 4 partitions each.
+fn mock_cluster()
+-> rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    for topic in [
+        "sluice_ingest",
+        "sluice_events",
+        "sluice_recordings",
+        "sluice_dead_letters",
+        "sluice_plugin_logs",
+    ] {
+        cluster.create_topic(topic, 4, 1).unwrap();
+    }
+    cluster
+}
+
+/// The worker's own cost per event of the Kafka ingest: polling rounds of up to 1,000 events
+/// from the ingest topic (here holding the ClickHouse run's 200,000 events, read again by a new
+/// group) and committing each round, with no chain and no sink.
+fn consume_and_commit(brokers: &str) {
+    use sluice::ingest::Ingest;
+    let settings = sluice::ingest::kafka::KafkaSettings {
+        brokers: brokers.to_owned(),
+        topic: "sluice_ingest".into(),
+        group: "bench-consume".into(),
+        max_event_bytes: 1_000_000,
+        delivery_timeout: Duration::from_secs(20),
+        session_timeout: Duration::from_secs(6),
+    };
+    let mut ingest = sluice::ingest::kafka::KafkaIngest::new(&settings).unwrap();
+    let (mut events, mut rounds) = (0u64, 0u64);
+    // Joining the group takes a rebalance: wait for the first round, then time the rest.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let first = loop {
+        if let Some(polled) = ingest.poll(1_000, Duration::from_millis(500)).unwrap() {
+            break polled;
+        }
+        assert!(Instant::now() < deadline, "the ingest topic gave nothing");
+    };
+    ingest.ack(first.receipt).unwrap();
+    let started = Instant::now();
+    let mut finished = started;
+    while let Some(polled) = ingest.poll(1_000, Duration::from_secs(2)).unwrap() {
+        events += polled.events;
+        rounds += 1;
+        ingest.ack(polled.receipt).unwrap();
+        finished = Instant::now();
+    }
+    let elapsed = (finished - started).as_secs_f64();
+    println!(
+        "  worker consume + commit alone: {events} events in {rounds} rounds, {:.0} events/s, {:.2} µs per event",
+        events as f64 / elapsed,
+        elapsed * 1e6 / events as f64
     );
 }
 

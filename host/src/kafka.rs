@@ -16,19 +16,20 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 /// A producer to `brokers` with `acks=all`, idempotence and lz4 compression, which fails a
-/// message not acknowledged within `delivery_timeout` and takes messages of up to
-/// `max_message_bytes`.
+/// message not acknowledged within `delivery_timeout`, takes messages of up to
+/// `max_message_bytes` and waits up to `linger` for more messages to send with one.
 pub fn producer(
     brokers: &str,
     delivery_timeout: Duration,
     max_message_bytes: usize,
+    linger: Duration,
 ) -> Result<FutureProducer, KafkaError> {
     ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("compression.type", "lz4")
-        .set("linger.ms", "20")
+        .set("linger.ms", linger.as_millis().to_string())
         .set(
             "message.timeout.ms",
             delivery_timeout.as_millis().to_string(),
@@ -190,17 +191,38 @@ impl GroupConsumer {
         Ok(read)
     }
 
-    /// Moves each partition read and not committed back to where its reading began.
+    /// Moves each partition read and not committed back to where its reading began. A
+    /// partition this member no longer has is left to its next owner (which reads it from the
+    /// last commit); one that cannot be moved back yet is tried again by the next call, and
+    /// until a call returns `Ok` the caller must not poll, or it would read past what it has
+    /// not acknowledged.
     pub fn rewind(&mut self) -> Result<(), KafkaError> {
-        for ((topic, partition), offset) in std::mem::take(&mut self.unacknowledged) {
-            self.consumer.seek(
-                &self.topics[topic],
-                partition,
-                Offset::Offset(offset),
-                Duration::from_secs(5),
-            )?;
+        if self.unacknowledged.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let assigned = self.consumer.assignment()?;
+        let (consumer, topics) = (&self.consumer, &self.topics);
+        let mut failed = None;
+        self.unacknowledged.retain(|(topic, partition), offset| {
+            let name = &topics[*topic];
+            if assigned.find_partition(name, *partition).is_none() {
+                return false;
+            }
+            let moved = consumer.seek(
+                name,
+                *partition,
+                Offset::Offset(*offset),
+                Duration::from_secs(5),
+            );
+            match moved {
+                Ok(()) => false,
+                Err(error) => {
+                    failed.get_or_insert(error);
+                    true
+                }
+            }
+        });
+        failed.map_or(Ok(()), Err)
     }
 
     /// Commits `offsets`, which acknowledges everything read before them.

@@ -84,7 +84,9 @@ pub async fn serve(
         )?);
     }
     let current = Arc::new(Current::new(deployment));
-    let settings = WorkerSettings {
+    // Made only where a worker starts: settings left unused would hold the deployment (and
+    // with it the log writer) past shutdown.
+    let settings = || WorkerSettings {
         deployment: current.clone(),
         lanes,
         max_instances: config.server.max_instances,
@@ -104,7 +106,7 @@ pub async fn serve(
             let (queue, writer, reader) =
                 Queue::start(&config.server.data_dir, config.queue.max_depth_events)?;
             let sink = SqliteSink::open(&config.server.data_dir)?;
-            let worker = worker::start(settings, reader, sink)?;
+            let worker = worker::start(settings(), reader, sink)?;
             readiness.append = Some(Arc::new(queue));
             (Some(writer), Some(worker))
         }
@@ -114,10 +116,12 @@ pub async fn serve(
                 let ingest = KafkaIngest::new(&kafka.settings())?;
                 readiness.lags.push(("worker", ingest.lag()));
                 Some(match row_producer(&config)? {
-                    Some(rows) => worker::start(settings, ingest, KafkaSink::new(rows))?,
-                    None => {
-                        worker::start(settings, ingest, SqliteSink::open(&config.server.data_dir)?)?
-                    }
+                    Some(rows) => worker::start(settings(), ingest, KafkaSink::new(rows))?,
+                    None => worker::start(
+                        settings(),
+                        ingest,
+                        SqliteSink::open(&config.server.data_dir)?,
+                    )?,
                 })
             } else {
                 None

@@ -1,9 +1,10 @@
 //! sluice at scale through the real binary: capture produces to a Kafka-protocol broker, the
 //! worker consumes it as a member of the workers' group and stores, into the embedded database
 //! or (with `[clickhouse]`) to the stored topics, which loaders insert into a real ClickHouse.
-//! See [`crate::engines`] for the broker and ClickHouse processes.
+//! See [`crate::broker`] and [`crate::clickhouse_server`] for the engines.
 
-use crate::engines::{Broker, ClickHouseServer};
+use crate::broker::Broker;
+use crate::clickhouse_server::ClickHouseServer;
 use crate::support::{Sluice, plain_team};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -243,7 +244,7 @@ fn two_capture_and_two_worker_nodes_on_clickhouse_lose_nothing_when_a_worker_is_
     let clickhouse = ClickHouseServer::start();
     let team = plain_team(1, "phc_one");
     let node = |roles| node(&broker, &clickhouse, &team, roles);
-    let captures = [node("capture"), node("capture")];
+    let mut captures = [node("capture"), node("capture")];
     // Each worker node loads too, so the kill interrupts a worker and a loader.
     let mut workers = [node("worker,loader"), node("worker,loader")];
     let urls = std::sync::Mutex::new(captures.iter().map(|c| c.url.clone()).collect());
@@ -270,6 +271,10 @@ fn two_capture_and_two_worker_nodes_on_clickhouse_lose_nothing_when_a_worker_is_
             && consumed.contains("sluice_loader_insert_seconds"),
         "{consumed}"
     );
+    // Every kind of node shuts down cleanly.
+    for node in captures.iter_mut().chain(&mut workers) {
+        node.stop();
+    }
     // Loaded more than once somewhere (the kill), kept once.
     let loaded = clickhouse.query("SELECT count() FROM sluice.events");
     eprintln!(
@@ -305,7 +310,7 @@ fn capture_and_worker_apart_without_a_shared_ingest_is_refused_with_the_reason()
 }
 
 #[test]
-fn at_scale_a_poison_event_is_dead_lettered_in_clickhouse_as_in_the_embedded_mode_and_the_rest_flows()
+fn at_scale_a_poison_event_is_dead_lettered_in_clickhouse_as_in_the_embedded_mode_and_recordings_and_plugin_logs_land_there_too()
  {
     let broker = Broker::start();
     let clickhouse = ClickHouseServer::start();
@@ -340,6 +345,42 @@ fn at_scale_a_poison_event_is_dead_lettered_in_clickhouse_as_in_the_embedded_mod
         letters[0]["error"].as_str().unwrap().contains("panicked"),
         "{letters:?}"
     );
+
+    // The failure is in the plugin's log, read back from ClickHouse.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sluice.logs(&["--team", "1"]).iter().any(|line| {
+        line["installation"] == "team-1/p" && line["message"].as_str().unwrap().contains("panic")
+    }) {
+        assert!(Instant::now() < deadline, "{:?}", sluice.logs(&[]));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (ok, _, stderr) = sluice.run(&["logs", "--follow"]);
+    assert!(!ok && stderr.contains("--follow"), "{stderr}");
+
+    // Recordings skip the chain and are stored as captured.
+    let snapshots: Vec<Value> = (0..2)
+        .map(|n| {
+            json!({"event": "$snapshot", "distinct_id": "viewer",
+                   "properties": {"$session_id": "s1", "$window_id": format!("w{n}"),
+                                  "$snapshot_data": crate::retention::snapshot_data("s1", n)}})
+        })
+        .collect();
+    let (status, body) =
+        sluice.post_json("/s/", &json!({"api_key": "phc_one", "batch": snapshots}));
+    assert_eq!(status, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let recordings = loop {
+        let recordings = sluice.recordings(1, Some("s1"));
+        if recordings.len() == 2 {
+            break recordings;
+        }
+        assert!(Instant::now() < deadline, "{recordings:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let data = &recordings[1]["properties"]["$snapshot_data"];
+    assert_eq!(data["data"]["positions"][0]["x"].to_string(), "1.5");
+    assert_eq!(data["data"]["big"].to_string(), "12345678901234567");
+    assert_eq!(recordings[0]["window_id"], "w0");
 }
 
 /// The value of the metric line starting with `name ` in `metrics` (0 when absent).

@@ -6,14 +6,15 @@
 
 mod adversary;
 mod bigquery;
+mod broker;
 mod capabilities;
 mod capture;
 mod chain;
 mod cli;
+mod clickhouse_server;
 mod compat;
 mod contract;
 mod durability;
-mod engines;
 mod examples;
 mod exports;
 mod isolation;

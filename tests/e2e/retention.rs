@@ -40,7 +40,7 @@ pub(crate) fn iso(ms: i64) -> String {
 }
 
 /// Snapshot data as a browser sends it, with text and numbers that must survive unchanged.
-fn snapshot_data(session: &str, n: usize) -> Value {
+pub(crate) fn snapshot_data(session: &str, n: usize) -> Value {
     json!({"type": 3, "timestamp": n, "data": {"source": 1, "positions": [{"x": 1.5, "y": -2, "id": n, "timeOffset": -0.25}],
            "text": format!("{session} #{n}: héllo \u{2028} \"quoted\" 🙂"), "big": 12345678901234567_u64}})
 }

@@ -140,7 +140,7 @@ impl Sluice {
         std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
     }
 
-    /// Asks the process to shut down (SIGTERM) and waits for it to exit.
+    /// Asks the process to shut down (SIGTERM) and waits for it to exit, within a minute.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let sent = Command::new("kill")
@@ -148,7 +148,20 @@ impl Sluice {
                 .status()
                 .unwrap();
             assert!(sent.success(), "cannot send SIGTERM");
-            let status = child.wait().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let status = loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    break status;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!(
+                        "sluice did not exit within a minute of SIGTERM\n{}",
+                        self.stderr()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            };
             assert!(
                 status.success(),
                 "sluice exited with {status} after SIGTERM"

@@ -74,16 +74,10 @@ impl Loader {
                 return;
             }
         };
-        let mut failures = 0;
-        while let Err(error) = clickhouse.create_tables() {
-            if stop.load(Ordering::SeqCst) {
-                return;
-            }
-            tracing::warn!(%error, "the loader cannot create its tables yet; trying again");
-            failures += 1;
-            std::thread::sleep(pause(failures));
+        if !until_done(stop, 0, "create its tables", || clickhouse.create_tables()) {
+            return;
         }
-        failures = 0;
+        let mut failures = 0;
         loop {
             let mut offsets = Offsets::default();
             let batch = match self.fill(&mut consumer, &mut offsets, stop) {
@@ -91,7 +85,7 @@ impl Loader {
                 Err(error) => {
                     tracing::warn!(%error, "the loader cannot read its topics; trying again");
                     failures += 1;
-                    self.pause(&mut consumer, failures);
+                    rewind(&mut consumer, failures, stop);
                     continue;
                 }
             };
@@ -109,7 +103,7 @@ impl Loader {
                     return;
                 }
                 failures += 1;
-                self.pause(&mut consumer, failures);
+                rewind(&mut consumer, failures, stop);
                 continue;
             }
             failures = 0;
@@ -151,15 +145,6 @@ impl Loader {
             }
         }
     }
-
-    /// Waits before reading again what was not committed, after `failures` in a row.
-    fn pause(&self, consumer: &mut GroupConsumer, failures: u32) {
-        std::thread::sleep(pause(failures));
-        if let Err(error) = consumer.rewind() {
-            // A partition that moved meanwhile is read by its new owner.
-            tracing::warn!(%error, "the loader cannot go back to what it did not insert");
-        }
-    }
 }
 
 /// Inserts each table's rows of `batch`.
@@ -174,6 +159,34 @@ fn insert(clickhouse: &ClickHouse, batch: &Batch) -> Result<(), super::ClickHous
     metrics::histogram!("sluice_loader_batch_rows").record(batch.rows as f64);
     metrics::histogram!("sluice_loader_batch_bytes").record(batch.bytes as f64);
     Ok(())
+}
+
+/// Waits before reading again what was not committed (after `failures` in a row), and goes
+/// back to it; never reads on before it went back (that would commit past rows not inserted).
+fn rewind(consumer: &mut GroupConsumer, failures: u32, stop: &AtomicBool) {
+    std::thread::sleep(pause(failures));
+    until_done(stop, failures, "go back to what it did not insert", || {
+        consumer.rewind()
+    });
+}
+
+/// Calls `attempt` until it succeeds (`true`) or `stop` is set (`false`), pausing longer after
+/// each failure, counted on from `failures`.
+fn until_done<E: std::fmt::Display>(
+    stop: &AtomicBool,
+    mut failures: u32,
+    what: &str,
+    mut attempt: impl FnMut() -> Result<(), E>,
+) -> bool {
+    while let Err(error) = attempt() {
+        if stop.load(Ordering::SeqCst) {
+            return false;
+        }
+        tracing::warn!(%error, "the loader cannot {what} yet; trying again");
+        failures += 1;
+        std::thread::sleep(pause(failures));
+    }
+    true
 }
 
 /// The pause after `failures` failed attempts in a row.

@@ -62,6 +62,8 @@ impl KafkaAppend {
                 &settings.brokers,
                 settings.delivery_timeout,
                 settings.max_event_bytes,
+                // Concurrent requests' events share a produce request (PostHog's capture: 20 ms).
+                Duration::from_millis(20),
             )?,
             topic: settings.topic.clone(),
             max_event_bytes: settings.max_event_bytes,

@@ -34,7 +34,13 @@ impl RowProducer {
         max_message_bytes: usize,
     ) -> Result<Self, KafkaError> {
         Ok(Self {
-            producer: kafka::producer(brokers, delivery_timeout, max_message_bytes)?,
+            // A round is produced whole at once: nothing more is coming to wait for.
+            producer: kafka::producer(
+                brokers,
+                delivery_timeout,
+                max_message_bytes,
+                std::time::Duration::from_millis(1),
+            )?,
             topics,
         })
     }

@@ -99,6 +99,19 @@ pub trait Sink: Send {
     fn store(&mut self, output: &Output, receipt: &mut dyn Receipt) -> Result<Stored, SinkError>;
 }
 
+/// The `$session_id` (empty if missing) and `$window_id` of a recording event's `properties`,
+/// which recordings are kept by.
+pub fn session_and_window(properties: &str) -> (String, Option<String>) {
+    let properties: serde_json::Value = serde_json::from_str(properties).unwrap_or_default();
+    let text = |key: &str| {
+        properties
+            .get(key)
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned)
+    };
+    (text("$session_id").unwrap_or_default(), text("$window_id"))
+}
+
 /// An encoded event of `team_id` with uuid bytes all `n` and name `name`, for tests.
 #[cfg(test)]
 pub(crate) fn test_event(team_id: u64, n: u8, name: &str) -> Vec<u8> {

@@ -7,7 +7,6 @@ use crate::ingest::Receipt;
 use crate::ingest::sqlite::QueueReceipt;
 use crate::store::{self, StoreError};
 use rusqlite::{Connection, Transaction, params};
-use serde_json::Value;
 use sluice_abi::wire::{self, EventFields};
 use std::any::Any;
 use std::path::Path;
@@ -136,18 +135,12 @@ fn insert_recordings(tx: &Transaction<'_>, recordings: &[Vec<u8>]) -> Result<usi
     let mut inserted = 0;
     for encoded in recordings {
         let fields = decode(encoded)?;
-        let properties: Value = serde_json::from_str(fields.properties).unwrap_or_default();
-        let text = |key: &str| {
-            properties
-                .get(key)
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        };
+        let (session, window) = super::session_and_window(fields.properties);
         inserted += insert.execute(params![
             &fields.uuid[..],
             fields.team_id as i64,
-            text("$session_id").unwrap_or_default(),
-            text("$window_id"),
+            session,
+            window,
             fields.distinct_id,
             fields.timestamp_ms,
             fields.properties,
