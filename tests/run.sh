@@ -63,18 +63,9 @@ fi
 export SLUICE_S3S_FS="$s3s"
 
 # ClickHouse for the tests of sluice at scale; each test starts its own server on free ports
-# with its data in a temp folder (tests/e2e/engines.rs).
-if [ ! -x /usr/sbin/clickhouse-server ]; then
-  echo "tests/run.sh: installing clickhouse-server" >&2
-  # Installed without starting Debian's own service: the tests start theirs and stop them.
-  added_policy=
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-    added_policy=1
-  fi
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clickhouse-server >/dev/null
-  [ -z "$added_policy" ] || rm -f /usr/sbin/policy-rc.d
-fi
+# with its data in a temp folder (tests/e2e/clickhouse_server.rs). Debian's package starts no
+# service of its own.
+[ -x /usr/sbin/clickhouse-server ] || need clickhouse-server clickhouse-server
 export SLUICE_CLICKHOUSE=/usr/sbin/clickhouse-server
 
 # A Kafka-protocol broker several sluice processes share (librdkafka's mock cluster).
