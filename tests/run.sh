@@ -8,7 +8,8 @@
 #    posthog-node, posthog-js and playwright-core from npm, Debian's chromium), pinned,
 # 4. builds the s3s-fs S3-compatible server (crates.io, pinned) the export tests run, and the
 #    Kafka-protocol broker helper (tests/broker: librdkafka's mock cluster) the Kafka tests run,
-#    and installs Debian's clickhouse-server (the tests start their own, on free ports),
+#    and installs Debian's clickhouse-server and redis-server (the tests start their own, on
+#    free ports),
 # 5. checks formatting and lints, then runs all unit, SDK and end-to-end tests.
 # Reuses CARGO_TARGET_DIR when it is set (CI keeps one outside the clone); works from nothing.
 # Tools are cached outside the clone, keyed by version (SLUICE_TOOLS_DIR, default
@@ -67,6 +68,11 @@ export SLUICE_S3S_FS="$s3s"
 # service of its own.
 [ -x /usr/sbin/clickhouse-server ] || need clickhouse-server clickhouse-server
 export SLUICE_CLICKHOUSE=/usr/sbin/clickhouse-server
+
+# Redis for the state nodes share; each test starts its own redis-server on a free port with its
+# data in a temp folder (tests/e2e/redis_server.rs). Debian's package is not started here.
+[ -x /usr/bin/redis-server ] || need redis-server redis-server
+export SLUICE_REDIS_SERVER=/usr/bin/redis-server
 
 # A Kafka-protocol broker several sluice processes share (librdkafka's mock cluster).
 cargo build --locked -p sluice-test-broker

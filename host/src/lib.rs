@@ -26,6 +26,7 @@ pub mod installations;
 pub mod kafka;
 pub mod net;
 pub mod ready;
+pub mod redis;
 pub mod retry;
 pub mod roles;
 pub mod runtime;

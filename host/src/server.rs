@@ -1,6 +1,8 @@
 //! `sluice serve`: wires config, runtime, chains, ingest, worker, sink and the HTTP API together.
 
-use crate::capabilities::{Background, Services, StartError};
+use crate::capabilities::cache::MemoryBackend;
+use crate::capabilities::storage::SqliteStorage;
+use crate::capabilities::{Background, Services, Shared, StartError};
 use crate::capture::{self, CaptureState};
 use crate::clickhouse::loader::Loader;
 use crate::config::{Config, ConfigError, Problem};
@@ -10,6 +12,9 @@ use crate::ingest::kafka::{KafkaAppend, KafkaIngest};
 use crate::ingest::sqlite::Queue;
 use crate::installations;
 use crate::ready::Readiness;
+use crate::redis::Redis;
+use crate::redis::cache::RedisCache;
+use crate::redis::storage::RedisStorage;
 use crate::roles::{Role, Roles};
 use crate::runtime::{Runtime, RuntimeSettings};
 use crate::schedule::{self, lock::LocalLock};
@@ -203,6 +208,37 @@ pub async fn serve(
     Ok(())
 }
 
+/// Where `config` keeps the capabilities' state: plugin log lines on the stored topics with
+/// `[clickhouse]`, the cache and storage on Redis with `[redis]`, else in this process.
+fn shared(config: &Config) -> anyhow::Result<Shared> {
+    let data_dir = &config.server.data_dir;
+    let logs: Box<dyn LogStore> = match row_producer(config)? {
+        Some(rows) => Box::new(KafkaLogs::new(rows)),
+        None => Box::new(SqliteLogs::open(data_dir)?),
+    };
+    Ok(match &config.redis {
+        Some(redis) => {
+            let redis = Redis::connect(&redis.settings()).map_err(|reason| ConfigError {
+                path: config.path.clone(),
+                problems: vec![Problem {
+                    key: "redis.url".into(),
+                    reason,
+                }],
+            })?;
+            Shared {
+                logs,
+                cache: Arc::new(RedisCache::new(redis.clone())),
+                storage: Arc::new(RedisStorage::new(redis)),
+            }
+        }
+        None => Shared {
+            logs,
+            cache: Arc::new(MemoryBackend::default()),
+            storage: Arc::new(SqliteStorage::open(data_dir)?),
+        },
+    })
+}
+
 /// What produces the stored topics when `config` names ClickHouse (else the embedded database
 /// stores).
 fn row_producer(config: &Config) -> anyhow::Result<Option<RowProducer>> {
@@ -233,19 +269,17 @@ fn load(config: Config) -> anyhow::Result<(Config, Runtime, Deployment, Backgrou
         path: config.path.clone(),
         problems,
     };
-    let logs: Box<dyn LogStore> = match row_producer(&config)? {
-        Some(rows) => Box::new(KafkaLogs::new(rows)),
-        None => Box::new(SqliteLogs::open(&config.server.data_dir)?),
-    };
-    let (services, background) =
-        Services::start(&config.capabilities, &config.server.data_dir, logs).map_err(|error| {
-            match error {
-                StartError::Config { key, reason } => {
-                    anyhow::Error::from(config_error(vec![Problem { key, reason }]))
-                }
-                other => other.into(),
-            }
-        })?;
+    let (services, background) = Services::start(
+        &config.capabilities,
+        &config.server.data_dir,
+        shared(&config)?,
+    )
+    .map_err(|error| match error {
+        StartError::Config { key, reason } => {
+            anyhow::Error::from(config_error(vec![Problem { key, reason }]))
+        }
+        other => other.into(),
+    })?;
     let installed = installations::load(&runtime, &config, &services).map_err(config_error)?;
     let teams = config
         .teams

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 const ALL_GRANTS: &str = r#"grants = ["log", "storage", "cache", "geoip", "http"]"#;
 
 /// A team whose chain is one prober installation doing `action`; `http` is its http policy.
-fn prober_team(team: u64, action: &str, url: &str, http: &str) -> String {
+pub(crate) fn prober_team(team: u64, action: &str, url: &str, http: &str) -> String {
     format!(
         "[[teams]]\nid = {team}\ntoken = \"phc_team{team}\"\n[[teams.plugins]]\nid = \"prober\"\n\
          plugin = \"{}\"\nconfig = {{ action = \"{action}\", url = \"{url}\" }}\n{ALL_GRANTS}\nhttp = {http}\n",
@@ -66,7 +66,7 @@ fn geoip_instance_starts(sluice: &Sluice) -> f64 {
 }
 
 /// Sends one event per distinct id to `team` and waits until they are processed.
-fn send(sluice: &Sluice, team: u64, events: Vec<Value>) {
+pub(crate) fn send(sluice: &Sluice, team: u64, events: Vec<Value>) {
     let body = json!({"api_key": format!("phc_team{team}"), "batch": events});
     let (status, response) = sluice.post_json("/batch", &body);
     assert_eq!(status, 200, "{response}");
@@ -74,7 +74,7 @@ fn send(sluice: &Sluice, team: u64, events: Vec<Value>) {
 }
 
 /// The `probe` property of each stored event of `team`, in order.
-fn probes(sluice: &Sluice, team: u64) -> Vec<Value> {
+pub(crate) fn probes(sluice: &Sluice, team: u64) -> Vec<Value> {
     sluice
         .events(team)
         .iter()

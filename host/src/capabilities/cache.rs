@@ -187,3 +187,119 @@ impl Host for View<'_, ()> {
 pub(super) fn add_to_linker<T: HasCapabilities>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     cache::add_to_linker::<T, HasView<()>>(linker, |data| data.capabilities().serving())
 }
+
+/// The behaviour every backend shows, which the memory and Redis backends both run.
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use sluice_abi::limits::{MAX_CACHE_LIST_LEN, MAX_CACHE_NAMESPACE_BYTES, MAX_CACHE_PUSH};
+    use std::time::Duration;
+
+    fn values(items: &[&str]) -> Vec<Vec<u8>> {
+        items.iter().map(|v| v.as_bytes().to_vec()).collect()
+    }
+
+    fn kind<T: std::fmt::Debug>(result: Result<T, HostError>) -> ErrorKind {
+        result.unwrap_err().kind
+    }
+
+    /// Values, counters, expiry, lists, namespaces and caps, on `cache` (which must be empty).
+    pub(crate) fn behaves_as_a_cache(cache: &dyn Backend) {
+        // Values, and namespaces apart.
+        assert_eq!(cache.get("p/1", "k").unwrap(), None);
+        cache.set("p/1", "k", b"v".to_vec(), None).unwrap();
+        assert_eq!(cache.get("p/1", "k").unwrap(), Some(b"v".to_vec()));
+        assert_eq!(cache.get("p/2", "k").unwrap(), None, "another team");
+        assert_eq!(cache.get("q/1", "k").unwrap(), None, "another plugin");
+        assert!(cache.delete("p/1", "k").unwrap());
+        assert!(!cache.delete("p/1", "k").unwrap());
+
+        // Counters: from nothing, from text, keeping their expiry; refusals.
+        assert_eq!(cache.increment("p/1", "n", 5).unwrap(), 5);
+        assert_eq!(cache.increment("p/1", "n", -7).unwrap(), -2);
+        cache
+            .set("p/1", "n", b"9223372036854775806".to_vec(), None)
+            .unwrap();
+        assert_eq!(cache.increment("p/1", "n", 1).unwrap(), i64::MAX);
+        assert_eq!(kind(cache.increment("p/1", "n", 1)), ErrorKind::Invalid);
+        cache.set("p/1", "t", b"ten".to_vec(), None).unwrap();
+        assert_eq!(kind(cache.increment("p/1", "t", 1)), ErrorKind::Invalid);
+        assert_eq!(kind(cache.get("p/1", "")), ErrorKind::Invalid);
+
+        // Expiry, also of counters after an increment; a TTL of 0 deletes.
+        cache.set("p/1", "e", b"1".to_vec(), Some(1)).unwrap();
+        cache.increment("p/1", "e", 1).unwrap();
+        assert!(cache.expire("p/1", "n", 1).unwrap());
+        assert!(!cache.expire("p/1", "missing", 1).unwrap());
+        assert!(cache.expire("p/1", "t", 0).unwrap());
+        assert_eq!(cache.get("p/1", "t").unwrap(), None);
+        std::thread::sleep(Duration::from_millis(1_100));
+        assert_eq!(cache.get("p/1", "e").unwrap(), None, "expired");
+        assert_eq!(cache.get("p/1", "n").unwrap(), None, "expired");
+        assert_eq!(cache.increment("p/1", "e", 1).unwrap(), 1, "starts again");
+
+        // Lists: LPUSH order, ranges, length, removal, pop; the other type refused.
+        assert_eq!(
+            cache
+                .list_push("p/1", "l", values(&["a", "b", "a", "c"]))
+                .unwrap(),
+            4
+        );
+        assert_eq!(
+            cache.list_range("p/1", "l", 0, -1).unwrap(),
+            values(&["c", "a", "b", "a"])
+        );
+        assert_eq!(
+            cache.list_range("p/1", "l", -2, -1).unwrap(),
+            values(&["b", "a"])
+        );
+        assert_eq!(cache.list_length("p/1", "l").unwrap(), 4);
+        assert_eq!(cache.list_remove("p/1", "l", 0, b"a").unwrap(), 2);
+        assert_eq!(cache.list_pop("p/1", "l", 1).unwrap(), values(&["c"]));
+        assert_eq!(cache.list_pop("p/1", "l", 5).unwrap(), values(&["b"]));
+        assert_eq!(cache.list_length("p/1", "l").unwrap(), 0);
+        assert!(cache.list_pop("p/1", "l", 1).unwrap().is_empty());
+        cache.set("p/1", "v", b"x".to_vec(), None).unwrap();
+        assert_eq!(
+            kind(cache.list_push("p/1", "v", values(&["a"]))),
+            ErrorKind::Invalid
+        );
+        cache.list_push("p/1", "l", values(&["a"])).unwrap();
+        assert_eq!(kind(cache.get("p/1", "l")), ErrorKind::Invalid);
+
+        // Caps: one push, one list, one namespace (whose expired keys make room).
+        let many = vec![b"x".to_vec(); MAX_CACHE_PUSH + 1];
+        assert_eq!(
+            kind(cache.list_push("p/1", "big", many)),
+            ErrorKind::TooLarge
+        );
+        for _ in 0..MAX_CACHE_LIST_LEN / MAX_CACHE_PUSH {
+            cache
+                .list_push("p/1", "big", vec![b"x".to_vec(); MAX_CACHE_PUSH])
+                .unwrap();
+        }
+        assert_eq!(
+            kind(cache.list_push("p/1", "big", values(&["x"]))),
+            ErrorKind::TooLarge
+        );
+        let mib = vec![b'x'; 1 << 20];
+        let almost = vec![b'x'; (1 << 20) - 64];
+        for i in 0..MAX_CACHE_NAMESPACE_BYTES / mib.len() {
+            cache
+                .set("f/1", &format!("k{i}"), almost.clone(), Some(1))
+                .unwrap();
+        }
+        assert_eq!(
+            kind(cache.set("f/1", "one-more", mib.clone(), None)),
+            ErrorKind::TooLarge
+        );
+        cache.set("f/2", "other-team", mib.clone(), None).unwrap();
+        std::thread::sleep(Duration::from_millis(1_100));
+        cache.set("f/1", "one-more", mib, None).unwrap();
+    }
+
+    #[test]
+    fn the_memory_backend_behaves_as_a_cache() {
+        behaves_as_a_cache(&MemoryBackend::default());
+    }
+}

@@ -362,6 +362,17 @@ pub enum StartError {
     },
 }
 
+/// Where the capabilities keep what outlives a call: in this process and its data folder, or
+/// where every node sees it (Redis, the stored topics).
+pub struct Shared {
+    /// Where plugin log lines are written.
+    pub logs: Box<dyn crate::store::logs::LogStore>,
+    /// The `cache` backend.
+    pub cache: Arc<dyn cache::Backend>,
+    /// The `storage` backend.
+    pub storage: Arc<dyn storage::Backend>,
+}
+
 /// Background work of the services, to wait for at shutdown.
 pub struct Background {
     log_writer: JoinHandle<()>,
@@ -375,18 +386,18 @@ impl Background {
 }
 
 impl Services {
-    /// Starts every backend for `settings`, with their data in `data_dir` and plugin log lines
-    /// written to `logs`.
+    /// Starts every backend for `settings`, with their data in `data_dir` and the state that
+    /// may be shared by nodes in `shared`.
     pub fn start(
         settings: &Settings,
         data_dir: &Path,
-        logs: Box<dyn crate::store::logs::LogStore>,
+        shared: Shared,
     ) -> Result<(Arc<Self>, Background), StartError> {
-        let (logs, log_writer) = log::LogSink::start(logs)?;
+        let (logs, log_writer) = log::LogSink::start(shared.logs)?;
         let services = Self {
             logs: Some(logs),
-            storage: Some(Arc::new(storage::SqliteStorage::open(data_dir)?)),
-            cache: Arc::new(cache::MemoryBackend::default()),
+            storage: Some(shared.storage),
+            cache: shared.cache,
             geoip: settings.geoip.open()?,
             object_stores: settings.object_stores.open(data_dir)?,
             jobs: Some(Arc::new(crate::schedule::jobs::SqliteJobs::open(data_dir)?)),

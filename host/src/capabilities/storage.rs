@@ -250,8 +250,9 @@ pub(super) fn add_to_linker<T: HasCapabilities>(linker: &mut Linker<T>) -> wasmt
     storage::add_to_linker::<T, HasView<()>>(linker, |data| data.capabilities().serving())
 }
 
+/// The contract's tests, which every backend runs.
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The contract every backend keeps (see the module docs), on `store`.

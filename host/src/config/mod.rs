@@ -16,6 +16,7 @@ mod export;
 mod ids;
 mod kafka;
 mod queue;
+mod redis;
 mod schedule;
 mod server;
 mod teams;
@@ -27,6 +28,7 @@ pub use export::ExportConfig;
 pub use ids::{InstallationId, MAX_TOKEN_LEN, Token};
 pub use kafka::KafkaConfig;
 pub use queue::QueueConfig;
+pub use redis::RedisConfig;
 pub use schedule::{JobsConfig, ScheduleConfig};
 pub use server::ServerConfig;
 pub use teams::{
@@ -54,6 +56,8 @@ pub struct Config {
     pub kafka: Option<KafkaConfig>,
     /// ClickHouse storage, if the file names it (else the embedded database).
     pub clickhouse: Option<ClickHouseConfig>,
+    /// Shared state on Redis, if the file names it (else in this process).
+    pub redis: Option<RedisConfig>,
     /// The sections capabilities own (`[geoip]`...).
     pub capabilities: capabilities::Settings,
     /// Teams, their tokens and plugin chains.
@@ -149,7 +153,7 @@ impl Collector {
 }
 
 /// The sections sluice itself reads; capabilities add theirs.
-const OWN_SECTIONS: [&str; 5] = ["server", "capture", "queue", "kafka", "clickhouse"];
+const OWN_SECTIONS: [&str; 6] = ["server", "capture", "queue", "kafka", "clickhouse", "redis"];
 
 impl Config {
     /// Reads and validates `path`; `env` looks up environment overrides.
@@ -197,6 +201,7 @@ impl Config {
         let queue = queue::load(&mut c, table);
         let kafka = kafka::load(&mut c, table);
         let clickhouse = clickhouse::load(&mut c, table, kafka.is_some(), env);
+        let redis = redis::load(&mut c, table, env);
         let capabilities = capabilities::Settings::load(&mut c, table, base, env);
         let teams = teams::load(&mut c, table.get("teams"), base);
         for installation in teams.iter().flat_map(|t| &t.plugins) {
@@ -225,6 +230,7 @@ impl Config {
             queue,
             kafka,
             clickhouse,
+            redis,
             capabilities,
             teams,
         })

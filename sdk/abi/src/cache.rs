@@ -2,7 +2,7 @@
 //! host's embedded `cache` backend and the SDK harness's fake are this same code.
 
 use crate::limits::{
-    self, ErrorKind, HostError, MAX_CACHE_LIST_LEN, MAX_CACHE_NAMESPACE_BYTES, MAX_CACHE_PUSH,
+    self, ErrorKind, HostError, MAX_CACHE_LIST_LEN, MAX_CACHE_NAMESPACE_BYTES,
     MAX_CACHE_VALUE_BYTES,
 };
 use std::collections::{HashMap, VecDeque};
@@ -129,15 +129,7 @@ impl Namespace {
         now: Instant,
     ) -> Result<u32, HostError> {
         limits::check_key(key)?;
-        if values.len() > MAX_CACHE_PUSH {
-            return Err(HostError::new(
-                ErrorKind::TooLarge,
-                format!("{} values in one push (cap {MAX_CACHE_PUSH})", values.len()),
-            ));
-        }
-        for value in &values {
-            limits::check_value(value, MAX_CACHE_VALUE_BYTES)?;
-        }
+        limits::check_push(&values)?;
         let len = match self.live(key, now).map(|e| &e.value) {
             None => 0,
             Some(Value::List(items)) => items.len(),
@@ -329,6 +321,7 @@ impl Namespace {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::MAX_CACHE_PUSH;
 
     fn items(values: &[&str]) -> Vec<Vec<u8>> {
         values.iter().map(|v| v.as_bytes().to_vec()).collect()

@@ -168,6 +168,20 @@ pub fn check_value(value: &[u8], cap: usize) -> Result<(), HostError> {
     Ok(())
 }
 
+/// Checks one cache list push: at most [`MAX_CACHE_PUSH`] values of at most
+/// [`MAX_CACHE_VALUE_BYTES`] each.
+pub fn check_push(values: &[Vec<u8>]) -> Result<(), HostError> {
+    if values.len() > MAX_CACHE_PUSH {
+        return Err(HostError::new(
+            ErrorKind::TooLarge,
+            format!("{} values in one push (cap {MAX_CACHE_PUSH})", values.len()),
+        ));
+    }
+    values
+        .iter()
+        .try_for_each(|value| check_value(value, MAX_CACHE_VALUE_BYTES))
+}
+
 /// Adds `by` to the decimal integer `current` (absent counts as 0), as `storage.increment` and
 /// `cache.increment` do.
 pub fn add_to_integer(current: Option<&[u8]>, by: i64) -> Result<i64, HostError> {
