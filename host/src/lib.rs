@@ -12,6 +12,7 @@
 //! [`kafka`] is what the Kafka clients share.
 //! `host/README.md` is the map.
 
+pub mod backends;
 pub mod bindings;
 pub mod capabilities;
 pub mod capture;

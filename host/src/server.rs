@@ -1,8 +1,7 @@
 //! `sluice serve`: wires config, runtime, chains, ingest, worker, sink and the HTTP API together.
 
-use crate::capabilities::cache::MemoryBackend;
-use crate::capabilities::storage::SqliteStorage;
-use crate::capabilities::{Background, Services, Shared, StartError};
+use crate::backends::{self, Backends};
+use crate::capabilities::{Background, Services, StartError};
 use crate::capture::{self, CaptureState};
 use crate::clickhouse::loader::Loader;
 use crate::config::{Config, ConfigError, Problem};
@@ -12,17 +11,13 @@ use crate::ingest::kafka::{KafkaAppend, KafkaIngest};
 use crate::ingest::sqlite::Queue;
 use crate::installations;
 use crate::ready::Readiness;
-use crate::redis::Redis;
-use crate::redis::cache::RedisCache;
-use crate::redis::storage::RedisStorage;
 use crate::roles::{Role, Roles};
 use crate::runtime::{Runtime, RuntimeSettings};
-use crate::schedule::{self, lock::LocalLock};
+use crate::schedule;
 use crate::signal::Signal;
-use crate::sink::kafka::{KafkaLogs, KafkaSink, RowProducer};
+use crate::sink::kafka::KafkaSink;
 use crate::sink::sqlite::SqliteSink;
 use crate::store;
-use crate::store::logs::{LogStore, SqliteLogs};
 use crate::telemetry;
 use crate::worker::{self, WorkerSettings};
 use axum::Router;
@@ -48,7 +43,7 @@ pub async fn serve(
     let lanes = config.workers();
     // Plugins' `setup` calls capabilities that block (object stores, http, storage): it runs on
     // a blocking thread, never on the server's async threads.
-    let (config, runtime, deployment, background) =
+    let (config, runtime, deployment, background, backends) =
         tokio::task::spawn_blocking(move || load(config))
             .await
             .map_err(|_| anyhow::anyhow!("loading the plugins panicked"))??;
@@ -79,12 +74,10 @@ pub async fn serve(
         )?);
     }
     if roles.has(Role::Scheduler) {
-        let lock: Arc<dyn schedule::lock::RunLock> =
-            Arc::new(LocalLock::open(&config.server.data_dir)?);
         deployment.adopt(schedule::start(
             &deployment.tasks,
-            &config.server.data_dir,
-            &lock,
+            &|| backends.task_history(),
+            &backends.run_lock()?,
             &store::node_id(&config.server.data_dir)?,
         )?);
     }
@@ -120,7 +113,7 @@ pub async fn serve(
             let worker = if roles.has(Role::Worker) {
                 let ingest = KafkaIngest::new(&kafka.settings())?;
                 readiness.lags.push(("worker", ingest.lag()));
-                Some(match row_producer(&config)? {
+                Some(match backends::row_producer(&config)? {
                     Some(rows) => worker::start(settings(), ingest, KafkaSink::new(rows))?,
                     None => worker::start(
                         settings(),
@@ -208,56 +201,9 @@ pub async fn serve(
     Ok(())
 }
 
-/// Where `config` keeps the capabilities' state: plugin log lines on the stored topics with
-/// `[clickhouse]`, the cache and storage on Redis with `[redis]`, else in this process.
-fn shared(config: &Config) -> anyhow::Result<Shared> {
-    let data_dir = &config.server.data_dir;
-    let logs: Box<dyn LogStore> = match row_producer(config)? {
-        Some(rows) => Box::new(KafkaLogs::new(rows)),
-        None => Box::new(SqliteLogs::open(data_dir)?),
-    };
-    Ok(match &config.redis {
-        Some(redis) => {
-            let redis = Redis::connect(&redis.settings()).map_err(|reason| ConfigError {
-                path: config.path.clone(),
-                problems: vec![Problem {
-                    key: "redis.url".into(),
-                    reason,
-                }],
-            })?;
-            Shared {
-                logs,
-                cache: Arc::new(RedisCache::new(redis.clone())),
-                storage: Arc::new(RedisStorage::new(redis)),
-            }
-        }
-        None => Shared {
-            logs,
-            cache: Arc::new(MemoryBackend::default()),
-            storage: Arc::new(SqliteStorage::open(data_dir)?),
-        },
-    })
-}
-
-/// What produces the stored topics when `config` names ClickHouse (else the embedded database
-/// stores).
-fn row_producer(config: &Config) -> anyhow::Result<Option<RowProducer>> {
-    let (Some(kafka), Some(clickhouse)) = (&config.kafka, &config.clickhouse) else {
-        return Ok(None);
-    };
-    // A row is an event as JSON inside JSON (escaped) or a dead letter's bytes in base64.
-    let max_row_bytes = kafka.max_event_bytes * 3;
-    Ok(Some(RowProducer::new(
-        &kafka.brokers,
-        clickhouse.topics(),
-        kafka.settings().delivery_timeout,
-        max_row_bytes,
-    )?))
-}
-
 /// Starts the engine and the capability services, and loads every installation (running each
 /// plugin's `setup`). Blocking: never call it on an async thread.
-fn load(config: Config) -> anyhow::Result<(Config, Runtime, Deployment, Background)> {
+fn load(config: Config) -> anyhow::Result<(Config, Runtime, Deployment, Background, Backends)> {
     let runtime = Runtime::new(&RuntimeSettings {
         // Sized by the process's limits, not by this config's installations, so that a later
         // config fits the same engine; plus the instances used while loading.
@@ -269,10 +215,11 @@ fn load(config: Config) -> anyhow::Result<(Config, Runtime, Deployment, Backgrou
         path: config.path.clone(),
         problems,
     };
+    let backends = Backends::connect(&config)?;
     let (services, background) = Services::start(
         &config.capabilities,
         &config.server.data_dir,
-        shared(&config)?,
+        backends.shared(&config)?,
     )
     .map_err(|error| match error {
         StartError::Config { key, reason } => {
@@ -287,5 +234,5 @@ fn load(config: Config) -> anyhow::Result<(Config, Runtime, Deployment, Backgrou
         .map(|t| (t.token.clone(), t.id))
         .collect();
     let deployment = Deployment::new(teams, installed, services);
-    Ok((config, runtime, deployment, background))
+    Ok((config, runtime, deployment, background, backends))
 }

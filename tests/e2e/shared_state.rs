@@ -1,11 +1,20 @@
 //! State nodes share on Redis (`[redis]`), through the real binary and a real `redis-server`:
-//! plugin storage and cache seen alike by every node, and a Redis outage that is a clear,
-//! retryable error to plugins while events keep flowing.
+//! plugin storage and cache seen alike by every node, a Redis outage that is a clear, retryable
+//! error to plugins while events keep flowing, and scheduled tasks that run once per tick
+//! across scheduler nodes under fenced leases.
 
 use crate::capabilities::{prober_team, probes, send};
 use crate::redis_server::RedisServer;
 use crate::support::Sluice;
+use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+fn time(value: &Value) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(value.as_str().unwrap())
+        .unwrap()
+        .with_timezone(&Utc)
+}
 
 /// A team whose chain is one prober installation doing `action` (the prober is granted every
 /// capability it imports, http to nowhere).
@@ -90,5 +99,187 @@ fn a_node_whose_redis_does_not_answer_refuses_to_start_with_the_reason() {
     assert!(
         stderr.contains("redis.url") && stderr.contains("does not answer"),
         "{stderr}"
+    );
+}
+
+/// A scheduler node on `redis` with the ticker installed as `team-1/p` (`extra`: its schedule
+/// and config), with a data folder of its own.
+fn scheduler(redis: &RedisServer, extra: &str) -> Sluice {
+    Sluice::start(&format!(
+        "[redis]\nurl = \"{}\"\n[[teams]]\nid = 1\ntoken = \"phc_one\"\n[[teams.plugins]]\n\
+         id = \"p\"\nplugin = \"{}\"\ngrants = [\"log\", \"jobs\"]\n{extra}\n",
+        redis.url,
+        crate::support::plugin("ticker").display()
+    ))
+}
+
+/// The runs of `task` every node sees (via `sluice tasks` on `node`), oldest first.
+fn task_runs(node: &Sluice, task: &str) -> Vec<Value> {
+    let (ok, out, err) = node.run(&["tasks", "--installation", "team-1/p", "--limit", "10000"]);
+    assert!(ok, "sluice tasks failed: {err}");
+    out.lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .filter(|run| run["task"] == task)
+        .collect()
+}
+
+/// Polls `check` on the runs of `task` until it returns something, for at most `seconds`.
+fn wait_for_runs<T>(
+    node: &Sluice,
+    task: &str,
+    seconds: u64,
+    what: &str,
+    mut check: impl FnMut(&[Value]) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        let runs = task_runs(node, task);
+        if let Some(found) = check(&runs) {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {runs:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The node id of `node` (the holder its runs are recorded with).
+fn node_id(node: &Sluice) -> String {
+    std::fs::read_to_string(node.dir.path().join("data/node-id"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+fn signal(node: &Sluice, name: &str) {
+    let sent = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &node.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -{name}");
+}
+
+#[test]
+fn two_scheduler_nodes_run_each_tick_of_a_task_once_across_the_fleet() {
+    let redis = RedisServer::start();
+    let schedule = r#"schedule = { tasks = { tick = "* * * * * *" } }"#;
+    let nodes = [scheduler(&redis, schedule), scheduler(&redis, schedule)];
+    let runs = wait_for_runs(&nodes[0], "tick", 90, "30 ticks", |runs| {
+        let ok = runs.iter().filter(|run| run["outcome"] == "ok").count();
+        (ok >= 30).then(|| runs.to_vec())
+    });
+    let ticks: Vec<DateTime<Utc>> = runs
+        .iter()
+        .filter(|run| run["outcome"] == "ok")
+        .map(|run| time(&run["scheduled_at"]))
+        .collect();
+    let mut sorted = ticks.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), ticks.len(), "a tick ran twice: {runs:?}");
+    for pair in sorted.windows(2) {
+        assert_eq!(
+            pair[1] - pair[0],
+            chrono::Duration::seconds(1),
+            "a tick did not run: {runs:?}"
+        );
+    }
+    assert!(
+        runs.iter().all(|run| run["outcome"] != "missed"),
+        "{runs:?}"
+    );
+    let holders: std::collections::BTreeSet<&str> = runs
+        .iter()
+        .filter_map(|run| run["holder"].as_str())
+        .collect();
+    eprintln!(
+        "2 scheduler nodes, 1-second task: {} ticks, {} runs, 0 twice, 0 missed, run by {} node(s)",
+        sorted.len(),
+        ticks.len(),
+        holders.len()
+    );
+}
+
+#[test]
+fn a_killed_lease_holder_is_replaced_within_its_ttl_and_a_paused_ones_late_end_is_refused() {
+    let redis = RedisServer::start();
+    let schedule = r#"config = { slow_ms = 2500 }
+schedule = { tasks = { slow = "*/3 * * * * *", tick = "0 0 0 1 1 * 2099" } }"#;
+    let mut nodes = [scheduler(&redis, schedule), scheduler(&redis, schedule)];
+    let ids = [node_id(&nodes[0]), node_id(&nodes[1])];
+    let running = |runs: &[Value]| {
+        runs.iter()
+            .rev()
+            .find(|run| run["outcome"] == "running")
+            .cloned()
+    };
+
+    // SIGKILL the node that holds the lease mid-run: the other runs a later tick within the TTL.
+    let run = wait_for_runs(&nodes[0], "slow", 30, "a running run", running);
+    let holder = ids
+        .iter()
+        .position(|id| run["holder"] == id.as_str())
+        .unwrap();
+    nodes[holder].crash();
+    let killed = Utc::now();
+    let other = &nodes[1 - holder];
+    let taken = wait_for_runs(other, "slow", 30, "a run by the other node", |runs| {
+        runs.iter()
+            .find(|r| {
+                r["holder"] == ids[1 - holder].as_str()
+                    && r["outcome"] == "ok"
+                    && time(&r["started_at"]) > killed
+            })
+            .cloned()
+    });
+    let takeover = time(&taken["started_at"]) - killed;
+    assert!(
+        takeover < chrono::Duration::seconds(10 + 3 + 2),
+        "replaced after {takeover}"
+    );
+    nodes[holder].restart();
+
+    // SIGSTOP the holder mid-run past its lease: the other takes over under a larger token;
+    // once resumed (SIGCONT), the paused node's end of its run is refused and logged.
+    let run = wait_for_runs(&nodes[0], "slow", 30, "a running run", running);
+    let holder = ids
+        .iter()
+        .position(|id| run["holder"] == id.as_str())
+        .unwrap();
+    signal(&nodes[holder], "STOP");
+    let paused_token = run["fencing_token"].as_u64().unwrap();
+    let newer = wait_for_runs(
+        &nodes[1 - holder],
+        "slow",
+        30,
+        "a run under a newer lease",
+        |runs| {
+            runs.iter()
+                .find(|r| r["outcome"] == "ok" && r["fencing_token"].as_u64() > Some(paused_token))
+                .cloned()
+        },
+    );
+    signal(&nodes[holder], "CONT");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !nodes[holder]
+        .stderr()
+        .contains("the end of a run was refused")
+    {
+        assert!(Instant::now() < deadline, "{}", nodes[holder].stderr());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let runs = task_runs(&nodes[0], "slow");
+    let paused = runs.iter().find(|r| r["id"] == run["id"]).unwrap();
+    assert_eq!(
+        paused["outcome"], "running",
+        "its late end was not recorded: {paused}"
+    );
+    eprintln!(
+        "SIGKILL: replaced {} ms after the kill; SIGSTOP: token {} taken over by token {}, the late end refused",
+        takeover.num_milliseconds(),
+        paused_token,
+        newer["fencing_token"]
     );
 }

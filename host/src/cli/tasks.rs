@@ -1,7 +1,9 @@
 //! `sluice tasks`: the runs of scheduled tasks, and running one now.
 
 use super::{Scope, check_installation, existing_data_dir, load, print_lines};
-use crate::schedule::history::{SqliteHistory, TaskHistory};
+use crate::backends::Backends;
+use crate::config::Config;
+use crate::schedule::history::TaskHistory;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -65,7 +67,7 @@ pub(super) fn run(action: Option<Action>, list: List) -> anyhow::Result<()> {
     };
     let config = load(&config)?;
     check_installation(&config, &installation)?;
-    let history = SqliteHistory::open(&existing_data_dir(&config)?)?;
+    let history = history_of(&config)?;
     let request = history.request_run(&installation, &task)?;
     let started = Instant::now();
     while !history.request_taken(request)? {
@@ -96,10 +98,15 @@ pub(super) fn run(action: Option<Action>, list: List) -> anyhow::Result<()> {
 }
 
 /// The task history of the scope's config, and the installation to list.
-fn open(scope: &Scope) -> anyhow::Result<(SqliteHistory, Option<&str>)> {
+fn open(scope: &Scope) -> anyhow::Result<(Box<dyn TaskHistory>, Option<&str>)> {
     let (config, installation) = scope.config()?;
-    Ok((
-        SqliteHistory::open(&existing_data_dir(&config)?)?,
-        installation,
-    ))
+    Ok((history_of(&config)?, installation))
+}
+
+/// The task history `config` names: on Redis, or in the database a server has made.
+fn history_of(config: &Config) -> anyhow::Result<Box<dyn TaskHistory>> {
+    if config.redis.is_none() {
+        existing_data_dir(config)?;
+    }
+    Ok(Backends::connect(config)?.task_history()?)
 }

@@ -1,12 +1,15 @@
 //! Redis: where nodes share what must outlive a call and be the same on every node. Each backend
 //! here implements an embedded seam with the same contract: the `cache` ([`cache`]) and
-//! `storage` ([`storage`]) capabilities.
+//! `storage` ([`storage`]) capabilities, the run lock ([`lock`]) and the task history
+//! ([`history`]).
 //!
 //! Every key sluice writes starts with the configured prefix (`sluice` by default), so several
 //! deployments can share one Redis; keys of one namespace share a hash tag (`{...}`), so a
 //! Redis Cluster keeps each namespace on one node and its scripts stay atomic.
 
 pub mod cache;
+pub mod history;
+pub mod lock;
 pub mod storage;
 
 use redis::{ErrorKind as RedisErrorKind, RedisError};
@@ -114,13 +117,21 @@ pub(crate) mod testing {
     impl TestRedis {
         pub fn start() -> Self {
             let server = RedisServer::start();
-            let redis = Redis::connect(&RedisSettings {
-                url: server.url.clone(),
-                prefix: "test".into(),
-                pool_size: 4,
-            })
-            .unwrap();
+            let redis = Redis::connect(&settings(&server)).unwrap();
             Self { server, redis }
+        }
+
+        /// Settings for another pool to the same server (another node).
+        pub fn settings(&self) -> RedisSettings {
+            settings(&self.server)
+        }
+    }
+
+    fn settings(server: &RedisServer) -> RedisSettings {
+        RedisSettings {
+            url: server.url.clone(),
+            prefix: "test".into(),
+            pool_size: 4,
         }
     }
 }

@@ -11,6 +11,9 @@
 //! - **Runs carry their fencing token and holder** (the node that ran them), so a run recorded
 //!   by a node that lost its lease can be told apart; a node that restarts marks only its own
 //!   unfinished runs `interrupted`.
+//! - **Fenced ends.** Ending a run whose task has since started a run under a larger fencing
+//!   token is refused ([`HistoryError::Fenced`]): the node that ran it lost its lease (it was
+//!   paused past it) and another node went on.
 //! - **A request is taken once**: [`TaskHistory::take_request`] hands each operator request to
 //!   one runner.
 
@@ -32,7 +35,8 @@ pub enum Trigger {
 }
 
 impl Trigger {
-    fn label(self) -> &'static str {
+    /// How it is recorded.
+    pub fn label(self) -> &'static str {
         match self {
             Trigger::Schedule => "schedule",
             Trigger::CatchUp => "catch_up",
@@ -81,6 +85,9 @@ pub struct TaskRun {
     pub error: Option<String>,
     /// The fencing token of the lease it ran under.
     pub fencing_token: Option<u64>,
+    /// The node it ran on (its data folder's node id).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
 }
 
 /// A run as it starts.
@@ -108,6 +115,9 @@ pub enum HistoryError {
     /// The backend failed or cannot be reached; trying again later may work.
     #[error("the task history is unavailable: {0}")]
     Unavailable(String),
+    /// A write under a lease that another node has taken over since.
+    #[error("refused a write under a stale lease: {0}")]
+    Fenced(String),
 }
 
 impl From<rusqlite::Error> for HistoryError {
@@ -170,6 +180,13 @@ pub trait TaskHistory: Send {
         request: Option<i64>,
         limit: usize,
     ) -> Result<Vec<TaskRun>, HistoryError>;
+}
+
+/// The refusal of ending run `id` under token `mine` after a run under `newest` started.
+fn fenced(id: i64, mine: u64, newest: u64) -> HistoryError {
+    HistoryError::Fenced(format!(
+        "run {id} ran under fencing token {mine}, but a run of its task started under token {newest} since"
+    ))
 }
 
 /// The task tables of the embedded database.
@@ -266,6 +283,19 @@ impl TaskHistory for SqliteHistory {
     }
 
     fn run_ended(&self, id: i64, error: Option<&str>) -> Result<(), HistoryError> {
+        let tokens: Option<(i64, i64)> = self
+            .conn
+            .query_row(
+                "SELECT r.fencing_token, (SELECT MAX(fencing_token) FROM task_runs o                  WHERE o.installation = r.installation AND o.task = r.task)                  FROM task_runs r WHERE r.id = ?1",
+                [id],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?;
+        if let Some((mine, newest)) = tokens
+            && mine < newest
+        {
+            return Err(fenced(id, mine as u64, newest as u64));
+        }
         self.conn.execute(
             "UPDATE task_runs SET ended_at_ms = ?2, outcome = ?3, error = ?4 WHERE id = ?1",
             params![
@@ -349,7 +379,7 @@ impl TaskHistory for SqliteHistory {
     ) -> Result<Vec<TaskRun>, HistoryError> {
         let mut stmt = self.conn.prepare(
             "SELECT id, installation, task, trigger, scheduled_at_ms, started_at_ms, ended_at_ms, outcome, \
-             error, fencing_token FROM task_runs WHERE (?1 IS NULL OR installation = ?1) \
+             error, fencing_token, holder FROM task_runs WHERE (?1 IS NULL OR installation = ?1) \
              AND (?2 IS NULL OR request_id = ?2) ORDER BY id DESC LIMIT ?3",
         )?;
         let mut runs = stmt
@@ -365,6 +395,7 @@ impl TaskHistory for SqliteHistory {
                     outcome: row.get(7)?,
                     error: row.get(8)?,
                     fencing_token: row.get::<_, Option<i64>>(9)?.map(|t| t as u64),
+                    holder: row.get(10)?,
                 })
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -373,12 +404,13 @@ impl TaskHistory for SqliteHistory {
     }
 }
 
+/// The contract's tests, which every task history runs.
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The contract every task history keeps (see the module docs), on `history`.
-    fn keeps_the_contract(history: &dyn TaskHistory) {
+    pub(crate) fn keeps_the_contract(history: &dyn TaskHistory) {
         assert_eq!(history.last_tick("i", "t").unwrap(), None);
         history.set_last_tick("i", "t", 20).unwrap();
         history.set_last_tick("i", "t", 10).unwrap();
@@ -421,6 +453,27 @@ mod tests {
         );
         assert_eq!(history.take_request("i").unwrap(), None, "taken once");
         assert!(history.request_taken(request).unwrap());
+
+        // A paused node's late end is refused once a run under a larger token started.
+        let paused = history.run_started(&run("a")).unwrap();
+        let newer = history
+            .run_started(&NewRun {
+                fencing_token: 8,
+                ..run("b")
+            })
+            .unwrap();
+        assert!(matches!(
+            history.run_ended(paused, None),
+            Err(HistoryError::Fenced(_))
+        ));
+        history.run_ended(newer, None).unwrap();
+        let last = history.runs(Some("i"), None, 1).unwrap();
+        assert_eq!(
+            (last[0].outcome.as_str(), last[0].fencing_token),
+            ("ok", Some(8))
+        );
+        assert_eq!(history.runs(Some("other"), None, 10).unwrap(), []);
+        assert_eq!(history.runs(None, Some(request), 10).unwrap(), []);
     }
 
     #[test]

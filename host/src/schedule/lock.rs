@@ -11,6 +11,8 @@
 //!   expiry while another node takes over; so whatever a run writes that matters should carry
 //!   its token, and the writer should refuse a token smaller than one it has seen (sluice
 //!   records the token with each run).
+//! - The holder may **extend** its lease while it still holds it (a heartbeat for long work);
+//!   extending a lease that expired, or that another holder has now, fails.
 //! - The holder releases the lease when the run ends; a lease that is not released (a crash)
 //!   expires on its own.
 //!
@@ -19,8 +21,7 @@
 //!
 //! The embedded mode runs one process, so [`LocalLock`] holds leases in memory; its fencing
 //! tokens are counted per key in the database, so they keep growing across restarts. At scale,
-//! a Redis implementation keeps the same contract: `SET key holder NX PX ttl` to acquire, `INCR`
-//! of a per-key counter for the fencing token, and a compare-and-delete script to release.
+//! [`crate::redis::lock::RedisLock`] keeps the same contract on Redis.
 
 use crate::store::{self, StoreError};
 use rusqlite::Connection;
@@ -51,6 +52,9 @@ pub enum LockError {
 pub trait RunLock: Send + Sync {
     /// The lease of `key` for `ttl`, or `None` while another holder has it.
     fn acquire(&self, key: &str, ttl: Duration) -> Result<Option<Lease>, LockError>;
+
+    /// Makes `lease` last `ttl` from now, if it is still held; whether it was.
+    fn extend(&self, lease: &Lease, ttl: Duration) -> Result<bool, LockError>;
 
     /// Gives `lease` back (nothing if it expired and was granted again meanwhile).
     fn release(&self, lease: &Lease);
@@ -100,6 +104,18 @@ impl RunLock for LocalLock {
         }))
     }
 
+    fn extend(&self, lease: &Lease, ttl: Duration) -> Result<bool, LockError> {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        match held.get_mut(&lease.key) {
+            Some((token, until)) if *token == lease.fencing_token && *until > now => {
+                *until = now + ttl;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     fn release(&self, lease: &Lease) {
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         if held
@@ -111,23 +127,31 @@ impl RunLock for LocalLock {
     }
 }
 
+/// The contract's tests, which every run lock runs.
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The contract every run lock keeps, on `lock`: one holder at a time, tokens that grow,
-    /// expiry, and releases that free only their own lease.
+    /// expiry, extension by the holder only, and releases that free only their own lease.
     pub(crate) fn keeps_the_contract(lock: &dyn RunLock) -> u64 {
         let long = Duration::from_secs(60);
         let first = lock.acquire("i/t", long).unwrap().unwrap();
         assert_eq!(lock.acquire("i/t", long).unwrap(), None);
         lock.acquire("i/u", long).unwrap().unwrap();
+        assert!(lock.extend(&first, long).unwrap());
         lock.release(&first);
+        assert!(!lock.extend(&first, long).unwrap(), "released");
         let second = lock
-            .acquire("i/t", Duration::from_millis(1))
+            .acquire("i/t", Duration::from_millis(300))
             .unwrap()
             .unwrap();
         assert!(second.fencing_token > first.fencing_token);
+        // The holder's heartbeat keeps it past its first expiry.
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(lock.extend(&second, Duration::from_millis(300)).unwrap());
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(lock.acquire("i/t", long).unwrap(), None, "extended");
         let deadline = Instant::now() + Duration::from_secs(5);
         let third = loop {
             // The short lease expires: another holder takes over with a larger token.
@@ -137,6 +161,10 @@ mod tests {
             assert!(Instant::now() < deadline, "the lease never expired");
         };
         assert!(third.fencing_token > second.fencing_token);
+        assert!(
+            !lock.extend(&second, long).unwrap(),
+            "an expired lease cannot be extended once another holder has it"
+        );
         lock.release(&second);
         assert_eq!(
             lock.acquire("i/t", long).unwrap(),

@@ -43,7 +43,6 @@ use crate::deployment::RunnerHandle;
 use crate::runtime::{InstanceSettings, Plugin};
 use crate::store::StoreError;
 use lock::RunLock;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use timing::Schedule;
@@ -99,25 +98,21 @@ impl From<runner::StepError> for StartError {
     }
 }
 
-/// Starts one runner thread per installation, recording in the task history of `data_dir`,
+/// Starts one runner thread per installation, recording in a task history from `history`,
 /// taking leases from `lock`, as the node `holder`; each runs jobs from its installation's job
 /// queue (the one its plugin queues on). Each runner ends once its own handle stops it (after
 /// the run it is in).
 pub fn start(
     installations: &[Arc<TaskInstallation>],
-    data_dir: &Path,
+    history: &dyn Fn() -> Result<Box<dyn history::TaskHistory>, StoreError>,
     lock: &Arc<dyn RunLock>,
     holder: &str,
 ) -> Result<Vec<RunnerHandle>, StartError> {
     installations
         .iter()
         .map(|installation| {
-            let runner = runner::Runner::new(
-                installation.clone(),
-                Box::new(history::SqliteHistory::open(data_dir)?),
-                lock.clone(),
-                holder,
-            )?;
+            let runner =
+                runner::Runner::new(installation.clone(), history()?, lock.clone(), holder)?;
             RunnerHandle::spawn(
                 format!("sluice-tasks-{}", installation.id),
                 installation.id.clone(),

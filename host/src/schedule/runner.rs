@@ -4,7 +4,7 @@
 use super::TaskInstallation;
 use super::history::{HistoryError, NewRun, TaskHistory, Trigger};
 use super::jobs::{JobError, JobQueue, Outcome, QueuedJob};
-use super::lock::RunLock;
+use super::lock::{Lease, RunLock};
 use crate::capabilities::log::{self, Level};
 use crate::retry::backoff;
 use crate::runtime::hooks::jobs::Job;
@@ -13,12 +13,38 @@ use crate::store::now_ms;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
 /// Longest the runner sleeps before looking again (requests, jobs queued by others).
 const IDLE: Duration = Duration::from_millis(250);
 /// Ticks looked at when catching up at start; beyond, the rest count as missed unseen.
 const MAX_CATCH_UP_TICKS: usize = 10_000;
+/// How long a lease lasts without a heartbeat: a node that dies (or is paused) while it runs
+/// something is replaced within this. Its heartbeat extends it every third of it.
+const LEASE_TTL: Duration = Duration::from_secs(10);
+
+/// Runs `work` while a heartbeat keeps `lease` of `lock` alive.
+fn heartbeat<T>(lock: &dyn RunLock, lease: &Lease, work: impl FnOnce() -> T) -> T {
+    let (done, beat) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            while let Err(RecvTimeoutError::Timeout) = beat.recv_timeout(LEASE_TTL / 3) {
+                match lock.extend(lease, LEASE_TTL) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(key = %lease.key, "a lease was lost while its run went on; what the run records is fenced");
+                        return;
+                    }
+                    Err(error) => tracing::warn!(key = %lease.key, %error, "cannot extend a lease"),
+                }
+            }
+        });
+        let result = work();
+        drop(done);
+        result
+    })
+}
 
 /// The next tick of one task, and why it runs.
 struct Due {
@@ -276,17 +302,27 @@ impl Runner {
     ) -> Result<(), StepError> {
         let id = self.installation.id.clone();
         let name = self.installation.tasks[task].name.clone();
-        let lease = match self.lock.acquire(&format!("{id}/{name}"), self.lease_ttl()) {
+        let lease = match self.lock.acquire(&format!("{id}/{name}"), LEASE_TTL) {
             Ok(Some(lease)) => lease,
-            refused => {
-                let why = match refused {
-                    Err(error) => format!("no lease: {error}"),
-                    _ => "another node holds the task's lease".to_owned(),
-                };
+            // Another node runs this task now: that node records the run, and the ticks its run
+            // overlaps as missed.
+            Ok(None) => return self.skip_to_next(task, at),
+            Err(error) => {
+                let why = format!("no lease: {error}");
                 self.history.missed(&id, &name, millis(at), &why)?;
                 return self.advance(task, at, Utc::now());
             }
         };
+        // Another node may have run this tick already (it took the lease first).
+        if trigger != Trigger::Manual
+            && self
+                .history
+                .last_tick(&id, &name)?
+                .is_some_and(|last| last >= millis(at))
+        {
+            self.lock.release(&lease);
+            return self.skip_to_next(task, at);
+        }
         let run = self.history.run_started(&NewRun {
             installation: &id,
             task: &name,
@@ -296,10 +332,28 @@ impl Runner {
             request,
             holder: &self.holder,
         })?;
-        let result = self.call(|instance| instance.run_task(&name, millis(at)));
-        self.lock.release(&lease);
+        let lock = self.lock.clone();
+        let result = heartbeat(&*lock, &lease, || {
+            self.call(|instance| instance.run_task(&name, millis(at)))
+        });
         let error = result.err().map(|e| e.to_string());
-        self.history.run_ended(run, error.as_deref())?;
+        let ended = self.history.run_ended(run, error.as_deref());
+        // The tick is recorded handled before the lease goes, so that no node runs it again.
+        let advanced = self.after_run(task, at, trigger);
+        self.lock.release(&lease);
+        if let Err(HistoryError::Fenced(why)) = &ended {
+            tracing::warn!(installation = %id, task = %name, "the end of a run was refused: {why}");
+            log::record(
+                &self.installation.settings.context,
+                Level::Warn,
+                &format!(
+                    "task `{name}`: its lease was taken over while it ran, so its end is not recorded ({why})"
+                ),
+            );
+            return advanced;
+        }
+        ended?;
+        advanced?;
         let outcome = if error.is_some() { "failed" } else { "ok" };
         metrics::counter!("sluice_task_runs_total", "installation" => id.to_string(), "task" => name.clone(), "outcome" => outcome)
             .increment(1);
@@ -311,6 +365,16 @@ impl Runner {
                 &format!("task `{name}` failed: {error}"),
             );
         }
+        Ok(())
+    }
+
+    /// Sets what comes after a run of `task` for tick `at`.
+    fn after_run(
+        &mut self,
+        task: usize,
+        at: DateTime<Utc>,
+        trigger: Trigger,
+    ) -> Result<(), StepError> {
         if trigger == Trigger::Manual {
             // A manual run leaves the schedule as it was, but for the ticks it overlapped
             // (the next due tick included).
@@ -322,6 +386,16 @@ impl Runner {
             );
         }
         self.advance(task, at, Utc::now())
+    }
+
+    /// Leaves tick `at` of `task` to the node that has it, and sets the next tick after now.
+    fn skip_to_next(&mut self, task: usize, at: DateTime<Utc>) -> Result<(), StepError> {
+        let schedule = &self.installation.tasks[task].schedule;
+        self.due[task] = schedule.after(Utc::now().max(at)).map(|at| Due {
+            at,
+            trigger: Trigger::Schedule,
+        });
+        Ok(())
     }
 
     /// Marks tick `at` of `task` handled and sets its next tick after `now`, recording the ticks
@@ -376,11 +450,6 @@ impl Runner {
             .increment(count as u64);
     }
 
-    /// How long a lease is taken for: a run's deadline and a margin.
-    fn lease_ttl(&self) -> Duration {
-        self.installation.settings.context.timeout + Duration::from_secs(30)
-    }
-
     /// Runs the installation's job due first, if any, under the lease of its jobs; returns
     /// whether it ran one.
     fn run_due_job(&mut self, now: DateTime<Utc>) -> Result<bool, StepError> {
@@ -391,7 +460,7 @@ impl Runner {
         if jobs.next_due(&id)?.is_none_or(|due| due > millis(now)) {
             return Ok(false);
         }
-        let lease = match self.lock.acquire(&format!("{id}/jobs"), self.lease_ttl()) {
+        let lease = match self.lock.acquire(&format!("{id}/jobs"), LEASE_TTL) {
             Ok(Some(lease)) => lease,
             Ok(None) => return Ok(false),
             Err(error) => {
@@ -401,7 +470,12 @@ impl Runner {
         };
         let claimed = jobs.claim(&id, &self.holder, lease.fencing_token, millis(now));
         let ran = match claimed {
-            Ok(Some(job)) => self.run_job(jobs.as_ref(), job, lease.fencing_token),
+            Ok(Some(job)) => {
+                let lock = self.lock.clone();
+                heartbeat(&*lock, &lease, || {
+                    self.run_job(jobs.as_ref(), job, lease.fencing_token)
+                })
+            }
             Ok(None) => Ok(false),
             Err(error) => Err(error.into()),
         };

@@ -1,0 +1,103 @@
+//! Which backend each seam uses for a config: the embedded ones (this process's memory and its
+//! data folder's SQLite) unless the config names the engines that replace them: `[kafka]` and
+//! `[clickhouse]` for stored events and plugin logs, `[redis]` for the cache, plugin storage,
+//! the run lock and the task history. The one place that chooses, for the server and the
+//! commands alike.
+
+use crate::capabilities::Shared;
+use crate::capabilities::cache::MemoryBackend;
+use crate::capabilities::storage::SqliteStorage;
+use crate::config::{Config, ConfigError, Problem};
+use crate::redis::Redis;
+use crate::redis::cache::RedisCache;
+use crate::redis::history::RedisHistory;
+use crate::redis::lock::RedisLock;
+use crate::redis::storage::RedisStorage;
+use crate::schedule::history::{SqliteHistory, TaskHistory};
+use crate::schedule::lock::{LocalLock, RunLock};
+use crate::sink::kafka::{KafkaLogs, RowProducer};
+use crate::store::StoreError;
+use crate::store::logs::{LogStore, SqliteLogs};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// The backends of one config, connected.
+pub struct Backends {
+    data_dir: PathBuf,
+    redis: Option<Redis>,
+}
+
+impl Backends {
+    /// Connects to what `config` names (Redis answers, or this fails naming `redis.url`).
+    /// Blocking.
+    pub fn connect(config: &Config) -> Result<Self, ConfigError> {
+        let redis = config
+            .redis
+            .as_ref()
+            .map(|redis| Redis::connect(&redis.settings()))
+            .transpose()
+            .map_err(|reason| ConfigError {
+                path: config.path.clone(),
+                problems: vec![Problem {
+                    key: "redis.url".into(),
+                    reason,
+                }],
+            })?;
+        Ok(Self {
+            data_dir: config.server.data_dir.clone(),
+            redis,
+        })
+    }
+
+    /// Where the capabilities keep their state.
+    pub fn shared(&self, config: &Config) -> anyhow::Result<Shared> {
+        let logs: Box<dyn LogStore> = match row_producer(config)? {
+            Some(rows) => Box::new(KafkaLogs::new(rows)),
+            None => Box::new(SqliteLogs::open(&self.data_dir)?),
+        };
+        Ok(match &self.redis {
+            Some(redis) => Shared {
+                logs,
+                cache: Arc::new(RedisCache::new(redis.clone())),
+                storage: Arc::new(RedisStorage::new(redis.clone())),
+            },
+            None => Shared {
+                logs,
+                cache: Arc::new(MemoryBackend::default()),
+                storage: Arc::new(SqliteStorage::open(&self.data_dir)?),
+            },
+        })
+    }
+
+    /// The run lock scheduler nodes share.
+    pub fn run_lock(&self) -> Result<Arc<dyn RunLock>, StoreError> {
+        Ok(match &self.redis {
+            Some(redis) => Arc::new(RedisLock::new(redis.clone())),
+            None => Arc::new(LocalLock::open(&self.data_dir)?),
+        })
+    }
+
+    /// A handle on the task history (one per runner).
+    pub fn task_history(&self) -> Result<Box<dyn TaskHistory>, StoreError> {
+        Ok(match &self.redis {
+            Some(redis) => Box::new(RedisHistory::new(redis.clone())),
+            None => Box::new(SqliteHistory::open(&self.data_dir)?),
+        })
+    }
+}
+
+/// What produces the stored topics when `config` names ClickHouse (else the embedded database
+/// stores).
+pub fn row_producer(config: &Config) -> anyhow::Result<Option<RowProducer>> {
+    let (Some(kafka), Some(clickhouse)) = (&config.kafka, &config.clickhouse) else {
+        return Ok(None);
+    };
+    // A row is an event as JSON inside JSON (escaped) or a dead letter's bytes in base64.
+    let max_row_bytes = kafka.max_event_bytes * 3;
+    Ok(Some(RowProducer::new(
+        &kafka.brokers,
+        clickhouse.topics(),
+        kafka.settings().delivery_timeout,
+        max_row_bytes,
+    )?))
+}
