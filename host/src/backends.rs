@@ -1,7 +1,7 @@
 //! Which backend each seam uses for a config: the embedded ones (this process's memory and its
 //! data folder's SQLite) unless the config names the engines that replace them: `[kafka]` and
 //! `[clickhouse]` for stored events and plugin logs, `[redis]` for the cache, plugin storage,
-//! the run lock and the task history. The one place that chooses, for the server and the
+//! the run lock, the task history and the job queue. The one place that chooses, for the server and the
 //! commands alike.
 
 use crate::capabilities::Shared;
@@ -11,9 +11,11 @@ use crate::config::{Config, ConfigError, Problem};
 use crate::redis::Redis;
 use crate::redis::cache::RedisCache;
 use crate::redis::history::RedisHistory;
+use crate::redis::jobs::RedisJobs;
 use crate::redis::lock::RedisLock;
 use crate::redis::storage::RedisStorage;
 use crate::schedule::history::{SqliteHistory, TaskHistory};
+use crate::schedule::jobs::{JobQueue, SqliteJobs};
 use crate::schedule::lock::{LocalLock, RunLock};
 use crate::sink::kafka::{KafkaLogs, RowProducer};
 use crate::store::StoreError;
@@ -60,12 +62,22 @@ impl Backends {
                 logs,
                 cache: Arc::new(RedisCache::new(redis.clone())),
                 storage: Arc::new(RedisStorage::new(redis.clone())),
+                jobs: self.job_queue()?,
             },
             None => Shared {
                 logs,
                 cache: Arc::new(MemoryBackend::default()),
                 storage: Arc::new(SqliteStorage::open(&self.data_dir)?),
+                jobs: self.job_queue()?,
             },
+        })
+    }
+
+    /// The job queue.
+    pub fn job_queue(&self) -> Result<Arc<dyn JobQueue>, StoreError> {
+        Ok(match &self.redis {
+            Some(redis) => Arc::new(RedisJobs::new(redis.clone())),
+            None => Arc::new(SqliteJobs::open(&self.data_dir)?),
         })
     }
 

@@ -283,3 +283,106 @@ schedule = { tasks = { slow = "*/3 * * * * *", tick = "0 0 0 1 1 * 2099" } }"#;
         newer["fencing_token"]
     );
 }
+
+/// Queues job `name` of `team-1/p` with `payload` through `node` (`sluice jobs enqueue`); its id.
+fn enqueue(node: &Sluice, name: &str, payload: &str) -> String {
+    let (ok, out, err) = node.run(&[
+        "jobs",
+        "enqueue",
+        "--installation",
+        "team-1/p",
+        "--name",
+        name,
+        "--payload",
+        payload,
+    ]);
+    assert!(ok, "sluice jobs enqueue failed: {err}");
+    let job: Value = serde_json::from_str(out.trim()).unwrap();
+    job["id"].as_str().unwrap().to_owned()
+}
+
+/// The messages `team-1/p` logged on `node` (each node keeps its own plugin logs).
+fn logged(node: &Sluice) -> Vec<String> {
+    node.logs(&["--installation", "team-1/p"])
+        .into_iter()
+        .map(|line| line["message"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn a_job_queued_on_one_node_runs_once_on_either_and_a_dead_nodes_job_runs_again_on_the_other() {
+    let redis = RedisServer::start();
+    let extra = r#"config = { slow_ms = 3000 }
+schedule = { tasks = { tick = "0 0 0 1 1 * 2099" } }"#;
+    let mut nodes = [scheduler(&redis, extra), scheduler(&redis, extra)];
+
+    // Twenty jobs queued through either node: each runs exactly once, wherever.
+    let ids: Vec<String> = (0..20)
+        .map(|n| enqueue(&nodes[n % 2], "echo", &format!("{{\"n\":{n}}}")))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let echoes = loop {
+        let echoes: Vec<String> = nodes
+            .iter()
+            .flat_map(logged)
+            .filter(|m| m.starts_with("echo"))
+            .collect();
+        if echoes.len() >= ids.len() {
+            break echoes;
+        }
+        assert!(Instant::now() < deadline, "{echoes:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for id in &ids {
+        let runs = echoes
+            .iter()
+            .filter(|m| m.starts_with(&format!("echo {id} ")))
+            .count();
+        assert_eq!(runs, 1, "job {id} ran {runs} times: {echoes:?}");
+    }
+    assert_eq!(echoes.len(), ids.len(), "{echoes:?}");
+    let ran_on: Vec<usize> = nodes
+        .iter()
+        .map(|node| {
+            logged(node)
+                .iter()
+                .filter(|m| m.starts_with("echo"))
+                .count()
+        })
+        .collect();
+
+    // A node killed while it runs a job: the other runs it again, same id, once the dead
+    // node's lease is gone.
+    let id = enqueue(&nodes[0], "busy", "{}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let holder = loop {
+        if let Some(n) = (0..2).find(|&n| logged(&nodes[n]).contains(&format!("busy {id} 1"))) {
+            break n;
+        }
+        assert!(Instant::now() < deadline, "the job never started");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    nodes[holder].crash();
+    let killed = Instant::now();
+    let other = &nodes[1 - holder];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !logged(other).contains(&format!("busy {id} 2")) {
+        assert!(Instant::now() < deadline, "{:?}", logged(other));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let again = killed.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, out, _) = other.run(&["jobs", "--installation", "team-1/p"]);
+        if ok && out.trim().is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{out}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "jobs across 2 nodes: {} jobs ran once each ({ran_on:?} per node); a killed node's job ran again on the other after {} ms",
+        ids.len(),
+        again.as_millis()
+    );
+}

@@ -371,6 +371,8 @@ pub struct Shared {
     pub cache: Arc<dyn cache::Backend>,
     /// The `storage` backend.
     pub storage: Arc<dyn storage::Backend>,
+    /// The job queue.
+    pub jobs: Arc<dyn crate::schedule::jobs::JobQueue>,
 }
 
 /// Background work of the services, to wait for at shutdown.
@@ -400,7 +402,7 @@ impl Services {
             cache: shared.cache,
             geoip: settings.geoip.open()?,
             object_stores: settings.object_stores.open(data_dir)?,
-            jobs: Some(Arc::new(crate::schedule::jobs::SqliteJobs::open(data_dir)?)),
+            jobs: Some(shared.jobs),
             recordings: Some(Arc::new(recordings::Recordings::open(data_dir)?)),
         };
         Ok((Arc::new(services), Background { log_writer }))

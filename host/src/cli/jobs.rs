@@ -1,8 +1,7 @@
 //! `sluice jobs`: the job queue, queueing a job by hand, and queueing failed jobs again.
 
-use super::{Scope, check_installation, existing_data_dir, load, print_lines};
+use super::{Scope, backends, check_installation, load, print_lines};
 use crate::capabilities;
-use crate::schedule::jobs::{JobQueue, SqliteJobs};
 use crate::store::{now_ms, rfc3339};
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -59,7 +58,7 @@ pub(super) fn run(action: Option<Action>, list: List) -> anyhow::Result<()> {
     match action {
         None => {
             let (config, installation) = list.scope.config()?;
-            let queue = SqliteJobs::open(&existing_data_dir(&config)?)?;
+            let queue = backends(&config)?.job_queue()?;
             print_lines(queue.list(installation)?)
         }
         Some(Action::Enqueue {
@@ -77,7 +76,7 @@ pub(super) fn run(action: Option<Action>, list: List) -> anyhow::Result<()> {
         }) => {
             let config = load(&config)?;
             check_installation(&config, &installation)?;
-            let queue = SqliteJobs::open(&existing_data_dir(&config)?)?;
+            let queue = backends(&config)?.job_queue()?;
             let retried = queue.retry_failed(&installation, id.as_deref())?;
             if let Some(id) = &id {
                 anyhow::ensure!(
@@ -103,7 +102,7 @@ fn enqueue(
 ) -> anyhow::Result<()> {
     let config = load(config)?;
     check_installation(&config, installation)?;
-    let queue = SqliteJobs::open(&existing_data_dir(&config)?)?;
+    let queue = backends(&config)?.job_queue()?;
     let run_at = match (at, delay) {
         (Some(at), _) => chrono::DateTime::parse_from_rfc3339(&at)
             .with_context(|| format!("--at {at:?} is not an RFC 3339 time"))?
@@ -114,7 +113,7 @@ fn enqueue(
         }
         (None, None) => now_ms(),
     };
-    let id = capabilities::jobs::enqueue(&queue, installation, name, payload, run_at)
+    let id = capabilities::jobs::enqueue(&*queue, installation, name, payload, run_at)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     print_lines(vec![json!({
         "id": id,

@@ -6,6 +6,7 @@ mod logs;
 mod recordings;
 mod tasks;
 
+use crate::backends::Backends;
 use crate::clickhouse::{self, ClickHouse};
 use crate::config::Config;
 use crate::roles::{Role, Roles};
@@ -254,6 +255,15 @@ fn existing_data_dir(config: &Config) -> anyhow::Result<PathBuf> {
         config.path.display()
     );
     Ok(config.server.data_dir.clone())
+}
+
+/// The backends of `config` for a command: on Redis where the config names it, else in the
+/// database a server has made.
+fn backends(config: &Config) -> anyhow::Result<Backends> {
+    if config.redis.is_none() {
+        existing_data_dir(config)?;
+    }
+    Ok(Backends::connect(config)?)
 }
 
 /// Fails unless `installation` (`team-<id>/<installation id>`) is in `config`.

@@ -1,7 +1,6 @@
 //! `sluice tasks`: the runs of scheduled tasks, and running one now.
 
-use super::{Scope, check_installation, existing_data_dir, load, print_lines};
-use crate::backends::Backends;
+use super::{Scope, backends, check_installation, load, print_lines};
 use crate::config::Config;
 use crate::schedule::history::TaskHistory;
 use clap::{Args, Subcommand};
@@ -103,10 +102,7 @@ fn open(scope: &Scope) -> anyhow::Result<(Box<dyn TaskHistory>, Option<&str>)> {
     Ok((history_of(&config)?, installation))
 }
 
-/// The task history `config` names: on Redis, or in the database a server has made.
+/// The task history `config` names.
 fn history_of(config: &Config) -> anyhow::Result<Box<dyn TaskHistory>> {
-    if config.redis.is_none() {
-        existing_data_dir(config)?;
-    }
-    Ok(Backends::connect(config)?.task_history()?)
+    Ok(backends(config)?.task_history()?)
 }

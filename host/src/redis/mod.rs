@@ -1,7 +1,7 @@
 //! Redis: where nodes share what must outlive a call and be the same on every node. Each backend
 //! here implements an embedded seam with the same contract: the `cache` ([`cache`]) and
-//! `storage` ([`storage`]) capabilities, the run lock ([`lock`]) and the task history
-//! ([`history`]).
+//! `storage` ([`storage`]) capabilities, the run lock ([`lock`]), the task history
+//! ([`history`]) and the job queue ([`jobs`]).
 //!
 //! Every key sluice writes starts with the configured prefix (`sluice` by default), so several
 //! deployments can share one Redis; keys of one namespace share a hash tag (`{...}`), so a
@@ -9,6 +9,7 @@
 
 pub mod cache;
 pub mod history;
+pub mod jobs;
 pub mod lock;
 pub mod storage;
 

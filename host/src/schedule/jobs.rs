@@ -15,7 +15,10 @@
 //!   overwrite what the new holder did.
 //! - **At least once.** A claimed job whose holder stopped before finishing it runs again: the
 //!   holder re-queues its own interrupted jobs when it starts
-//!   ([`JobQueue::requeue_interrupted`]), never another holder's.
+//!   ([`JobQueue::requeue_interrupted`]), never another holder's; and the next holder of the
+//!   installation's jobs lease re-queues the jobs claimed under an older lease
+//!   ([`JobQueue::requeue_fenced`]), so a job whose node died runs again on another node within
+//!   the lease's time to live.
 //! - **Bounded.** At most [`MAX_QUEUED`] jobs queued per installation; past it, `enqueue`
 //!   refuses ([`JobError::Full`]).
 
@@ -137,6 +140,13 @@ pub trait JobQueue: Send + Sync {
     /// Queues again the jobs of `installation` that `holder` claimed and never finished;
     /// returns how many.
     fn requeue_interrupted(&self, installation: &str, holder: &str) -> Result<usize, JobError>;
+
+    /// Whether a job of `installation` is running (claimed and not finished).
+    fn running(&self, installation: &str) -> Result<bool, JobError>;
+
+    /// Queues again the jobs of `installation` still running under a lease older than `token`
+    /// (their holder lost it: it died or was paused past it); returns how many.
+    fn requeue_fenced(&self, installation: &str, token: u64) -> Result<usize, JobError>;
 
     /// Queues the failed jobs of `installation` (only job `id`, if given) again, due now, with
     /// their attempts reset; returns how many.
@@ -269,6 +279,25 @@ impl JobQueue for SqliteJobs {
         })
     }
 
+    fn running(&self, installation: &str) -> Result<bool, JobError> {
+        self.with(|conn| {
+            conn.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM jobs WHERE installation = ?1 AND status = 'running')",
+            )?
+            .query_row([installation], |row| row.get(0))
+        })
+    }
+
+    fn requeue_fenced(&self, installation: &str, token: u64) -> Result<usize, JobError> {
+        self.with(|conn| {
+            conn.execute(
+                "UPDATE jobs SET status = 'queued', holder = NULL WHERE installation = ?1 \
+                 AND status = 'running' AND fencing_token < ?2",
+                params![installation, token as i64],
+            )
+        })
+    }
+
     fn retry_failed(&self, installation: &str, id: Option<&str>) -> Result<usize, JobError> {
         let now = now_ms();
         self.with(|conn| {
@@ -305,8 +334,9 @@ impl JobQueue for SqliteJobs {
     }
 }
 
+/// The contract's tests, which every job queue runs.
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The contract every job queue keeps (see the module docs), on `queue`.
@@ -356,14 +386,28 @@ mod tests {
         );
 
         // Failed for good, then retried by an operator.
-        let job = queue.claim("team-1/p", "node-a", 5, 20).unwrap().unwrap();
+        let job = queue.claim("team-1/p", "node-a", 8, 20).unwrap().unwrap();
         assert!(
             queue
-                .finish(&job.id, "node-a", 5, Outcome::Failed("no"))
+                .finish(&job.id, "node-a", 8, Outcome::Failed("no"))
                 .unwrap()
         );
         assert_eq!(queue.retry_failed("team-1/p", None).unwrap(), 1);
         assert!(queue.finish(&later, "node-b", 4, Outcome::Done).unwrap());
+
+        // The next lease holder re-queues what a lost lease left running.
+        let stuck = queue
+            .claim("team-1/p", "node-c", 9, i64::MAX)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            queue.requeue_fenced("team-1/p", 9).unwrap(),
+            0,
+            "its own lease"
+        );
+        assert_eq!(queue.requeue_fenced("team-1/p", 10).unwrap(), 1);
+        assert!(!queue.finish(&stuck.id, "node-c", 9, Outcome::Done).unwrap());
+        assert!(!queue.running("team-1/p").unwrap());
         assert_eq!(queue.list(Some("team-1/p")).unwrap().len(), 1);
         assert_eq!(queue.list(None).unwrap().len(), 2);
     }

@@ -457,7 +457,9 @@ impl Runner {
             return Ok(false);
         };
         let id = self.installation.id.clone();
-        if jobs.next_due(&id)?.is_none_or(|due| due > millis(now)) {
+        // A job running elsewhere may have lost its holder: taking the lease finds out.
+        let due = jobs.next_due(&id)?.is_some_and(|due| due <= millis(now));
+        if !due && !jobs.running(&id)? {
             return Ok(false);
         }
         let lease = match self.lock.acquire(&format!("{id}/jobs"), LEASE_TTL) {
@@ -468,6 +470,17 @@ impl Runner {
                 return Ok(false);
             }
         };
+        // What a holder that lost this lease left running runs again.
+        match jobs.requeue_fenced(&id, lease.fencing_token) {
+            Ok(0) => {}
+            Ok(requeued) => {
+                tracing::warn!(installation = %id, requeued, "jobs left running under a lost lease are queued again")
+            }
+            Err(error) => {
+                self.lock.release(&lease);
+                return Err(error.into());
+            }
+        }
         let claimed = jobs.claim(&id, &self.holder, lease.fencing_token, millis(now));
         let ran = match claimed {
             Ok(Some(job)) => {
