@@ -359,34 +359,17 @@ fn job_status(fields: &HashMap<String, String>) -> Option<(i64, String, JobStatu
 mod tests {
     use super::*;
     use crate::redis::testing::TestRedis;
-    use crate::schedule::jobs::tests::keeps_the_contract;
+    use crate::schedule::jobs::tests::{keeps_the_contract, two_runners_claim_each_job_once};
 
     #[test]
     fn the_redis_queue_keeps_the_contract_and_two_nodes_claim_each_job_once() {
         let test = TestRedis::start();
         keeps_the_contract(&RedisJobs::new(test.redis.clone()));
-        let queue = RedisJobs::new(test.redis.clone());
-        for _ in 0..50 {
-            queue.enqueue("team-9/p", "j", "{}", 0).unwrap();
-        }
-        let claimed: Vec<String> = std::thread::scope(|scope| {
-            let claim = |holder: &'static str| {
-                let settings = test.settings();
-                scope.spawn(move || {
-                    let queue = RedisJobs::new(crate::redis::Redis::connect(&settings).unwrap());
-                    let mut ids = Vec::new();
-                    while let Some(job) = queue.claim("team-9/p", holder, 1, 0).unwrap() {
-                        ids.push(job.id);
-                    }
-                    ids
-                })
-            };
-            let (a, b) = (claim("a"), claim("b"));
-            [a, b].into_iter().flat_map(|h| h.join().unwrap()).collect()
+        let settings = test.settings();
+        two_runners_claim_each_job_once(&|| {
+            Box::new(RedisJobs::new(
+                crate::redis::Redis::connect(&settings).unwrap(),
+            ))
         });
-        let mut unique = claimed.clone();
-        unique.sort();
-        unique.dedup();
-        assert_eq!((claimed.len(), unique.len()), (50, 50));
     }
 }

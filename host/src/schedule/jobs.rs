@@ -421,20 +421,21 @@ pub(crate) mod tests {
         assert_eq!(queued.len(), 2);
 
         let other = tempfile::tempdir().unwrap();
+        two_runners_claim_each_job_once(&|| Box::new(SqliteJobs::open(other.path()).unwrap()));
+    }
+
+    /// Two runners, each with a queue from `open` (its own connection), claim 50 jobs at
+    /// once: each exactly once.
+    pub(crate) fn two_runners_claim_each_job_once(open: &(dyn Fn() -> Box<dyn JobQueue> + Sync)) {
         for _ in 0..50 {
-            SqliteJobs::open(other.path())
-                .unwrap()
-                .enqueue("team-1/p", "j", "{}", 0)
-                .unwrap();
+            open().enqueue("team-9/p", "j", "{}", 0).unwrap();
         }
-        // Two runners with their own connections claim at once: each job exactly once.
         let claimed: Vec<String> = std::thread::scope(|scope| {
             let claim = |holder: &'static str| {
-                let dir = other.path();
                 scope.spawn(move || {
-                    let queue = SqliteJobs::open(dir).unwrap();
+                    let queue = open();
                     let mut ids = Vec::new();
-                    while let Some(job) = queue.claim("team-1/p", holder, 1, 0).unwrap() {
+                    while let Some(job) = queue.claim("team-9/p", holder, 1, 0).unwrap() {
                         ids.push(job.id);
                     }
                     ids
