@@ -11,10 +11,11 @@ use sluice_sdk::{
 };
 
 /// The actions, one per `action` value.
-pub const ACTIONS: [&str; 7] = [
+pub const ACTIONS: [&str; 8] = [
     "storage_count",
     "storage_oversize",
     "cache_count",
+    "cache_get",
     "geoip",
     "http",
     "log_flood",
@@ -63,6 +64,7 @@ impl Prober {
                 json!(storage::list_keys("seen/", None, 100)?)
             }
             "cache_count" => json!(cache::increment("count", 1)?),
+            "cache_get" => json!(cache::get("count")?.map(|v| v.len())),
             "geoip" => {
                 let ip = event.ip().unwrap_or_default();
                 json!(geoip::locate(ip)?.and_then(|l| l.city_name))
