@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Run: examples/cluster.sh
 # A sluice cluster on this machine, in one command: a Kafka-protocol broker (librdkafka's mock
-# cluster, the tests' helper), ClickHouse (Debian's clickhouse-server), two capture nodes
-# (examples/cluster/capture.toml, --role capture) and two worker nodes that also load
-# (examples/cluster/worker.toml, --role worker,loader). Prints where to send events and how to
-# read them back; stops everything on Ctrl-C. Everything it writes is under
-# examples/data/cluster/ (cleared at each start). See examples/cluster/README.md.
+# cluster, the tests' helper), ClickHouse (Debian's clickhouse-server), Redis (Debian's
+# redis-server), two capture nodes (examples/cluster/capture.toml, --role capture) and two
+# worker nodes that also load and schedule (examples/cluster/worker.toml,
+# --role worker,loader,scheduler). Prints where to send events and how to read them back; stops
+# everything on Ctrl-C. Everything it writes is under examples/data/cluster/ (cleared at each
+# start). See examples/cluster/README.md.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -16,6 +17,11 @@ fi
 clickhouse=${SLUICE_CLICKHOUSE:-/usr/sbin/clickhouse-server}
 if [ ! -x "$clickhouse" ]; then
   echo "clickhouse-server is missing: install it (Debian: apt-get install clickhouse-server) or set SLUICE_CLICKHOUSE" >&2
+  exit 1
+fi
+redis_server=${SLUICE_REDIS_SERVER:-/usr/bin/redis-server}
+if [ ! -x "$redis_server" ]; then
+  echo "redis-server is missing: install it (Debian: apt-get install redis-server) or set SLUICE_REDIS_SERVER" >&2
   exit 1
 fi
 plugins/build.sh examples/plugins
@@ -71,20 +77,29 @@ XML
 pids+=($!)
 until curl -sf "http://127.0.0.1:$ch_http/ping" >/dev/null; do sleep 0.2; done
 
+# Redis, with its append-only file (fsync on every write) under the run folder.
+redis_port=$(free_port)
+mkdir -p "$run/redis"
+"$redis_server" --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly yes \
+  --appendfsync always --dir "$root/$run/redis" >"$run/redis/stdout.log" 2>&1 &
+pids+=($!)
+until (exec 3<>"/dev/tcp/127.0.0.1/$redis_port") 2>/dev/null; do sleep 0.1; done
+
 # Each node: its config with the real addresses, its own data folder, its own port.
 node() { # name template roles port
   local dir="$root/$run/$1"
   mkdir -p "$dir"
   ln -s "$root/examples/plugins" "$dir/plugins"
   sed -e "s|127.0.0.1:9092|$brokers|" -e "s|http://127.0.0.1:8123|http://127.0.0.1:$ch_http|" \
+    -e "s|redis://127.0.0.1:6379|redis://127.0.0.1:$redis_port|" \
     -e "s|^listen = .*|listen = \"127.0.0.1:$4\"|" "examples/cluster/$2.toml" >"$dir/sluice.toml"
   "$sluice" serve --role "$3" --config "$dir/sluice.toml" >"$dir/stdout.log" 2>"$dir/stderr.log" &
   pids+=($!)
 }
 node capture-1 capture capture 8000
 node capture-2 capture capture 8001
-node worker-1 worker worker,loader 8010
-node worker-2 worker worker,loader 8011
+node worker-1 worker worker,loader,scheduler 8010
+node worker-2 worker worker,loader,scheduler 8011
 for port in 8000 8001 8010 8011; do
   until curl -sf "http://127.0.0.1:$port/ready" >/dev/null; do
     sleep 0.2
@@ -95,13 +110,15 @@ for port in 8000 8001 8010 8011; do
 done
 
 cat <<TXT
-sluice cluster running: broker $brokers, ClickHouse http://127.0.0.1:$ch_http
+sluice cluster running: broker $brokers, ClickHouse http://127.0.0.1:$ch_http, Redis redis://127.0.0.1:$redis_port
   capture nodes: http://127.0.0.1:8000 and http://127.0.0.1:8001 (token phc_cluster)
-  worker+loader nodes: http://127.0.0.1:8010 and http://127.0.0.1:8011 (/ready, /metrics)
+  worker+loader+scheduler nodes: http://127.0.0.1:8010 and http://127.0.0.1:8011 (/ready, /metrics)
 Send events (any PostHog SDK with host http://127.0.0.1:8000 works too):
   curl -s -X POST http://127.0.0.1:8000/batch -d '{"api_key":"phc_cluster","batch":[{"event":"signed_up","distinct_id":"ann","properties":{"email":"a@example.com","plan":"pro"}}]}'
 Read them back from ClickHouse (about a second later; downsampling keeps half of the users):
   $sluice events --config $run/worker-1/sluice.toml
+Scheduled tasks and jobs of the teams' plugins run on one worker node per tick (none in this
+chain; see examples/cluster/README.md): $sluice tasks --config $run/worker-1/sluice.toml
 Logs of each node: $run/<node>/stderr.log. Ctrl-C stops everything.
 TXT
 wait -n "${pids[@]}" || true
