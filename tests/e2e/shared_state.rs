@@ -386,3 +386,78 @@ schedule = { tasks = { tick = "0 0 0 1 1 * 2099" } }"#;
         again.as_millis()
     );
 }
+
+#[test]
+fn redis_restarted_mid_run_gives_clear_errors_then_tasks_and_queued_jobs_go_on_with_nothing_lost() {
+    let mut redis = RedisServer::start();
+    let schedule = r#"schedule = { tasks = { tick = "* * * * * *" } }"#;
+    let nodes = [scheduler(&redis, schedule), scheduler(&redis, schedule)];
+    wait_for_runs(&nodes[0], "tick", 30, "a first tick", |runs| {
+        runs.iter().any(|run| run["outcome"] == "ok").then_some(())
+    });
+    // A job acknowledged before the outage, due after it.
+    let (ok, out, err) = nodes[0].run(&[
+        "jobs",
+        "enqueue",
+        "--installation",
+        "team-1/p",
+        "--name",
+        "echo",
+        "--payload",
+        "{}",
+        "--in",
+        "4s",
+    ]);
+    assert!(ok, "{err}");
+    let id = serde_json::from_str::<Value>(out.trim()).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    redis.kill();
+    let down = Utc::now();
+    std::thread::sleep(Duration::from_secs(3));
+    // The commands say why they cannot answer.
+    let (ok, _, err) = nodes[1].run(&["tasks", "--installation", "team-1/p"]);
+    assert!(!ok && err.contains("Redis"), "{err}");
+    redis.resume();
+
+    // Ticks run again after the outage, each once; the queued job runs, once.
+    let runs = wait_for_runs(&nodes[0], "tick", 30, "ticks after the outage", |runs| {
+        let after = runs
+            .iter()
+            .filter(|run| {
+                run["outcome"] == "ok"
+                    && time(&run["scheduled_at"]) > down + chrono::Duration::seconds(3)
+            })
+            .count();
+        (after >= 3).then(|| runs.to_vec())
+    });
+    let ok: Vec<DateTime<Utc>> = runs
+        .iter()
+        .filter(|run| run["outcome"] == "ok")
+        .map(|run| time(&run["scheduled_at"]))
+        .collect();
+    let mut unique = ok.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), ok.len(), "a tick ran twice: {runs:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ran = nodes
+            .iter()
+            .flat_map(logged)
+            .filter(|m| m.starts_with(&format!("echo {id} ")))
+            .count();
+        if ran == 1 {
+            break;
+        }
+        assert!(
+            ran == 0 && Instant::now() < deadline,
+            "job {id} ran {ran} times"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let stderr = nodes[0].stderr() + &nodes[1].stderr();
+    assert!(stderr.contains("Redis"), "the outage is in the logs");
+}
