@@ -5,8 +5,9 @@
 //! plugins).
 //!
 //! (a) `cache.get` and `cache.increment` called by a plugin (the prober test plugin, one call
-//!     per event through the wasm boundary), on the memory backend and on Redis on loopback:
-//!     calls/s and latency percentiles per call.
+//!     per event through the wasm boundary), on the memory backend and on Redis on loopback,
+//!     without persistence (a cache's Redis) and with an append-only file fsynced on every write
+//!     (what `storage` needs): calls/s and latency percentiles per call.
 //! (b) Dispatch across two scheduler nodes (real `sluice serve` processes sharing one Redis):
 //!     how late after its tick a 1-second task starts, and how long after it is queued a job
 //!     starts, on whichever node runs it.
@@ -38,18 +39,22 @@ fn main() {
     let redis = RedisServer::start();
     println!("sluice shared-state benchmark ({} cores)", cores());
     println!("\n(a) cache calls from a plugin, {CALLS} calls each, one per event");
-    let connected = Redis::connect(&RedisSettings {
-        url: redis.url.clone(),
-        prefix: "bench".into(),
-        pool_size: 4,
-    })
-    .unwrap();
+    let volatile = RedisServer::start_volatile();
+    let connect = |server: &RedisServer| {
+        Redis::connect(&RedisSettings {
+            url: server.url.clone(),
+            prefix: "bench".into(),
+            pool_size: 4,
+        })
+        .unwrap()
+    };
     for (backend, cache) in [
         (
             "memory",
             Arc::new(MemoryBackend::default()) as Arc<dyn Backend>,
         ),
-        ("redis", Arc::new(RedisCache::new(connected))),
+        ("redis", Arc::new(RedisCache::new(connect(&volatile)))),
+        ("redis+fsync", Arc::new(RedisCache::new(connect(&redis)))),
     ] {
         for action in ["cache_count", "cache_get"] {
             cache_calls(&plugins, backend, cache.clone(), action);
@@ -125,7 +130,7 @@ fn cache_calls(plugins: &std::path::Path, backend: &str, cache: Arc<dyn Backend>
     latencies.sort();
     let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6;
     println!(
-        "  {backend:<7} {action:<12} {:>9.0} calls/s   p50 {:>7.1} µs   p99 {:>7.1} µs",
+        "  {backend:<12} {action:<12} {:>9.0} calls/s   p50 {:>7.1} µs   p99 {:>7.1} µs",
         CALLS as f64 / total.as_secs_f64(),
         at(0.5),
         at(0.99)

@@ -12,14 +12,25 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     child: Option<Child>,
     dir: tempfile::TempDir,
+    /// Whether it keeps an append-only file (fsync on every write).
+    persistent: bool,
     port: u16,
     /// `redis://127.0.0.1:PORT`.
     pub url: String,
 }
 
 impl RedisServer {
-    /// Starts a server; returns once it answers `PING`.
+    /// Starts a server that fsyncs every write; returns once it answers `PING`.
     pub fn start() -> Self {
+        Self::start_with(true)
+    }
+
+    /// Starts a server without persistence (a pure cache), for comparison.
+    pub fn start_volatile() -> Self {
+        Self::start_with(false)
+    }
+
+    fn start_with(persistent: bool) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
             .map(|addr| addr.port())
@@ -27,6 +38,7 @@ impl RedisServer {
         let mut server = Self {
             child: None,
             dir: tempfile::tempdir().expect("a temp folder"),
+            persistent,
             port,
             url: format!("redis://127.0.0.1:{port}"),
         };
@@ -40,7 +52,8 @@ impl RedisServer {
             std::env::var("SLUICE_REDIS_SERVER").unwrap_or_else(|_| "/usr/bin/redis-server".into());
         let child = Command::new(&binary)
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+            .args(["--save", "", "--appendfsync", "always", "--appendonly"])
+            .arg(if self.persistent { "yes" } else { "no" })
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())

@@ -93,7 +93,7 @@ fn two_nodes_on_one_redis_share_plugin_storage_and_cache_and_an_outage_is_a_clea
 #[test]
 fn a_node_whose_redis_does_not_answer_refuses_to_start_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
-    let config = config(&RedisServer::start(), dir.path());
+    let config = config(&RedisServer::start_volatile(), dir.path());
     // The server is gone once `config` is written.
     let stderr = crate::support::serve_fails(&config);
     assert!(
@@ -284,18 +284,24 @@ schedule = { tasks = { slow = "*/3 * * * * *", tick = "0 0 0 1 1 * 2099" } }"#;
     );
 }
 
-/// Queues job `name` of `team-1/p` with `payload` through `node` (`sluice jobs enqueue`); its id.
-fn enqueue(node: &Sluice, name: &str, payload: &str) -> String {
-    let (ok, out, err) = node.run(&[
-        "jobs",
-        "enqueue",
-        "--installation",
-        "team-1/p",
-        "--name",
-        name,
-        "--payload",
-        payload,
-    ]);
+/// Queues job `name` of `team-1/p` with `payload` through `node` (`sluice jobs enqueue`, with
+/// `when`, e.g. `--in 4s`); its id.
+fn enqueue(node: &Sluice, name: &str, payload: &str, when: &[&str]) -> String {
+    let args = [
+        &[
+            "jobs",
+            "enqueue",
+            "--installation",
+            "team-1/p",
+            "--name",
+            name,
+            "--payload",
+            payload,
+        ],
+        when,
+    ]
+    .concat();
+    let (ok, out, err) = node.run(&args);
     assert!(ok, "sluice jobs enqueue failed: {err}");
     let job: Value = serde_json::from_str(out.trim()).unwrap();
     job["id"].as_str().unwrap().to_owned()
@@ -318,7 +324,7 @@ schedule = { tasks = { tick = "0 0 0 1 1 * 2099" } }"#;
 
     // Twenty jobs queued through either node: each runs exactly once, wherever.
     let ids: Vec<String> = (0..20)
-        .map(|n| enqueue(&nodes[n % 2], "echo", &format!("{{\"n\":{n}}}")))
+        .map(|n| enqueue(&nodes[n % 2], "echo", &format!("{{\"n\":{n}}}"), &[]))
         .collect();
     let deadline = Instant::now() + Duration::from_secs(60);
     let echoes = loop {
@@ -353,7 +359,7 @@ schedule = { tasks = { tick = "0 0 0 1 1 * 2099" } }"#;
 
     // A node killed while it runs a job: the other runs it again, same id, once the dead
     // node's lease is gone.
-    let id = enqueue(&nodes[0], "busy", "{}");
+    let id = enqueue(&nodes[0], "busy", "{}", &[]);
     let deadline = Instant::now() + Duration::from_secs(30);
     let holder = loop {
         if let Some(n) = (0..2).find(|&n| logged(&nodes[n]).contains(&format!("busy {id} 1"))) {
@@ -396,23 +402,7 @@ fn redis_restarted_mid_run_gives_clear_errors_then_tasks_and_queued_jobs_go_on_w
         runs.iter().any(|run| run["outcome"] == "ok").then_some(())
     });
     // A job acknowledged before the outage, due after it.
-    let (ok, out, err) = nodes[0].run(&[
-        "jobs",
-        "enqueue",
-        "--installation",
-        "team-1/p",
-        "--name",
-        "echo",
-        "--payload",
-        "{}",
-        "--in",
-        "4s",
-    ]);
-    assert!(ok, "{err}");
-    let id = serde_json::from_str::<Value>(out.trim()).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = enqueue(&nodes[0], "echo", "{}", &["--in", "4s"]);
 
     redis.kill();
     let down = Utc::now();

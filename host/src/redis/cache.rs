@@ -342,7 +342,7 @@ mod tests {
 
     #[test]
     fn the_redis_backend_behaves_as_the_memory_backend() {
-        let server = TestRedis::start();
+        let server = TestRedis::start_volatile();
         crate::capabilities::cache::tests::behaves_as_a_cache(&RedisCache::new(
             server.redis.clone(),
         ));

@@ -117,7 +117,15 @@ pub(crate) mod testing {
 
     impl TestRedis {
         pub fn start() -> Self {
-            let server = RedisServer::start();
+            Self::on(RedisServer::start())
+        }
+
+        /// On a server without persistence, as a cache's Redis may be.
+        pub fn start_volatile() -> Self {
+            Self::on(RedisServer::start_volatile())
+        }
+
+        fn on(server: RedisServer) -> Self {
             let redis = Redis::connect(&settings(&server)).unwrap();
             Self { server, redis }
         }
