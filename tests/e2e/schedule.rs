@@ -412,7 +412,12 @@ fn an_operator_runs_a_task_now() {
 }
 
 /// Queues a job with `sluice jobs enqueue`; returns its id and due time.
-fn enqueue(sluice: &Sluice, name: &str, payload: &str, when: &[&str]) -> (String, DateTime<Utc>) {
+pub(crate) fn enqueue(
+    sluice: &Sluice,
+    name: &str,
+    payload: &str,
+    when: &[&str],
+) -> (String, DateTime<Utc>) {
     let args = [
         &[
             "jobs",

@@ -284,27 +284,10 @@ schedule = { tasks = { slow = "*/3 * * * * *", tick = "0 0 0 1 1 * 2099" } }"#;
     );
 }
 
-/// Queues job `name` of `team-1/p` with `payload` through `node` (`sluice jobs enqueue`, with
-/// `when`, e.g. `--in 4s`); its id.
+/// Queues job `name` of `team-1/p` with `payload` through `node` (`when`, e.g. `--in 4s`); its
+/// id.
 fn enqueue(node: &Sluice, name: &str, payload: &str, when: &[&str]) -> String {
-    let args = [
-        &[
-            "jobs",
-            "enqueue",
-            "--installation",
-            "team-1/p",
-            "--name",
-            name,
-            "--payload",
-            payload,
-        ],
-        when,
-    ]
-    .concat();
-    let (ok, out, err) = node.run(&args);
-    assert!(ok, "sluice jobs enqueue failed: {err}");
-    let job: Value = serde_json::from_str(out.trim()).unwrap();
-    job["id"].as_str().unwrap().to_owned()
+    crate::schedule::enqueue(node, name, payload, when).0
 }
 
 /// The messages `team-1/p` logged on `node` (each node keeps its own plugin logs).
