@@ -63,17 +63,15 @@ pub async fn deliver<'a>(
     Ok(())
 }
 
-/// One message read by a [`GroupConsumer`].
-#[derive(Debug)]
-pub struct Consumed {
+/// Where a message read by a [`GroupConsumer`] was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
     /// Which of the consumer's topics it came from (index into the topics it joined with).
     pub topic: usize,
     /// Its partition.
     pub partition: i32,
     /// Its offset.
     pub offset: i64,
-    /// Its payload.
-    pub payload: Vec<u8>,
 }
 
 /// The offsets to commit after what was read: per topic and partition, the offset after the
@@ -84,9 +82,9 @@ pub struct Offsets {
 }
 
 impl Offsets {
-    fn saw(&mut self, consumed: &Consumed) {
+    fn saw(&mut self, position: Position) {
         self.next
-            .insert((consumed.topic, consumed.partition), consumed.offset + 1);
+            .insert((position.topic, position.partition), position.offset + 1);
     }
 
     /// Whether nothing was read.
@@ -152,43 +150,44 @@ impl GroupConsumer {
         self.lag.clone()
     }
 
-    /// Up to `max` messages, waiting at most `wait` for the first; adds them to `offsets`.
-    pub fn poll(
+    /// Up to `max` messages, waiting at most `wait` for the first, each made into a `T` by
+    /// `read` from its position and payload (borrowed from the client: no copy is made here);
+    /// adds them to `offsets`.
+    pub fn poll<T>(
         &mut self,
         max: usize,
         wait: Duration,
         offsets: &mut Offsets,
-    ) -> Result<Vec<Consumed>, KafkaError> {
+        mut read: impl FnMut(Position, &[u8]) -> T,
+    ) -> Result<Vec<T>, KafkaError> {
         /// How long a poll waits for more messages once it has one.
         const FILL_WAIT: Duration = Duration::from_millis(10);
         self.measure_lag();
-        let mut read = Vec::new();
+        let mut read_all = Vec::new();
         let mut timeout = wait;
-        while read.len() < max {
+        while read_all.len() < max {
             let Some(message) = self.consumer.poll(timeout) else {
                 break;
             };
             let message = message?;
             // Take what is arriving with it too, but do not wait for more.
             timeout = FILL_WAIT;
-            let topic = self
-                .topics
-                .iter()
-                .position(|t| t == message.topic())
-                .unwrap_or_default();
-            let consumed = Consumed {
-                topic,
+            let position = Position {
+                topic: self
+                    .topics
+                    .iter()
+                    .position(|t| t == message.topic())
+                    .unwrap_or_default(),
                 partition: message.partition(),
                 offset: message.offset(),
-                payload: message.payload().unwrap_or_default().to_vec(),
             };
             self.unacknowledged
-                .entry((topic, consumed.partition))
-                .or_insert(consumed.offset);
-            offsets.saw(&consumed);
-            read.push(consumed);
+                .entry((position.topic, position.partition))
+                .or_insert(position.offset);
+            offsets.saw(position);
+            read_all.push(read(position, message.payload().unwrap_or_default()));
         }
-        Ok(read)
+        Ok(read_all)
     }
 
     /// Moves each partition read and not committed back to where its reading began. A

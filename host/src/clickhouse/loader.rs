@@ -12,7 +12,7 @@
 //!   owner; again, rows loaded twice are kept once.
 
 use super::{ClickHouse, ClickHouseSettings, LoaderSettings, Table, Topics, rows};
-use crate::kafka::{Consumed, GroupConsumer, Offsets};
+use crate::kafka::{GroupConsumer, Offsets, Position};
 use crate::retry;
 use rdkafka::error::KafkaError;
 use std::collections::BTreeMap;
@@ -132,14 +132,13 @@ impl Loader {
                 },
             };
             let room = self.settings.batch_rows - batch.rows;
-            let read = consumer.poll(room, wait, offsets)?;
+            let read = consumer.poll(room, wait, offsets, |position, payload| {
+                batch.add(position, payload);
+            })?;
             if read.is_empty() && (first.is_none() || stop.load(Ordering::SeqCst)) {
                 return Ok(batch);
             }
             first = first.or_else(|| (!read.is_empty()).then(Instant::now));
-            for consumed in read {
-                batch.add(consumed);
-            }
             if batch.rows >= self.settings.batch_rows || batch.bytes >= self.settings.batch_bytes {
                 return Ok(batch);
             }
@@ -210,16 +209,15 @@ struct Batch {
 }
 
 impl Batch {
-    fn add(&mut self, consumed: Consumed) {
-        let table = Table::ALL[consumed.topic];
-        let Some(row) = rows::with_position(&consumed.payload, consumed.partition, consumed.offset)
-        else {
+    fn add(&mut self, position: Position, payload: &[u8]) {
+        let table = Table::ALL[position.topic];
+        let Some(row) = rows::with_position(payload, position.partition, position.offset) else {
             // Not a row sluice produced: someone else wrote to the topic.
             metrics::counter!("sluice_loader_unreadable_total").increment(1);
             tracing::error!(
                 table = table.name(),
-                partition = consumed.partition,
-                offset = consumed.offset,
+                partition = position.partition,
+                offset = position.offset,
                 "a message on a stored topic is not a JSON row; left out of ClickHouse"
             );
             return;

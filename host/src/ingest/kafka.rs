@@ -23,7 +23,7 @@ use super::{
 use crate::kafka::{self, GroupConsumer, Offsets};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use sluice_abi::wire::{self, BatchReader, BatchWriter, Field};
+use sluice_abi::wire::{self, BatchReader, Field};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
@@ -208,31 +208,27 @@ impl Ingest for KafkaIngest {
         // A round not acknowledged is read again.
         self.consumer.rewind().map_err(unavailable)?;
         let mut offsets = Offsets::default();
-        let messages = self
+        let batches = self
             .consumer
-            .poll(max_events, wait, &mut offsets)
-            .map_err(unavailable)?;
-        if messages.is_empty() {
-            return Ok(None);
-        }
-        let batches: Vec<Ingested> = messages
-            .into_iter()
-            .map(|message| {
-                let mut encoded = Vec::with_capacity(message.payload.len() + 4);
-                encoded.extend_from_slice(&(message.payload.len() as u32).to_le_bytes());
-                encoded.extend_from_slice(&message.payload);
+            .poll(max_events, wait, &mut offsets, |position, body| {
+                // A batch of this one event, built in place: count, length prefix, event.
+                let mut payload = Vec::with_capacity(body.len() + 8);
+                payload.extend_from_slice(&1u32.to_le_bytes());
+                payload.extend_from_slice(&(body.len() as u32).to_le_bytes());
+                payload.extend_from_slice(body);
                 // An unreadable message still goes to the worker, which quarantines it.
-                let team_id = wire::parse_encoded(&encoded).map_or(0, |raw| raw.team_id());
-                let mut batch = BatchWriter::with_capacity(encoded.len());
-                batch.push_encoded(&encoded);
+                let team_id = wire::parse_encoded(&payload[4..]).map_or(0, |raw| raw.team_id());
                 Ingested {
-                    position: format!("{}:{}", message.partition, message.offset),
+                    position: format!("{}:{}", position.partition, position.offset),
                     team_id,
                     events: 1,
-                    payload: batch.finish(),
+                    payload,
                 }
             })
-            .collect();
+            .map_err(unavailable)?;
+        if batches.is_empty() {
+            return Ok(None);
+        }
         Ok(Some(Polled {
             events: batches.len() as u64,
             batches,
@@ -250,6 +246,7 @@ impl Ingest for KafkaIngest {
 mod tests {
     use super::*;
     use rdkafka::mocking::MockCluster;
+    use sluice_abi::wire::BatchWriter;
     use std::collections::BTreeMap;
 
     fn settings(brokers: String) -> KafkaSettings {
