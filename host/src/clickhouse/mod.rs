@@ -10,6 +10,13 @@
 pub mod loader;
 pub mod read;
 pub mod rows;
+pub mod source;
+
+// The tests' ClickHouse helper, shared with `tests/e2e` and the benches; each uses a part of it.
+#[cfg(test)]
+#[allow(dead_code)]
+#[path = "../../../tests/e2e/clickhouse_server.rs"]
+mod clickhouse_server;
 
 use flate2::Compression;
 use flate2::write::GzEncoder;

@@ -34,6 +34,12 @@ pub struct EventRow {
     pub set_once_json: Option<String>,
     /// When the worker stored it, epoch milliseconds: of two copies, the later is kept.
     pub stored_at_ms: i64,
+    /// The topic partition it was loaded from (on rows read back, when selected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka_partition: Option<i32>,
+    /// The topic offset it was loaded from (on rows read back, when selected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka_offset: Option<i64>,
 }
 
 /// A row of [`Table::Recordings`].
@@ -136,6 +142,8 @@ pub fn event(encoded: &[u8], now_ms: i64) -> Result<Row, SinkError> {
                     set_json: fields.set.map(str::to_owned),
                     set_once_json: fields.set_once.map(str::to_owned),
                     stored_at_ms: now_ms,
+                    kafka_partition: None,
+                    kafka_offset: None,
                 };
                 let key = format!("{}:{}", row.team_id, row.distinct_id);
                 Row::new(Table::Events, key, &row)
