@@ -74,7 +74,7 @@ fn wait_for<T>(
     }
 }
 
-fn time(value: &Value) -> DateTime<Utc> {
+pub(crate) fn time(value: &Value) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(value.as_str().unwrap())
         .unwrap()
         .with_timezone(&Utc)

@@ -5,16 +5,11 @@
 
 use crate::capabilities::{prober_team, probes, send};
 use crate::redis_server::RedisServer;
+use crate::schedule::time;
 use crate::support::Sluice;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-
-fn time(value: &Value) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(value.as_str().unwrap())
-        .unwrap()
-        .with_timezone(&Utc)
-}
 
 /// A team whose chain is one prober installation doing `action` (the prober is granted every
 /// capability it imports, http to nowhere).

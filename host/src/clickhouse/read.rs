@@ -10,7 +10,6 @@ use crate::store::rfc3339;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::de::DeserializeOwned;
-use sluice_abi::wire;
 
 /// Single quotes around `text`, escaped for ClickHouse.
 fn quoted(text: &str) -> String {
@@ -77,24 +76,11 @@ pub fn recent_dead_letters(
     )?;
     Ok(rows
         .into_iter()
-        .map(|row| {
-            let encoded = BASE64.decode(&row.event_base64).unwrap_or_default();
-            // The event as it was before the plugin that failed, earlier plugins' edits applied.
-            let event = wire::parse_encoded(&encoded)
-                .and_then(|raw| raw.with_patch_applied(StoredEvent::from_fields))
-                .map_or_else(
-                    |error| DeadEvent::Damaged {
-                        damaged: error.to_string(),
-                        bytes_base64: row.event_base64.clone(),
-                    },
-                    DeadEvent::Readable,
-                );
-            StoredDeadLetter {
-                installation: row.installation,
-                error: row.error,
-                backtrace: row.backtrace,
-                event,
-            }
+        .map(|row| StoredDeadLetter {
+            event: DeadEvent::of(&BASE64.decode(&row.event_base64).unwrap_or_default()),
+            installation: row.installation,
+            error: row.error,
+            backtrace: row.backtrace,
         })
         .collect())
 }

@@ -9,7 +9,7 @@
 //! hashes. Every change that must be atomic is one script.
 
 use super::Redis;
-use crate::schedule::history::{HistoryError, NewRun, TaskHistory, TaskRun, TaskSchedule};
+use crate::schedule::history::{HistoryError, NewRun, TaskHistory, TaskRun, TaskSchedule, fenced};
 use crate::schedule::timing::Schedule;
 use crate::store::{now_ms, rfc3339};
 use redis::Script;
@@ -269,9 +269,7 @@ impl TaskHistory for RedisHistory {
             Ok(redis::from_redis_value::<(u64, u64)>(answer).ok())
         })?;
         match refused {
-            Some((mine, newest)) => Err(HistoryError::Fenced(format!(
-                "run {id} ran under fencing token {mine}, but a run of its task started under token {newest} since"
-            ))),
+            Some((mine, newest)) => Err(fenced(id, mine, newest)),
             None => Ok(()),
         }
     }

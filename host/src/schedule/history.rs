@@ -183,7 +183,7 @@ pub trait TaskHistory: Send {
 }
 
 /// The refusal of ending run `id` under token `mine` after a run under `newest` started.
-fn fenced(id: i64, mine: u64, newest: u64) -> HistoryError {
+pub(crate) fn fenced(id: i64, mine: u64, newest: u64) -> HistoryError {
     HistoryError::Fenced(format!(
         "run {id} ran under fencing token {mine}, but a run of its task started under token {newest} since"
     ))

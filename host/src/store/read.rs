@@ -79,6 +79,22 @@ pub enum DeadEvent {
     },
 }
 
+impl DeadEvent {
+    /// The event of a dead letter from its bytes (with length prefix): as it was before the
+    /// plugin that failed, earlier plugins' edits applied, or why it cannot be read.
+    pub fn of(encoded: &[u8]) -> Self {
+        wire::parse_encoded(encoded)
+            .and_then(|raw| raw.with_patch_applied(StoredEvent::from_fields))
+            .map_or_else(
+                |error| DeadEvent::Damaged {
+                    damaged: error.to_string(),
+                    bytes_base64: BASE64.encode(encoded),
+                },
+                DeadEvent::Readable,
+            )
+    }
+}
+
 /// A quarantined ingest payload as `sluice quarantine` prints it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct StoredQuarantine {
@@ -168,21 +184,11 @@ pub fn recent_dead_letters(
     let mut letters = rows
         .into_iter()
         .map(|(installation, error, encoded, backtrace)| {
-            // The event as it was before the plugin that failed, earlier plugins' edits applied.
-            let event = wire::parse_encoded(&encoded)
-                .and_then(|raw| raw.with_patch_applied(StoredEvent::from_fields))
-                .map_or_else(
-                    |error| DeadEvent::Damaged {
-                        damaged: error.to_string(),
-                        bytes_base64: BASE64.encode(&encoded),
-                    },
-                    DeadEvent::Readable,
-                );
             Ok(StoredDeadLetter {
                 installation,
                 error,
                 backtrace,
-                event,
+                event: DeadEvent::of(&encoded),
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
