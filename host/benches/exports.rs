@@ -25,6 +25,11 @@ mod common;
 #[path = "common/events.rs"]
 mod events;
 use events::properties;
+// The e2e tests' S3 server, of which the bench needs only part.
+#[allow(dead_code)]
+#[path = "../../tests/e2e/process.rs"]
+mod process;
+#[allow(dead_code)]
 #[path = "../../tests/e2e/s3.rs"]
 mod s3;
 
@@ -170,10 +175,10 @@ fn send(
 }
 
 fn status(data_dir: &Path) -> Value {
-    let conn = sluice::store::open(data_dir).unwrap();
+    let mut state = sluice::export::state::sqlite::SqliteExportState::open(data_dir).unwrap();
     let mut source =
         sluice::export::source::SqliteSource::open(data_dir, Default::default()).unwrap();
-    let statuses = sluice::export::state::status(&conn, &mut source).unwrap();
+    let statuses = sluice::export::state::status(&mut state, &mut source).unwrap();
     serde_json::to_value(&statuses[0]).unwrap()
 }
 

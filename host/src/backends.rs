@@ -1,15 +1,21 @@
 //! Which backend each seam uses for a config: the embedded ones (this process's memory and its
 //! data folder's SQLite) unless the config names the engines that replace them: `[kafka]` and
-//! `[clickhouse]` for stored events and plugin logs, `[redis]` for the cache, plugin storage,
-//! the run lock, the task history and the job queue. The one place that chooses, for the server and the
-//! commands alike.
+//! `[clickhouse]` for stored events (and the events exports read) and plugin logs, `[redis]`
+//! for the cache, plugin storage, the run lock, the task history, the job queue and the export
+//! state. The one place that chooses, for the server and the commands alike.
 
 use crate::capabilities::Shared;
 use crate::capabilities::cache::MemoryBackend;
 use crate::capabilities::storage::SqliteStorage;
+use crate::clickhouse::source::ClickHouseSource;
+use crate::clickhouse::{ClickHouse, ClickHouseSettings};
 use crate::config::{Config, ConfigError, Problem};
+use crate::export::source::{Source, SqliteSource};
+use crate::export::state::ExportState;
+use crate::export::state::sqlite::SqliteExportState;
 use crate::redis::Redis;
 use crate::redis::cache::RedisCache;
+use crate::redis::exports::RedisExportState;
 use crate::redis::history::RedisHistory;
 use crate::redis::jobs::RedisJobs;
 use crate::redis::lock::RedisLock;
@@ -17,16 +23,19 @@ use crate::redis::storage::RedisStorage;
 use crate::schedule::history::{SqliteHistory, TaskHistory};
 use crate::schedule::jobs::{JobQueue, SqliteJobs};
 use crate::schedule::lock::{LocalLock, RunLock};
+use crate::signal::Signal;
 use crate::sink::kafka::{KafkaLogs, RowProducer};
 use crate::store::StoreError;
 use crate::store::logs::{LogStore, SqliteLogs};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// The backends of one config, connected.
+/// The backends of one config, connected (clones share the connections).
+#[derive(Clone)]
 pub struct Backends {
     data_dir: PathBuf,
     redis: Option<Redis>,
+    clickhouse: Option<ClickHouseSettings>,
 }
 
 impl Backends {
@@ -48,6 +57,7 @@ impl Backends {
         Ok(Self {
             data_dir: config.server.data_dir.clone(),
             redis,
+            clickhouse: config.clickhouse.as_ref().map(|c| c.settings()),
         })
     }
 
@@ -86,6 +96,23 @@ impl Backends {
         Ok(match &self.redis {
             Some(redis) => Arc::new(RedisLock::new(redis.clone())),
             None => Arc::new(LocalLock::open(&self.data_dir)?),
+        })
+    }
+
+    /// A handle on the export state (one per runner).
+    pub fn export_state(&self) -> Result<Box<dyn ExportState>, StoreError> {
+        Ok(match &self.redis {
+            Some(redis) => Box::new(RedisExportState::new(redis.clone())),
+            None => Box::new(SqliteExportState::open(&self.data_dir)?),
+        })
+    }
+
+    /// Where export runners read stored events (one per runner); `stored` is notified when
+    /// this process stores events.
+    pub fn export_source(&self, stored: Arc<Signal>) -> anyhow::Result<Box<dyn Source>> {
+        Ok(match &self.clickhouse {
+            Some(settings) => Box::new(ClickHouseSource::new(ClickHouse::new(settings)?)),
+            None => Box::new(SqliteSource::open(&self.data_dir, stored)?),
         })
     }
 

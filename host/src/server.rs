@@ -56,29 +56,44 @@ pub async fn serve(
         "plugins loaded"
     );
 
-    if config.clickhouse.is_some() && roles.has(Role::Exporter) && !deployment.exports.is_empty() {
+    if config.clickhouse.is_some()
+        && config.redis.is_none()
+        && roles.has(Role::Exporter)
+        && !deployment.exports.is_empty()
+    {
         let names: Vec<&str> = deployment.exports.iter().map(|e| &*e.id).collect();
         anyhow::bail!(
-            "{}: export installations ({}) read stored events from the embedded database, which [clickhouse] replaces; exports from ClickHouse are not supported yet: remove them from this config",
+            "{}: export installations ({}) read stored events from ClickHouse, so their cursors must be where every exporter node sees them: add [redis]",
             config.path.display(),
             names.join(", ")
         );
     }
     let stop = Arc::new(AtomicBool::new(false));
     let stored = Arc::new(Signal::default());
+    let lock = backends.run_lock()?;
+    let node = store::node_id(&config.server.data_dir)?;
     if roles.has(Role::Exporter) {
-        deployment.adopt(export::start(
-            &deployment.exports,
-            &config.server.data_dir,
-            &stored,
-        )?);
+        // Event sources may hold blocking HTTP clients, which are made off the async threads.
+        let (exports, backends, lock, stored, node) = (
+            deployment.exports.clone(),
+            backends.clone(),
+            lock.clone(),
+            stored.clone(),
+            node.clone(),
+        );
+        deployment.adopt(
+            tokio::task::spawn_blocking(move || {
+                export::start(&exports, &backends, &lock, &stored, &node)
+            })
+            .await??,
+        );
     }
     if roles.has(Role::Scheduler) {
         deployment.adopt(schedule::start(
             &deployment.tasks,
             &|| backends.task_history(),
-            &backends.run_lock()?,
-            &store::node_id(&config.server.data_dir)?,
+            &lock,
+            &node,
         )?);
     }
     let current = Arc::new(Current::new(deployment));

@@ -20,7 +20,7 @@ const EXPORT: &str = "export = { max_events = 200, max_age_seconds = 1, retry_ba
                       retry_max_seconds = 2, max_attempts = 100, events_to_ignore = [\"$feature_flag_called\"] }";
 
 /// An S3 export installation `id` writing `format` under `prefix` to the store `lake`.
-fn s3_installation(id: &str, format: &str, prefix: &str) -> String {
+pub(crate) fn s3_installation(id: &str, format: &str, prefix: &str) -> String {
     format!(
         "[[teams.plugins]]\nid = \"{id}\"\nplugin = \"{}\"\nconfig = {{ store = \"lake\", prefix = \"{prefix}\", format = \"{format}\" }}\n\
          grants = [\"object_store\"]\nobject_store = {{ stores = [\"lake\"] }}\n{EXPORT}\n",
@@ -40,7 +40,7 @@ fn bigquery_installation(bq: &FakeBigQuery) -> String {
     )
 }
 
-fn team(installations: &str) -> String {
+pub(crate) fn team(installations: &str) -> String {
     format!("[[teams]]\nid = 1\ntoken = \"phc_one\"\n{installations}")
 }
 
@@ -100,7 +100,7 @@ pub(crate) fn wait_exported(sluice: &Sluice, installations: &[&str]) -> HashMap<
 }
 
 /// The uuid of every event in every JSON-lines object under `prefix`, as often as it appears.
-fn jsonl_uuids(s3: &S3Server, prefix: &str) -> Vec<String> {
+pub(crate) fn jsonl_uuids(s3: &S3Server, prefix: &str) -> Vec<String> {
     let mut uuids = Vec::new();
     for (key, body) in s3.objects() {
         if !key.starts_with(prefix) {
@@ -136,7 +136,7 @@ fn parquet_uuids(s3: &S3Server, prefix: &str) -> Vec<String> {
 }
 
 /// Asserts that `found` holds each of `expected` exactly once and nothing else.
-fn assert_exactly_once(what: &str, found: &[String], expected: &BTreeSet<String>) {
+pub(crate) fn assert_exactly_once(what: &str, found: &[String], expected: &BTreeSet<String>) {
     let unique: BTreeSet<String> = found.iter().cloned().collect();
     assert_eq!(
         unique.len(),

@@ -148,12 +148,17 @@ fn on_kafka_a_worker_killed_under_load_loses_nothing_and_stores_nothing_twice() 
 }
 
 /// A node with `roles` and its own data folder, on the broker, storing into `clickhouse`, with
-/// team 1's chain `team` (a `[[teams]]` table).
-fn node(broker: &Broker, clickhouse: &ClickHouseServer, team: &str, roles: &str) -> Sluice {
+/// `rest` after (further sections, then team 1's `[[teams]]` table).
+pub(crate) fn node(
+    broker: &Broker,
+    clickhouse: &ClickHouseServer,
+    rest: &str,
+    roles: &str,
+) -> Sluice {
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nworkers = 1\n\
-         [kafka]\nbrokers = \"{}\"\nsession_timeout_ms = 6000\n{}{team}",
+         [kafka]\nbrokers = \"{}\"\nsession_timeout_ms = 6000\n{}{rest}",
         broker.brokers,
         clickhouse.section(),
     );
@@ -187,7 +192,10 @@ fn load(urls: &std::sync::Mutex<Vec<String>>, stop: &std::sync::atomic::AtomicBo
 
 /// Runs [`load`] on `urls` while `meanwhile` runs, and a second more; returns the rounds
 /// acknowledged (a good many, or the test fails).
-fn under_load(urls: &std::sync::Mutex<Vec<String>>, meanwhile: impl FnOnce()) -> Vec<usize> {
+pub(crate) fn under_load(
+    urls: &std::sync::Mutex<Vec<String>>,
+    meanwhile: impl FnOnce(),
+) -> Vec<usize> {
     let stop = std::sync::atomic::AtomicBool::new(false);
     let acknowledged = std::thread::scope(|scope| {
         let sender = scope.spawn(|| load(urls, &stop));

@@ -62,6 +62,13 @@ impl S3Server {
         }
     }
 
+    /// Sends `signal` (e.g. `STOP`, `CONT`) to the server: a stopped server accepts requests
+    /// but answers none until continued.
+    pub fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().unwrap();
+        crate::process::signal(child.id(), signal);
+    }
+
     /// Starts the stopped server again, on the same port and folder.
     pub fn resume(&mut self) {
         let child = Command::new(binary())

@@ -4,6 +4,7 @@
 //! across scheduler nodes under fenced leases.
 
 use crate::capabilities::{prober_team, probes, send};
+use crate::process::signal;
 use crate::redis_server::RedisServer;
 use crate::schedule::time;
 use crate::support::Sluice;
@@ -141,19 +142,11 @@ fn wait_for_runs<T>(
 }
 
 /// The node id of `node` (the holder its runs are recorded with).
-fn node_id(node: &Sluice) -> String {
+pub(crate) fn node_id(node: &Sluice) -> String {
     std::fs::read_to_string(node.dir.path().join("data/node-id"))
         .unwrap()
         .trim()
         .to_owned()
-}
-
-fn signal(node: &Sluice, name: &str) {
-    let sent = std::process::Command::new("kill")
-        .args([&format!("-{name}"), &node.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success(), "kill -{name}");
 }
 
 #[test]
@@ -243,7 +236,7 @@ schedule = { tasks = { slow = "*/3 * * * * *", tick = "0 0 0 1 1 * 2099" } }"#;
         .iter()
         .position(|id| run["holder"] == id.as_str())
         .unwrap();
-    signal(&nodes[holder], "STOP");
+    signal(nodes[holder].pid(), "STOP");
     let paused_token = run["fencing_token"].as_u64().unwrap();
     let newer = wait_for_runs(
         &nodes[1 - holder],
@@ -256,7 +249,7 @@ schedule = { tasks = { slow = "*/3 * * * * *", tick = "0 0 0 1 1 * 2099" } }"#;
                 .cloned()
         },
     );
-    signal(&nodes[holder], "CONT");
+    signal(nodes[holder].pid(), "CONT");
     let deadline = Instant::now() + Duration::from_secs(20);
     while !nodes[holder]
         .stderr()

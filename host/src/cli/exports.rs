@@ -1,12 +1,10 @@
 //! `sluice exports`: status, dead letters, replay.
 
-use super::{load, open_existing, print_lines};
-use crate::export::source::SqliteSource;
+use super::{backends, load, print_lines};
 use crate::export::state;
 use anyhow::Context;
 use clap::Subcommand;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 /// What `sluice exports` can do besides printing status.
 #[derive(Subcommand)]
@@ -39,24 +37,26 @@ pub(super) fn run(action: Option<Action>, config: Option<PathBuf>) -> anyhow::Re
     match action {
         None => {
             let config = load(&config.context("--config is required")?)?;
-            let conn = open_existing(&config)?;
-            let mut source = SqliteSource::open(&config.server.data_dir, Arc::default())?;
-            print_lines(state::status(&conn, &mut source)?)
+            let backends = backends(&config)?;
+            let mut source = backends.export_source(Default::default())?;
+            print_lines(state::status(&mut *backends.export_state()?, &mut *source)?)
         }
         Some(Action::DeadLetters {
             config,
             installation,
-        }) => print_lines(state::dead_letters(
-            &open_existing(&load(&config)?)?,
-            installation.as_deref(),
-        )?),
+        }) => print_lines(
+            backends(&load(&config)?)?
+                .export_state()?
+                .dead_letters(installation.as_deref())?,
+        ),
         Some(Action::Replay {
             config,
             installation,
             batch,
         }) => {
-            let conn = open_existing(&load(&config)?)?;
-            let queued = state::request_replay(&conn, &installation, batch.as_deref())?;
+            let queued = backends(&load(&config)?)?
+                .export_state()?
+                .request_replay(&installation, batch.as_deref())?;
             anyhow::ensure!(
                 queued > 0,
                 "no dead-lettered batch of {installation}{} (see `sluice exports dead-letters`)",

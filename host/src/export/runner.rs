@@ -1,7 +1,15 @@
 //! One export installation's runner: forms batches from the team's stored events after its
 //! cursor, records each before calling the plugin, retries with backoff, dead-letters, and
 //! replays dead letters on request. It owns one plugin instance, its event source and its own
-//! database connection, on its own thread, so a slow or failing export holds up nothing else.
+//! handle on the export state, on its own thread, so a slow or failing export holds up nothing
+//! else.
+//!
+//! One runner per installation runs on each exporter node, and the one holding the
+//! installation's lease (`export/<installation>`) works while the others stand by, asking for
+//! it every second: a node that dies is replaced within the lease's TTL, and one that shuts down
+//! hands the lease back at once. The holder claims the installation's state under its lease's
+//! fencing token before reading it, and writes under that token, so a holder paused past its
+//! lease cannot move the cursor or record anything once another took over.
 //!
 //! The batch being filled ([`OpenBatch`]) is built incrementally: each wake-up reads only the
 //! events stored since the last read and encodes only those, so a runner woken on every store
@@ -10,14 +18,13 @@
 
 use super::ExportInstallation;
 use super::source::{Cursor, Source, SourceError, StoredEvent};
-use super::state::{self, Batch};
+use super::state::{Batch, ExportState, StateError};
 use crate::retry::backoff;
 use crate::runtime::hooks::exporter::Batch as Descriptor;
 use crate::runtime::{CallError, Instance};
-use crate::store::{self, StoreError, now_ms};
-use rusqlite::Connection;
+use crate::schedule::lock::{LEASE_TTL, Lease, RunLock, heartbeat};
+use crate::store::now_ms;
 use sluice_abi::wire::BatchWriter;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -60,11 +67,12 @@ impl Metrics {
     }
 }
 
-/// Why a step failed: the export state or the event source; the runner tries again.
+/// Why a step failed: the export state or the event source; the runner tries again (unless
+/// its lease was taken over).
 #[derive(Debug, Error)]
 enum StepError {
     #[error(transparent)]
-    State(#[from] StoreError),
+    State(#[from] StateError),
     #[error(transparent)]
     Source(#[from] SourceError),
 }
@@ -131,7 +139,12 @@ impl From<CallError> for Failure {
 
 pub(super) struct Runner {
     installation: Arc<ExportInstallation>,
-    conn: Connection,
+    state: Box<dyn ExportState>,
+    lock: Arc<dyn RunLock>,
+    /// The node this runner is on.
+    holder: String,
+    /// The fencing token of the lease held, while one is.
+    token: u64,
     source: Box<dyn Source>,
     open: Option<OpenBatch>,
     instance: Option<Instance>,
@@ -142,15 +155,19 @@ pub(super) struct Runner {
 impl Runner {
     pub(super) fn new(
         installation: Arc<ExportInstallation>,
-        data_dir: &Path,
+        mut state: Box<dyn ExportState>,
+        lock: Arc<dyn RunLock>,
         source: Box<dyn Source>,
-    ) -> Result<Self, StoreError> {
-        let conn = store::open(data_dir)?;
-        state::register(&conn, &installation.id, installation.team_id)?;
+        holder: &str,
+    ) -> Result<Self, StateError> {
+        state.register(&installation.id, installation.team_id)?;
         Ok(Self {
             metrics: Metrics::new(&installation.id),
             installation,
-            conn,
+            state,
+            lock,
+            holder: holder.to_owned(),
+            token: 0,
             source,
             open: None,
             instance: None,
@@ -158,14 +175,53 @@ impl Runner {
         })
     }
 
-    /// Steps until `stop` is set, sleeping on the source (woken when events are stored).
+    /// Until `stop` is set: holds the installation's lease and works, or stands by while
+    /// another node holds it.
     pub(super) fn run(mut self, stop: &AtomicBool) {
+        let key = format!("export/{}", self.installation.id);
         while !stop.load(Ordering::SeqCst) {
+            match self.lock.acquire(&key, LEASE_TTL) {
+                Ok(Some(lease)) => {
+                    let lock = self.lock.clone();
+                    heartbeat(&*lock, &lease, |lost| self.hold(&lease, stop, lost));
+                    lock.release(&lease);
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(installation = %self.installation.id, %error, "export runner cannot ask for its lease; retrying")
+                }
+            }
+            if !stop.load(Ordering::SeqCst) {
+                self.source.wait(IDLE);
+            }
+        }
+        if let Some(instance) = self.instance.take() {
+            instance.teardown();
+        }
+    }
+
+    /// Works under `lease` until `stop` is set or the lease is `lost` (or taken over: a fenced
+    /// write), sleeping on the source (woken when events are stored).
+    fn hold(&mut self, lease: &Lease, stop: &AtomicBool, lost: &AtomicBool) {
+        let id = self.installation.id.clone();
+        self.token = lease.fencing_token;
+        // Another node may have moved the state since this one last held the lease.
+        self.open = None;
+        if let Err(error) = self.state.claim(&id, self.token, &self.holder) {
+            tracing::warn!(installation = %id, %error, "export runner cannot take its installation over");
+            return;
+        }
+        tracing::info!(installation = %id, fencing_token = self.token, "export runner holds its installation");
+        while !stop.load(Ordering::SeqCst) && !lost.load(Ordering::SeqCst) {
             let wait_until = match self.step() {
                 Ok(Step::Worked) => continue,
                 Ok(Step::WaitUntil(at)) => at,
+                Err(StepError::State(error @ StateError::Fenced(_))) => {
+                    tracing::warn!(installation = %id, %error, "export runner lost its installation to another node; its write was refused");
+                    return;
+                }
                 Err(error) => {
-                    tracing::error!(installation = %self.installation.id, %error, "export runner cannot read its state or its events; retrying");
+                    tracing::error!(installation = %id, %error, "export runner cannot read its state or its events; retrying");
                     self.open = None;
                     now_ms() + IDLE.as_millis() as i64
                 }
@@ -175,27 +231,24 @@ impl Runner {
             );
             self.source.wait(wait);
         }
-        if let Some(instance) = self.instance.take() {
-            instance.teardown();
-        }
     }
 
     fn step(&mut self) -> Result<Step, StepError> {
         let now = now_ms();
         self.update_lag()?;
         let id = self.installation.id.clone();
-        if let Some(batch) = state::in_flight(&self.conn, &id)? {
+        if let Some(batch) = self.state.in_flight(&id)? {
             if batch.next_attempt_ms > now {
                 return Ok(Step::WaitUntil(batch.next_attempt_ms));
             }
             self.send(batch)?;
             return Ok(Step::Worked);
         }
-        if let Some(letter) = state::due_replay(&self.conn, &id, now)? {
+        if let Some(letter) = self.state.due_replay(&id, now)? {
             self.replay(letter)?;
             return Ok(Step::Worked);
         }
-        let cursor = state::cursor(&self.conn, &id)?;
+        let cursor = self.state.cursor(&id)?;
         let mut open = match self.open.take() {
             Some(open) if open.base == cursor => open,
             _ => OpenBatch::new(cursor),
@@ -301,7 +354,7 @@ impl Runner {
         let id = self.installation.id.clone();
         if count > 0 {
             batch.attempts += 1;
-            state::record(&self.conn, &id, batch)?;
+            self.state.record(&id, batch, self.token)?;
             if batch.attempts > 1 {
                 self.metrics.retries.increment(1);
             }
@@ -309,13 +362,13 @@ impl Runner {
                 return Ok(self.failed(batch.clone(), failure)?);
             }
         }
-        state::delivered(&mut self.conn, &id, batch, count)?;
+        self.state.delivered(&id, batch, count, self.token)?;
         self.metrics.events.increment(count);
         self.metrics.batches.increment(1);
         Ok(())
     }
 
-    fn failed(&mut self, mut batch: Batch, failure: Failure) -> Result<(), StoreError> {
+    fn failed(&mut self, mut batch: Batch, failure: Failure) -> Result<(), StateError> {
         let id = self.installation.id.clone();
         let config = &self.installation.config;
         tracing::warn!(installation = %id, batch = %batch.id, attempt = batch.attempts, retryable = failure.retryable, "export failed: {}", failure.message);
@@ -327,11 +380,12 @@ impl Runner {
                     batch.attempts,
                 );
             batch.last_error = Some(failure.message);
-            return state::record(&self.conn, &id, &batch);
+            return self.state.record(&id, &batch, self.token);
         }
         self.metrics.dead_letters.increment(1);
         tracing::error!(installation = %id, batch = %batch.id, attempts = batch.attempts, "export batch dead-lettered: {}", failure.message);
-        state::dead_letter(&mut self.conn, &id, &batch, &failure.message)
+        self.state
+            .dead_letter(&id, &batch, &failure.message, self.token)
     }
 
     /// Sends a dead-lettered batch again, removing it once delivered.
@@ -350,7 +404,7 @@ impl Runner {
                 self.metrics.events.increment(count);
                 self.metrics.batches.increment(1);
                 tracing::info!(installation = %id, batch = %batch.id, "dead-lettered export batch replayed");
-                Ok(state::replayed(&self.conn, &id, &batch, Ok(count))?)
+                Ok(self.state.replayed(&id, &batch, Ok(count), self.token)?)
             }
             Err(failure) => {
                 let retry =
@@ -363,12 +417,9 @@ impl Runner {
                             )
                     });
                 tracing::warn!(installation = %id, batch = %batch.id, "replay failed: {}", failure.message);
-                Ok(state::replayed(
-                    &self.conn,
-                    &id,
-                    &batch,
-                    Err((&failure.message, retry)),
-                )?)
+                Ok(self
+                    .state
+                    .replayed(&id, &batch, Err((&failure.message, retry)), self.token)?)
             }
         }
     }
@@ -378,7 +429,7 @@ impl Runner {
             return Ok(());
         }
         self.lag_updated = Some(Instant::now());
-        let cursor = state::cursor(&self.conn, &self.installation.id)?;
+        let cursor = self.state.cursor(&self.installation.id)?;
         let lag = self.source.lag(self.installation.team_id, &cursor)?;
         self.metrics.lag_events.set(lag.events as f64);
         let seconds = lag.oldest_stored_at_ms.map_or(0, |t| (now_ms() - t).max(0));

@@ -1,13 +1,14 @@
 //! Redis: where nodes share what must outlive a call and be the same on every node. Each backend
 //! here implements an embedded seam with the same contract: the `cache` ([`cache`]) and
 //! `storage` ([`storage`]) capabilities, the run lock ([`lock`]), the task history
-//! ([`history`]) and the job queue ([`jobs`]).
+//! ([`history`]), the job queue ([`jobs`]) and the export state ([`exports`]).
 //!
 //! Every key sluice writes starts with the configured prefix (`sluice` by default), so several
 //! deployments can share one Redis; keys of one namespace share a hash tag (`{...}`), so a
 //! Redis Cluster keeps each namespace on one node and its scripts stay atomic.
 
 pub mod cache;
+pub mod exports;
 pub mod history;
 pub mod jobs;
 pub mod lock;

@@ -27,6 +27,8 @@ use crate::store::{self, StoreError};
 use rusqlite::Connection;
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -58,6 +60,36 @@ pub trait RunLock: Send + Sync {
 
     /// Gives `lease` back (nothing if it expired and was granted again meanwhile).
     fn release(&self, lease: &Lease);
+}
+
+/// How long a lease lasts without a heartbeat: a node that dies (or is paused) while it runs
+/// something is replaced within this. Its heartbeat extends it every third of it.
+pub const LEASE_TTL: Duration = Duration::from_secs(10);
+
+/// Runs `work` while a heartbeat keeps `lease` of `lock` alive (for [`LEASE_TTL`] at a time);
+/// the flag `work` is given is set once the lease is lost (another holder may have it).
+pub fn heartbeat<T>(lock: &dyn RunLock, lease: &Lease, work: impl FnOnce(&AtomicBool) -> T) -> T {
+    let (done, beat) = std::sync::mpsc::channel::<()>();
+    let lost = AtomicBool::new(false);
+    let lost_flag = &lost;
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            while let Err(RecvTimeoutError::Timeout) = beat.recv_timeout(LEASE_TTL / 3) {
+                match lock.extend(lease, LEASE_TTL) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(key = %lease.key, "a lease was lost while its work went on; what the work records is fenced");
+                        lost_flag.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    Err(error) => tracing::warn!(key = %lease.key, %error, "cannot extend a lease"),
+                }
+            }
+        });
+        let result = work(&lost);
+        drop(done);
+        result
+    })
 }
 
 /// The lock of one process: leases in memory, fencing tokens in the database of its data

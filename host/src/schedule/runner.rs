@@ -4,7 +4,7 @@
 use super::TaskInstallation;
 use super::history::{HistoryError, NewRun, TaskHistory, Trigger};
 use super::jobs::{JobError, JobQueue, Outcome, QueuedJob};
-use super::lock::{Lease, RunLock};
+use super::lock::{LEASE_TTL, RunLock, heartbeat};
 use crate::capabilities::log::{self, Level};
 use crate::retry::backoff;
 use crate::runtime::hooks::jobs::Job;
@@ -13,39 +13,12 @@ use crate::store::now_ms;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
 /// Longest the runner sleeps before looking again (requests, jobs queued by others).
 const IDLE: Duration = Duration::from_millis(250);
 /// Ticks looked at when catching up at start; beyond, the rest count as missed unseen.
 const MAX_CATCH_UP_TICKS: usize = 10_000;
-/// How long a lease lasts without a heartbeat: a node that dies (or is paused) while it runs
-/// something is replaced within this. Its heartbeat extends it every third of it.
-const LEASE_TTL: Duration = Duration::from_secs(10);
-
-/// Runs `work` while a heartbeat keeps `lease` of `lock` alive.
-fn heartbeat<T>(lock: &dyn RunLock, lease: &Lease, work: impl FnOnce() -> T) -> T {
-    let (done, beat) = std::sync::mpsc::channel::<()>();
-    std::thread::scope(|scope| {
-        scope.spawn(move || {
-            while let Err(RecvTimeoutError::Timeout) = beat.recv_timeout(LEASE_TTL / 3) {
-                match lock.extend(lease, LEASE_TTL) {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        tracing::warn!(key = %lease.key, "a lease was lost while its run went on; what the run records is fenced");
-                        return;
-                    }
-                    Err(error) => tracing::warn!(key = %lease.key, %error, "cannot extend a lease"),
-                }
-            }
-        });
-        let result = work();
-        drop(done);
-        result
-    })
-}
-
 /// The next tick of one task, and why it runs.
 struct Due {
     at: DateTime<Utc>,
@@ -333,7 +306,7 @@ impl Runner {
             holder: &self.holder,
         })?;
         let lock = self.lock.clone();
-        let result = heartbeat(&*lock, &lease, || {
+        let result = heartbeat(&*lock, &lease, |_| {
             self.call(|instance| instance.run_task(&name, millis(at)))
         });
         let error = result.err().map(|e| e.to_string());
@@ -485,7 +458,7 @@ impl Runner {
         let ran = match claimed {
             Ok(Some(job)) => {
                 let lock = self.lock.clone();
-                heartbeat(&*lock, &lease, || {
+                heartbeat(&*lock, &lease, |_| {
                     self.run_job(jobs.as_ref(), job, lease.fencing_token)
                 })
             }

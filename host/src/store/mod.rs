@@ -90,7 +90,9 @@ CREATE TABLE IF NOT EXISTS export_cursors (
     exported_events INTEGER NOT NULL DEFAULT 0,
     last_success_ms INTEGER,
     last_error TEXT,
-    last_error_ms INTEGER
+    last_error_ms INTEGER,
+    fencing_token INTEGER NOT NULL DEFAULT 0,
+    holder TEXT
 );
 CREATE TABLE IF NOT EXISTS export_batches (
     installation TEXT PRIMARY KEY,
@@ -233,6 +235,16 @@ const MIGRATIONS: &[fn(&Transaction<'_>) -> rusqlite::Result<()>] = &[
         add_column(tx, "jobs", "holder TEXT")?;
         add_column(tx, "jobs", "fencing_token INTEGER")?;
         add_column(tx, "task_runs", "holder TEXT")
+    },
+    // Export runners hold a lease; the cursor keeps the largest fencing token written under,
+    // and the node that claimed it.
+    |tx| {
+        add_column(
+            tx,
+            "export_cursors",
+            "fencing_token INTEGER NOT NULL DEFAULT 0",
+        )?;
+        add_column(tx, "export_cursors", "holder TEXT")
     },
 ];
 
