@@ -3,8 +3,8 @@
 # A sluice cluster on this machine, in one command: a Kafka-protocol broker (librdkafka's mock
 # cluster, the tests' helper), ClickHouse (Debian's clickhouse-server), Redis (Debian's
 # redis-server), two capture nodes (examples/cluster/capture.toml, --role capture) and two
-# worker nodes that also load and schedule (examples/cluster/worker.toml,
-# --role worker,loader,scheduler). Prints where to send events and how to read them back; stops
+# worker nodes that also load, schedule and export (examples/cluster/worker.toml,
+# --role worker,loader,scheduler,exporter). Prints where to send events and how to read them back; stops
 # everything on Ctrl-C. Everything it writes is under examples/data/cluster/ (cleared at each
 # start). See examples/cluster/README.md.
 set -euo pipefail
@@ -98,8 +98,8 @@ node() { # name template roles port
 }
 node capture-1 capture capture 8000
 node capture-2 capture capture 8001
-node worker-1 worker worker,loader,scheduler 8010
-node worker-2 worker worker,loader,scheduler 8011
+node worker-1 worker worker,loader,scheduler,exporter 8010
+node worker-2 worker worker,loader,scheduler,exporter 8011
 for port in 8000 8001 8010 8011; do
   until curl -sf "http://127.0.0.1:$port/ready" >/dev/null; do
     sleep 0.2
@@ -112,13 +112,14 @@ done
 cat <<TXT
 sluice cluster running: broker $brokers, ClickHouse http://127.0.0.1:$ch_http, Redis redis://127.0.0.1:$redis_port
   capture nodes: http://127.0.0.1:8000 and http://127.0.0.1:8001 (token phc_cluster)
-  worker+loader+scheduler nodes: http://127.0.0.1:8010 and http://127.0.0.1:8011 (/ready, /metrics)
+  worker+loader+scheduler+exporter nodes: http://127.0.0.1:8010 and http://127.0.0.1:8011 (/ready, /metrics)
 Send events (any PostHog SDK with host http://127.0.0.1:8000 works too):
   curl -s -X POST http://127.0.0.1:8000/batch -d '{"api_key":"phc_cluster","batch":[{"event":"signed_up","distinct_id":"ann","properties":{"email":"a@example.com","plan":"pro"}}]}'
 Read them back from ClickHouse (about a second later; downsampling keeps half of the users):
   $sluice events --config $run/worker-1/sluice.toml
-Scheduled tasks and jobs of the teams' plugins run on one worker node per tick (none in this
-chain; see examples/cluster/README.md): $sluice tasks --config $run/worker-1/sluice.toml
+The export writes every stored event to $run/lake/events/ (one node at a time; which one, its
+cursor and its lag): $sluice exports --config $run/worker-1/sluice.toml
+Recording retention runs daily on one node; run it now: $sluice tasks run --config $run/worker-1/sluice.toml --installation team-1/retention --task retain
 Logs of each node: $run/<node>/stderr.log. Ctrl-C stops everything.
 TXT
 wait -n "${pids[@]}" || true

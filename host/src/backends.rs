@@ -1,12 +1,15 @@
 //! Which backend each seam uses for a config: the embedded ones (this process's memory and its
 //! data folder's SQLite) unless the config names the engines that replace them: `[kafka]` and
-//! `[clickhouse]` for stored events (and the events exports read) and plugin logs, `[redis]`
+//! `[clickhouse]` for stored events (and the events exports read), recordings and plugin
+//! logs, `[redis]`
 //! for the cache, plugin storage, the run lock, the task history, the job queue and the export
 //! state. The one place that chooses, for the server and the commands alike.
 
 use crate::capabilities::Shared;
 use crate::capabilities::cache::MemoryBackend;
+use crate::capabilities::recordings::{RecordingStore, SqliteRecordings};
 use crate::capabilities::storage::SqliteStorage;
+use crate::clickhouse::recordings::ClickHouseRecordings;
 use crate::clickhouse::source::ClickHouseSource;
 use crate::clickhouse::{ClickHouse, ClickHouseSettings};
 use crate::config::{Config, ConfigError, Problem};
@@ -61,11 +64,22 @@ impl Backends {
         })
     }
 
-    /// Where the capabilities keep their state.
+    /// Where the capabilities keep their state. Blocking.
     pub fn shared(&self, config: &Config) -> anyhow::Result<Shared> {
         let logs: Box<dyn LogStore> = match row_producer(config)? {
             Some(rows) => Box::new(KafkaLogs::new(rows)),
             None => Box::new(SqliteLogs::open(&self.data_dir)?),
+        };
+        let recordings: Arc<dyn RecordingStore> = match &self.clickhouse {
+            Some(settings) => {
+                // The loader creates the tables too; until one of them has, `recordings`
+                // answers `unavailable`.
+                if let Err(error) = ClickHouse::new(settings).and_then(|c| c.create_tables()) {
+                    tracing::warn!(%error, "cannot create the ClickHouse tables yet");
+                }
+                Arc::new(ClickHouseRecordings::new(settings.clone()))
+            }
+            None => Arc::new(SqliteRecordings::open(&self.data_dir)?),
         };
         Ok(match &self.redis {
             Some(redis) => Shared {
@@ -73,12 +87,14 @@ impl Backends {
                 cache: Arc::new(RedisCache::new(redis.clone())),
                 storage: Arc::new(RedisStorage::new(redis.clone())),
                 jobs: self.job_queue()?,
+                recordings,
             },
             None => Shared {
                 logs,
                 cache: Arc::new(MemoryBackend::default()),
                 storage: Arc::new(SqliteStorage::open(&self.data_dir)?),
                 jobs: self.job_queue()?,
+                recordings,
             },
         })
     }

@@ -23,6 +23,7 @@ mod kafka;
 mod process;
 mod redis_server;
 mod retention;
+mod retention_fleet;
 mod s3;
 mod schedule;
 mod sdk;

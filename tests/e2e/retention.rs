@@ -11,13 +11,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-const DAY: i64 = 86_400_000;
-const MINUTE: i64 = 60_000;
+pub(crate) const DAY: i64 = 86_400_000;
+pub(crate) const MINUTE: i64 = 60_000;
 /// A schedule that does not fire during a test: the tests run retention by hand or by job.
 const NEVER: &str = "0 0 0 1 1 * 2099";
 
 /// A retention installation for team `team` archiving to `store` (empty: delete only).
-fn retention(team: u64, store: &str, extra: &str) -> String {
+pub(crate) fn retention(team: u64, store: &str, extra: &str) -> String {
     let granted = if store.is_empty() {
         "object_store = { stores = [] }".to_owned()
     } else {
@@ -66,7 +66,7 @@ pub(crate) fn capture(sluice: &Sluice, team: u64, sessions: &[(&str, Vec<i64>)])
 }
 
 /// `sluice recordings --team T --session S` as printed: the exact lines.
-fn printed(sluice: &Sluice, team: u64, session: &str) -> String {
+pub(crate) fn printed(sluice: &Sluice, team: u64, session: &str) -> String {
     let (ok, out, err) = sluice.run(&[
         "recordings",
         "--team",
@@ -105,7 +105,7 @@ pub(crate) fn retain_now(sluice: &Sluice, team: u64) {
 }
 
 /// The lines of a gzip JSON-lines archive.
-fn archive_lines(body: &[u8]) -> Vec<Value> {
+pub(crate) fn archive_lines(body: &[u8]) -> Vec<Value> {
     let mut text = String::new();
     GzDecoder::new(body).read_to_string(&mut text).unwrap();
     text.lines()

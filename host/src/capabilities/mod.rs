@@ -335,7 +335,7 @@ pub struct Services {
     /// The job queue, if there is a data directory.
     pub jobs: Option<Arc<dyn crate::schedule::jobs::JobQueue>>,
     /// The session recordings, if there is a data directory.
-    pub recordings: Option<Arc<recordings::Recordings>>,
+    pub recordings: Option<Arc<dyn recordings::RecordingStore>>,
 }
 
 /// Why a capability backend could not start.
@@ -373,6 +373,8 @@ pub struct Shared {
     pub storage: Arc<dyn storage::Backend>,
     /// The job queue.
     pub jobs: Arc<dyn crate::schedule::jobs::JobQueue>,
+    /// Where session recordings are stored.
+    pub recordings: Arc<dyn recordings::RecordingStore>,
 }
 
 /// Background work of the services, to wait for at shutdown.
@@ -403,7 +405,7 @@ impl Services {
             geoip: settings.geoip.open()?,
             object_stores: settings.object_stores.open(data_dir)?,
             jobs: Some(shared.jobs),
-            recordings: Some(Arc::new(recordings::Recordings::open(data_dir)?)),
+            recordings: Some(shared.recordings),
         };
         Ok((Arc::new(services), Background { log_writer }))
     }

@@ -312,7 +312,7 @@ impl legacy::recordings::Host for View<'_, &mut RecordingsState> {
     ) -> Result<(), LegacyError> {
         let mut view = View {
             ctx: self.ctx,
-            state: (),
+            state: &mut *self.state,
         };
         current::recordings::Host::record_archive(
             &mut view,
@@ -332,6 +332,7 @@ impl legacy::recordings::Host for View<'_, &mut RecordingsState> {
         let Some(through) = self.state.take(team, &session_id) else {
             return Ok(0);
         };
+        self.check_fence().map_err(to_wit)?;
         recordings
             .delete_session(team, &session_id, through)
             .map_err(|e| to_wit(e).into())

@@ -10,7 +10,7 @@ use crate::backends::Backends;
 use crate::clickhouse::{self, ClickHouse};
 use crate::config::Config;
 use crate::roles::{Role, Roles};
-use crate::store::read::{StoredDeadLetter, StoredEvent};
+use crate::store::read::{RecordingArchive, StoredDeadLetter, StoredEvent, StoredRecording};
 use crate::{server, store, telemetry};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -166,6 +166,29 @@ impl Stored {
         Ok(match self {
             Self::Embedded(conn) => store::read::recent_dead_letters(conn, team, limit)?,
             Self::ClickHouse(ch) => clickhouse::read::recent_dead_letters(ch, team, limit)?,
+        })
+    }
+
+    fn recordings(
+        &self,
+        team: Option<u64>,
+        session: Option<&str>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<StoredRecording>> {
+        Ok(match self {
+            Self::Embedded(conn) => store::read::recent_recordings(conn, team, session, limit)?,
+            Self::ClickHouse(ch) => clickhouse::read::recent_recordings(ch, team, session, limit)?,
+        })
+    }
+
+    fn recording_archives(
+        &self,
+        team: Option<u64>,
+        session: &str,
+    ) -> anyhow::Result<Vec<RecordingArchive>> {
+        Ok(match self {
+            Self::Embedded(conn) => store::read::recording_archives(conn, team, session)?,
+            Self::ClickHouse(ch) => clickhouse::read::recording_archives(ch, team, session)?,
         })
     }
 }

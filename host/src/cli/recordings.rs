@@ -1,8 +1,7 @@
 //! `sluice recordings`: stored recordings, and, for one session, what was archived of it.
 
-use super::{Read, Stored, load, open_existing, print_lines};
-use crate::clickhouse;
-use crate::store::read::{self, StoredRecording};
+use super::{Read, Stored, load, print_lines};
+use crate::store::read::StoredRecording;
 use anyhow::Context;
 use flate2::read::GzDecoder;
 use std::collections::HashSet;
@@ -15,15 +14,10 @@ const ARCHIVE_DEADLINE: Duration = Duration::from_secs(60);
 /// Prints the newest `read.limit` recording events (of `session`, archived ones included).
 pub(super) fn print(read: &Read, session: Option<&str>) -> anyhow::Result<()> {
     let config = load(&read.config)?;
-    if let Stored::ClickHouse(ch) = Stored::of(&config)? {
-        // The retention plugin (which archives) needs the embedded database.
-        let lines = clickhouse::read::recent_recordings(&ch, read.team, session, read.limit)?;
-        return print_lines(lines);
-    }
-    let conn = open_existing(&config)?;
+    let stored = Stored::of(&config)?;
     let mut lines: Vec<StoredRecording> = Vec::new();
     if let Some(session) = session {
-        let archives = read::recording_archives(&conn, read.team, session)?;
+        let archives = stored.recording_archives(read.team, session)?;
         let stores = match archives.is_empty() {
             true => None,
             false => config
@@ -60,7 +54,8 @@ pub(super) fn print(read: &Read, session: Option<&str>) -> anyhow::Result<()> {
     // each event is printed once.
     let archived: HashSet<String> = lines.iter().map(|line| line.uuid.clone()).collect();
     lines.extend(
-        read::recent_recordings(&conn, read.team, session, read.limit)?
+        stored
+            .recordings(read.team, session, read.limit)?
             .into_iter()
             .filter(|line| !archived.contains(&line.uuid)),
     );

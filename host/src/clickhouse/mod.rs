@@ -1,6 +1,7 @@
 //! ClickHouse, over its HTTP interface: where events, recordings, dead letters and plugin logs
 //! are stored at scale. The worker's sink produces [`rows`] to their topics
-//! ([`crate::sink::kafka`]); the [`loader`] inserts them; the commands [`read`] them back.
+//! ([`crate::sink::kafka`]); the [`loader`] inserts them; the commands [`read`] them back;
+//! exports read events from it ([`source`]) and retention plugins recordings ([`recordings`]).
 //!
 //! Tables sluice creates if missing are `ReplacingMergeTree`s whose sorting key holds what
 //! identifies a row (team and uuid for events), so a row delivered twice replaces itself when
@@ -9,6 +10,7 @@
 
 pub mod loader;
 pub mod read;
+pub mod recordings;
 pub mod rows;
 pub mod source;
 
@@ -254,18 +256,33 @@ impl ClickHouse {
                 None,
             )?;
         }
+        self.send(
+            &format!(
+                "CREATE TABLE IF NOT EXISTS {database}.{} {}",
+                recordings::ARCHIVES,
+                recordings::ARCHIVES_DEFINITION
+            ),
+            None,
+        )?;
         Ok(())
     }
 
     /// Inserts `rows` (JSON objects, one per line) into `table`; `Ok` once ClickHouse
     /// acknowledged them.
     pub fn insert(&self, table: Table, rows: &[u8]) -> Result<(), ClickHouseError> {
-        let query = format!(
-            "INSERT INTO {}.{} FORMAT JSONEachRow",
-            self.database(),
-            table.name()
-        );
+        self.insert_into(table.name(), rows)
+    }
+
+    /// Inserts `rows` (JSON objects, one per line) into the table named `table` of sluice's
+    /// database; `Ok` once ClickHouse acknowledged them.
+    pub fn insert_into(&self, table: &str, rows: &[u8]) -> Result<(), ClickHouseError> {
+        let query = format!("INSERT INTO {}.{table} FORMAT JSONEachRow", self.database());
         self.send(&query, Some(rows)).map(drop)
+    }
+
+    /// Runs `query`, which returns nothing (such as an `ALTER`).
+    pub fn execute(&self, query: &str) -> Result<(), ClickHouseError> {
+        self.send(query, None).map(drop)
     }
 
     /// The rows `query` (without a `FORMAT`) selects.

@@ -2,17 +2,20 @@
 //! each row once (`FINAL`), newest last. Rows stored in the same millisecond keep the order of
 //! the topic partition they were loaded from, which is per-user order for events.
 
+use super::recordings::{ARCHIVES, ArchiveRow};
 use super::rows::{DeadLetterRow, EventRow, LogRow, RecordingRow, event_fields};
 use super::{ClickHouse, ClickHouseError, Table};
 use crate::store::logs::PluginLog;
-use crate::store::read::{DeadEvent, StoredDeadLetter, StoredEvent, StoredRecording};
+use crate::store::read::{
+    DeadEvent, RecordingArchive, StoredDeadLetter, StoredEvent, StoredRecording,
+};
 use crate::store::rfc3339;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::de::DeserializeOwned;
 
 /// Single quotes around `text`, escaped for ClickHouse.
-fn quoted(text: &str) -> String {
+pub(super) fn quoted(text: &str) -> String {
     format!("'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
@@ -115,6 +118,29 @@ pub fn recent_recordings(
             timestamp: rfc3339(row.timestamp_ms),
             properties: serde_json::from_str(&row.properties)
                 .unwrap_or(serde_json::Value::String(row.properties)),
+        })
+        .collect())
+}
+
+/// The archives of session `session` (of `team`, if given).
+pub fn recording_archives(
+    clickhouse: &ClickHouse,
+    team: Option<u64>,
+    session: &str,
+) -> Result<Vec<RecordingArchive>, ClickHouseError> {
+    let rows: Vec<ArchiveRow> = clickhouse.select(&format!(
+        "SELECT * FROM {}.{ARCHIVES} FINAL WHERE {} AND session_id = {} \
+         ORDER BY team_id, first_timestamp_ms, key",
+        clickhouse.database(),
+        team_filter(team),
+        quoted(session)
+    ))?;
+    Ok(rows
+        .into_iter()
+        .map(|row| RecordingArchive {
+            team_id: row.team_id,
+            store: row.store,
+            key: row.key,
         })
         .collect())
 }

@@ -206,12 +206,6 @@ impl Config {
         let teams = teams::load(&mut c, table.get("teams"), base);
         for installation in teams.iter().flat_map(|t| &t.plugins) {
             capabilities.check_grants(&mut c, &installation.key, &installation.grants);
-            if clickhouse.is_some() && installation.grants.allows("recordings") {
-                c.add(
-                    format!("{}.grants", installation.key),
-                    "the recordings capability reads recordings from the embedded database, which [clickhouse] replaces; it is not available with [clickhouse] yet",
-                );
-            }
             if installation.memory_mb > server.max_instance_memory_mb {
                 c.add(
                     format!("{}.memory_mb", installation.key),
@@ -348,7 +342,7 @@ mod tests {
     }
 
     #[test]
-    fn clickhouse_needs_kafka_a_usable_url_and_no_recordings_grant() {
+    fn clickhouse_needs_kafka_and_a_usable_url_and_allows_recordings() {
         let error = load(
             r#"
             [clickhouse]
@@ -374,7 +368,6 @@ mod tests {
                 "clickhouse.url",
                 "clickhouse.database",
                 "clickhouse.batch_rows",
-                "teams[0].plugins[0].grants",
             ],
             "{error}"
         );

@@ -351,6 +351,7 @@ fn job_status(fields: &HashMap<String, String>) -> Option<(i64, String, JobStatu
             attempts: fields.get("attempts")?.parse().ok()?,
             status: fields.get("status")?.clone(),
             last_error: fields.get("last_error").cloned(),
+            holder: fields.get("holder").filter(|h| !h.is_empty()).cloned(),
         },
     ))
 }

@@ -7,7 +7,8 @@ use super::plugin::Plugin;
 use super::state::HostState;
 use super::stdio::panic_message;
 use crate::bindings::types;
-use crate::capabilities::Context;
+use crate::capabilities::{Context, HasCapabilities};
+use crate::schedule::lock::Fence;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
@@ -153,6 +154,12 @@ impl Instance {
     /// plugins serve several installations).
     pub fn enter(&mut self, ctx: &Arc<Context>) {
         self.store.data_mut().enter(ctx);
+    }
+
+    /// Makes the instance's calls run under `fence` (a task run's or a job's lease), which
+    /// capabilities check before writes that must not outlive the lease; `None` after the call.
+    pub fn fence(&mut self, fence: Option<Fence>) {
+        self.store.data_mut().capabilities().recordings.fence = fence;
     }
 
     /// The installation the instance serves now.

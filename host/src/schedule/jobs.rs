@@ -77,6 +77,8 @@ pub struct JobStatus {
     pub status: String,
     /// The last failure.
     pub last_error: Option<String>,
+    /// The node running it, while it runs.
+    pub holder: Option<String>,
 }
 
 /// Why the job queue could not answer.
@@ -312,7 +314,8 @@ impl JobQueue for SqliteJobs {
     fn list(&self, installation: Option<&str>) -> Result<Vec<JobStatus>, JobError> {
         self.with(|conn| {
             conn.prepare(
-                "SELECT id, installation, name, payload, run_at_ms, attempts, status, last_error FROM jobs \
+                "SELECT id, installation, name, payload, run_at_ms, attempts, status, last_error, \
+                 CASE status WHEN 'running' THEN holder END FROM jobs \
                  WHERE ?1 IS NULL OR installation = ?1 ORDER BY run_at_ms, created_at_ms",
             )?
             .query_map([installation], |row| {
@@ -327,6 +330,7 @@ impl JobQueue for SqliteJobs {
                     attempts: row.get(5)?,
                     status: row.get(6)?,
                     last_error: row.get(7)?,
+                    holder: row.get(8)?,
                 })
             })?
             .collect()

@@ -92,6 +92,22 @@ pub fn heartbeat<T>(lock: &dyn RunLock, lease: &Lease, work: impl FnOnce(&Atomic
     })
 }
 
+/// A lease and the lock it is from: what work done under the lease checks before it writes
+/// where no fencing token can be checked.
+pub struct Fence {
+    /// The lock.
+    pub lock: std::sync::Arc<dyn RunLock>,
+    /// The lease the work runs under.
+    pub lease: Lease,
+}
+
+impl Fence {
+    /// Whether the lease is still held (it is extended for [`LEASE_TTL`] if so).
+    pub fn holds(&self) -> Result<bool, LockError> {
+        self.lock.extend(&self.lease, LEASE_TTL)
+    }
+}
+
 /// The lock of one process: leases in memory, fencing tokens in the database of its data
 /// folder (`fencing_tokens`).
 pub struct LocalLock {

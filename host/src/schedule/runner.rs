@@ -4,7 +4,7 @@
 use super::TaskInstallation;
 use super::history::{HistoryError, NewRun, TaskHistory, Trigger};
 use super::jobs::{JobError, JobQueue, Outcome, QueuedJob};
-use super::lock::{LEASE_TTL, RunLock, heartbeat};
+use super::lock::{Fence, LEASE_TTL, Lease, RunLock, heartbeat};
 use crate::capabilities::log::{self, Level};
 use crate::retry::backoff;
 use crate::runtime::hooks::jobs::Job;
@@ -250,12 +250,22 @@ impl Runner {
         }
     }
 
-    /// Calls `f` on the instance; a trap discards it.
+    /// Calls `f` on the instance under `lease` (its fence for the call); a trap discards it.
     fn call(
         &mut self,
+        lease: &Lease,
         f: impl FnOnce(&mut Instance) -> Result<(), CallError>,
     ) -> Result<(), CallError> {
-        let result = self.instance().and_then(f);
+        let fence = Fence {
+            lock: self.lock.clone(),
+            lease: lease.clone(),
+        };
+        let result = self.instance().and_then(|instance| {
+            instance.fence(Some(fence));
+            let result = f(instance);
+            instance.fence(None);
+            result
+        });
         if let Err(error) = &result
             && error.poisons_instance()
         {
@@ -307,7 +317,7 @@ impl Runner {
         })?;
         let lock = self.lock.clone();
         let result = heartbeat(&*lock, &lease, |_| {
-            self.call(|instance| instance.run_task(&name, millis(at)))
+            self.call(&lease, |instance| instance.run_task(&name, millis(at)))
         });
         let error = result.err().map(|e| e.to_string());
         let ended = self.history.run_ended(run, error.as_deref());
@@ -458,9 +468,7 @@ impl Runner {
         let ran = match claimed {
             Ok(Some(job)) => {
                 let lock = self.lock.clone();
-                heartbeat(&*lock, &lease, |_| {
-                    self.run_job(jobs.as_ref(), job, lease.fencing_token)
-                })
+                heartbeat(&*lock, &lease, |_| self.run_job(jobs.as_ref(), job, &lease))
             }
             Ok(None) => Ok(false),
             Err(error) => Err(error.into()),
@@ -474,7 +482,7 @@ impl Runner {
         &mut self,
         jobs: &dyn JobQueue,
         job: QueuedJob,
-        token: u64,
+        lease: &Lease,
     ) -> Result<bool, StepError> {
         let Some(config) = self.installation.jobs.clone() else {
             return Ok(false);
@@ -486,7 +494,7 @@ impl Runner {
             attempt: job.attempts,
             run_at: job.run_at,
         };
-        let result = self.call(|instance| instance.run_job(&call));
+        let result = self.call(lease, |instance| instance.run_job(&call));
         let id = self.installation.id.to_string();
         let error = result.err().map(|error| {
             tracing::warn!(installation = %id, job = %job.id, name = %job.name, attempt = job.attempts, "job failed: {error}");
@@ -524,7 +532,7 @@ impl Runner {
         };
         metrics::counter!("sluice_jobs_total", "installation" => id.clone(), "outcome" => label)
             .increment(1);
-        if !jobs.finish(&job.id, &self.holder, token, outcome)? {
+        if !jobs.finish(&job.id, &self.holder, lease.fencing_token, outcome)? {
             tracing::warn!(installation = %id, job = %job.id, "job outcome refused: the job was claimed again under a newer lease");
         }
         Ok(true)
