@@ -4,12 +4,10 @@
 //! installation is SIGKILLed mid-batch, and later another is paused (SIGSTOP) mid-batch past its
 //! lease; every stored event must still arrive exactly once, in objects named after their batch.
 
-use crate::broker::Broker;
-use crate::clickhouse_server::ClickHouseServer;
 use crate::exports::{assert_exactly_once, jsonl_uuids, s3_installation, team};
-use crate::kafka::{node, under_load};
+use crate::fleet::Engines;
+use crate::kafka::under_load;
 use crate::process::signal;
-use crate::redis_server::RedisServer;
 use crate::s3::S3Server;
 use crate::shared_state::node_id;
 use crate::support::Sluice;
@@ -59,17 +57,10 @@ fn holder(exporters: &[Sluice; 2], status: &Value) -> usize {
 #[test]
 fn two_exporter_nodes_export_every_stored_event_once_when_the_holder_is_killed_or_paused_mid_batch()
 {
-    let broker = Broker::start();
-    let clickhouse = ClickHouseServer::start();
-    let redis = RedisServer::start();
-    let s3 = S3Server::start();
-    let rest = format!(
-        "[redis]\nurl = \"{}\"\n{}{}",
-        redis.url,
-        s3.store_config("lake"),
-        team(&s3_installation("s3", "jsonl", "events/"))
-    );
-    let node = |roles| node(&broker, &clickhouse, &rest, roles);
+    let engines = Engines::start();
+    let s3 = &engines.s3;
+    let teams = team(&s3_installation("s3", "jsonl", "events/"));
+    let node = |roles| engines.node(&teams, roles);
     let capture = node("capture");
     let _worker = node("worker,loader");
     let mut exporters = [node("exporter"), node("exporter")];
@@ -82,7 +73,7 @@ fn two_exporter_nodes_export_every_stored_event_once_when_the_holder_is_killed_o
         // SIGKILL the holder while its batch is in flight: the other node takes the installation
         // over within the lease's TTL and sends the same batch again.
         let killed = holder(&exporters, &first);
-        let stuck = stuck_mid_batch(&s3, &capture);
+        let stuck = stuck_mid_batch(s3, &capture);
         exporters[killed].crash();
         let killed_at = Instant::now();
         s3.signal("CONT");
@@ -97,7 +88,7 @@ fn two_exporter_nodes_export_every_stored_event_once_when_the_holder_is_killed_o
         // SIGSTOP the new holder mid-batch past its lease: the restarted node takes over under
         // a larger token; once continued, the paused node's late write is refused and logged.
         let paused = 1 - killed;
-        let stuck = stuck_mid_batch(&s3, &capture);
+        let stuck = stuck_mid_batch(s3, &capture);
         signal(exporters[paused].pid(), "STOP");
         s3.signal("CONT");
         let retaken = wait_status(&capture, 30, "the restarted node taking over", |s| {
@@ -146,7 +137,7 @@ fn two_exporter_nodes_export_every_stored_event_once_when_the_holder_is_killed_o
         s["lag_events"] == 0 && s["batch"].is_null()
     });
     let objects = s3.objects();
-    assert_exactly_once("objects", &jsonl_uuids(&s3, "events/"), &stored);
+    assert_exactly_once("objects", &jsonl_uuids(s3, "events/"), &stored);
     assert_eq!(done["exported_events"].as_u64(), Some(stored.len() as u64));
     eprintln!(
         "{report}; {} events stored, exported once each in {} objects",

@@ -18,6 +18,7 @@ mod durability;
 mod examples;
 mod export_fleet;
 mod exports;
+mod fleet;
 mod isolation;
 mod kafka;
 mod process;

@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-pub(crate) const DAY: i64 = 86_400_000;
-pub(crate) const MINUTE: i64 = 60_000;
+const DAY: i64 = 86_400_000;
+const MINUTE: i64 = 60_000;
 /// A schedule that does not fire during a test: the tests run retention by hand or by job.
 const NEVER: &str = "0 0 0 1 1 * 2099";
 
@@ -66,7 +66,7 @@ pub(crate) fn capture(sluice: &Sluice, team: u64, sessions: &[(&str, Vec<i64>)])
 }
 
 /// `sluice recordings --team T --session S` as printed: the exact lines.
-pub(crate) fn printed(sluice: &Sluice, team: u64, session: &str) -> String {
+fn printed(sluice: &Sluice, team: u64, session: &str) -> String {
     let (ok, out, err) = sluice.run(&[
         "recordings",
         "--team",
@@ -105,12 +105,70 @@ pub(crate) fn retain_now(sluice: &Sluice, team: u64) {
 }
 
 /// The lines of a gzip JSON-lines archive.
-pub(crate) fn archive_lines(body: &[u8]) -> Vec<Value> {
+fn archive_lines(body: &[u8]) -> Vec<Value> {
     let mut text = String::new();
     GzDecoder::new(body).read_to_string(&mut text).unwrap();
     text.lines()
         .map(|line| serde_json::from_str(line).unwrap())
         .collect()
+}
+
+/// A backlog of team 1, captured through `sluice`: `count` sessions two months old (three
+/// events each, a minute apart) and one recent one; `stored` waits until they can be read back.
+/// Returns what `sluice recordings --session` prints of each old session. Then queues the
+/// retention job (what its daily task continues with) for everything older than 7 days.
+pub(crate) fn backlog(
+    sluice: &Sluice,
+    count: usize,
+    stored: impl FnOnce(),
+) -> BTreeMap<String, String> {
+    let now = Utc::now().timestamp_millis();
+    let old: Vec<String> = (0..count).map(|i| format!("old-{i:03}")).collect();
+    let mut sessions: Vec<(&str, Vec<i64>)> = old
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let start = now - 60 * DAY + i as i64 * MINUTE;
+            (s.as_str(), vec![start, start + 1_000, start + 2_000])
+        })
+        .collect();
+    sessions.push(("recent", vec![now - MINUTE]));
+    capture(sluice, 1, &sessions);
+    stored();
+    let before = old
+        .iter()
+        .map(|s| (s.clone(), printed(sluice, 1, s)))
+        .collect();
+    let threshold = now - 7 * DAY - 30 * MINUTE;
+    let (ok, _, err) = sluice.run(&[
+        "jobs",
+        "enqueue",
+        "--installation",
+        "team-1/retention",
+        "--name",
+        "retain",
+        "--payload",
+        &json!({"last_before": threshold}).to_string(),
+    ]);
+    assert!(ok, "{err}");
+    before
+}
+
+/// Asserts that retention of the [`backlog`] (printed `before`) left only the recent session,
+/// archived each old one whole in one object of `s3`, and that each still reads back the same.
+pub(crate) fn assert_retained(sluice: &Sluice, s3: &S3Server, before: &BTreeMap<String, String>) {
+    assert_eq!(
+        stored_sessions(sluice, 1),
+        BTreeMap::from([("recent".into(), 1)])
+    );
+    let objects = s3.objects();
+    assert_eq!(objects.len(), before.len(), "one object per session");
+    for body in objects.values() {
+        assert_eq!(archive_lines(body).len(), 3, "every archive is whole");
+    }
+    for (session, text) in before {
+        assert_eq!(&printed(sluice, 1, session), text, "session {session}");
+    }
 }
 
 #[test]
@@ -272,36 +330,9 @@ fn a_backlog_survives_sigkill_at_any_point_and_no_session_is_lost() {
         retention(1, "archive", ", sessions_per_run = 10")
     );
     let mut sluice = Sluice::start(&config);
-    let now = Utc::now().timestamp_millis();
-    let old: Vec<String> = (0..600).map(|i| format!("old-{i:03}")).collect();
-    let mut sessions: Vec<(&str, Vec<i64>)> = old
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let start = now - 60 * DAY + i as i64 * MINUTE;
-            (s.as_str(), vec![start, start + 1_000, start + 2_000])
-        })
-        .collect();
-    sessions.push(("recent", vec![now - MINUTE]));
-    capture(&sluice, 1, &sessions);
-    let before: BTreeMap<&str, String> = old
-        .iter()
-        .map(|s| (s.as_str(), printed(&sluice, 1, s)))
-        .collect();
+    let before = backlog(&sluice, 600, || {});
 
     // Retention by job (what its daily task continues with), killed again and again.
-    let threshold = now - 7 * DAY - 30 * MINUTE;
-    let (ok, _, err) = sluice.run(&[
-        "jobs",
-        "enqueue",
-        "--installation",
-        "team-1/retention",
-        "--name",
-        "retain",
-        "--payload",
-        &json!({"last_before": threshold}).to_string(),
-    ]);
-    assert!(ok, "{err}");
     let mut kills = 0;
     let mut killed_working = 0;
     let deadline = Instant::now() + Duration::from_secs(180);
@@ -334,18 +365,7 @@ fn a_backlog_survives_sigkill_at_any_point_and_no_session_is_lost() {
         killed_working >= 4,
         "killed only {killed_working} times while it worked"
     );
-    assert_eq!(
-        stored_sessions(&sluice, 1),
-        BTreeMap::from([("recent".into(), 1)])
-    );
-    let objects = s3.objects();
-    assert_eq!(objects.len(), old.len(), "one object per session");
-    for (session, text) in &before {
-        assert_eq!(&printed(&sluice, 1, session), text, "session {session}");
-    }
-    for body in objects.values() {
-        assert_eq!(archive_lines(body).len(), 3, "every archive is whole");
-    }
+    assert_retained(&sluice, &s3, &before);
 }
 
 #[test]
