@@ -93,7 +93,9 @@ node() { # name template roles port
   sed -e "s|127.0.0.1:9092|$brokers|" -e "s|http://127.0.0.1:8123|http://127.0.0.1:$ch_http|" \
     -e "s|redis://127.0.0.1:6379|redis://127.0.0.1:$redis_port|" \
     -e "s|^listen = .*|listen = \"127.0.0.1:$4\"|" "examples/cluster/$2.toml" >"$dir/sluice.toml"
-  "$sluice" serve --role "$3" --config "$dir/sluice.toml" >"$dir/stdout.log" 2>"$dir/stderr.log" &
+  # Each node's admin API (sluice reload, /admin/v1/...) on its port plus 100.
+  SLUICE_ADMIN_LISTEN="127.0.0.1:$(($4 + 100))" \
+    "$sluice" serve --role "$3" --config "$dir/sluice.toml" >"$dir/stdout.log" 2>"$dir/stderr.log" &
   pids+=($!)
 }
 node capture-1 capture capture 8000

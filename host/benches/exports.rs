@@ -96,7 +96,7 @@ fn plugin_dir() -> PathBuf {
 /// A config of one team, with the S3 export writing `format` if `export` is set.
 fn config(dir: &Path, s3: &s3::S3Server, plugins: &Path, format: Option<&str>) -> Config {
     let mut text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nworkers = 2\n{}\
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nworkers = 2\n{}\
          [[teams]]\nid = 1\ntoken = \"phc_bench\"\n",
         s3.store_config("lake")
     );

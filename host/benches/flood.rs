@@ -20,7 +20,7 @@ fn main() {
     let config = dir.path().join("sluice.toml");
     std::fs::write(
         &config,
-        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\
          [capture]\nmax_batch_body_bytes = 25000000\n\
          [[teams]]\nid = 1\ntoken = \"phc_flood\"\n",
     )

@@ -680,7 +680,7 @@ fn end_to_end(plugins: &std::path::Path, geoip: bool, backend: &Backend) -> (i64
         ),
     };
     let mut text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nworkers = 2\n{kafka_section}\
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nworkers = 2\n{kafka_section}\
          [[teams]]\nid = 1\ntoken = \"phc_bench\"\n\
          [[teams.plugins]]\nid = \"downsample\"\nplugin = \"{}\"\nconfig = {{ percentage = 50 }}\n",
         plugins.join("downsample.wasm").display()

@@ -71,7 +71,7 @@ fn run(teams: usize, distinct: bool) {
     let db = dir.path().join("city.mmdb");
     sluice_demo_geoip::write(&db, "Linköping").unwrap();
     let mut text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nworkers = 2\nmax_instances = 1000\n\
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nworkers = 2\nmax_instances = 1000\n\
          [geoip]\ndatabase = \"{}\"\n",
         db.display()
     );

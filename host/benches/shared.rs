@@ -148,7 +148,7 @@ impl Node {
     fn start(plugins: &std::path::Path, redis: &RedisServer) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nworkers = 1\n\
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nworkers = 1\n\
              [redis]\nurl = \"{}\"\n[[teams]]\nid = 1\ntoken = \"phc_one\"\n[[teams.plugins]]\n\
              id = \"p\"\nplugin = \"{}\"\ngrants = [\"log\", \"jobs\"]\n\
              schedule = {{ tasks = {{ tick = \"* * * * * *\" }} }}\n",

@@ -105,17 +105,21 @@ impl Deployment {
     /// Stops the runners of `installation` (after the call they are in) and waits for them;
     /// returns how many there were.
     pub fn stop_runners_of(&self, installation: &str) -> usize {
-        let stopping: Vec<RunnerHandle> = {
-            let mut runners = self.lock_runners();
-            let (stopping, kept) = std::mem::take(&mut *runners)
-                .into_iter()
-                .partition(|r| &*r.installation == installation);
-            *runners = kept;
-            stopping
-        };
+        let stopping = self.take_runners_of(installation);
         let count = stopping.len();
         stop(stopping);
         count
+    }
+
+    /// Takes the runners of `installation` out of this deployment, running (for another
+    /// deployment to adopt).
+    pub fn take_runners_of(&self, installation: &str) -> Vec<RunnerHandle> {
+        let mut runners = self.lock_runners();
+        let (taken, kept) = std::mem::take(&mut *runners)
+            .into_iter()
+            .partition(|r| &*r.installation == installation);
+        *runners = kept;
+        taken
     }
 
     /// Stops every runner (after the call it is in) and waits for them all.
@@ -138,7 +142,7 @@ impl Deployment {
 }
 
 /// Signals every runner first, so they stop together, then waits for each.
-fn stop(runners: Vec<RunnerHandle>) {
+pub fn stop(runners: Vec<RunnerHandle>) {
     for runner in &runners {
         runner.signal();
     }

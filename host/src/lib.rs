@@ -12,6 +12,7 @@
 //! [`kafka`] is what the Kafka clients share.
 //! `host/README.md` is the map.
 
+pub mod admin;
 pub mod backends;
 pub mod bindings;
 pub mod capabilities;
@@ -28,6 +29,7 @@ pub mod kafka;
 pub mod net;
 pub mod ready;
 pub mod redis;
+pub mod reload;
 pub mod retry;
 pub mod roles;
 pub mod runtime;

@@ -1,19 +1,19 @@
 //! `sluice serve`: wires config, runtime, chains, ingest, worker, sink and the HTTP API together.
 
+use crate::admin::{self, AdminState};
 use crate::backends::{self, Backends};
 use crate::capabilities::{Background, Services, StartError};
 use crate::capture::{self, CaptureState};
 use crate::clickhouse::loader::Loader;
 use crate::config::{Config, ConfigError, Problem};
 use crate::deployment::{Current, Deployment};
-use crate::export;
 use crate::ingest::kafka::{KafkaAppend, KafkaIngest};
 use crate::ingest::sqlite::Queue;
 use crate::installations;
 use crate::ready::Readiness;
+use crate::reload::{self, Launcher, Reloader};
 use crate::roles::{Role, Roles};
 use crate::runtime::{Runtime, RuntimeSettings};
-use crate::schedule;
 use crate::signal::Signal;
 use crate::sink::kafka::KafkaSink;
 use crate::sink::sqlite::SqliteSink;
@@ -56,46 +56,23 @@ pub async fn serve(
         "plugins loaded"
     );
 
-    if config.clickhouse.is_some()
-        && config.redis.is_none()
-        && roles.has(Role::Exporter)
-        && !deployment.exports.is_empty()
-    {
-        let names: Vec<&str> = deployment.exports.iter().map(|e| &*e.id).collect();
-        anyhow::bail!(
-            "{}: export installations ({}) read stored events from ClickHouse, so their cursors must be where every exporter node sees them: add [redis]",
-            config.path.display(),
-            names.join(", ")
-        );
-    }
+    reload::check_exports(&config, &roles, &deployment.exports).map_err(anyhow::Error::msg)?;
     let stop = Arc::new(AtomicBool::new(false));
     let stored = Arc::new(Signal::default());
-    let lock = backends.run_lock()?;
-    let node = store::node_id(&config.server.data_dir)?;
-    if roles.has(Role::Exporter) {
-        // Event sources may hold blocking HTTP clients, which are made off the async threads.
-        let (exports, backends, lock, stored, node) = (
-            deployment.exports.clone(),
-            backends.clone(),
-            lock.clone(),
-            stored.clone(),
-            node.clone(),
-        );
-        deployment.adopt(
-            tokio::task::spawn_blocking(move || {
-                export::start(&exports, &backends, &lock, &stored, &node)
-            })
-            .await??,
-        );
-    }
-    if roles.has(Role::Scheduler) {
-        deployment.adopt(schedule::start(
-            &deployment.tasks,
-            &|| backends.task_history(),
-            &lock,
-            &node,
-        )?);
-    }
+    let launcher = Launcher {
+        roles: roles.clone(),
+        lock: backends.run_lock()?,
+        node: store::node_id(&config.server.data_dir)?,
+        stored: stored.clone(),
+        backends,
+    };
+    // Event sources may hold blocking HTTP clients, which are made off the async threads.
+    let (deployment, launcher) = tokio::task::spawn_blocking(move || {
+        let runners = launcher.start(&deployment.exports, &deployment.tasks)?;
+        deployment.adopt(runners);
+        anyhow::Ok((deployment, launcher))
+    })
+    .await??;
     let current = Arc::new(Current::new(deployment));
     // Made only where a worker starts: settings left unused would hold the deployment (and
     // with it the log writer) past shutdown.
@@ -183,6 +160,26 @@ pub async fn serve(
                     .into_response()
             }),
         );
+    let reloader = Arc::new(Reloader::new(
+        runtime.clone(),
+        current.clone(),
+        launcher,
+        config.clone(),
+    ));
+    let admin = Admin::start(
+        &config,
+        AdminState {
+            token: admin::token(&config)?,
+            current: current.clone(),
+            reloader: reloader.clone(),
+            prometheus,
+            node: store::node_id(&config.server.data_dir)?,
+            roles: roles.clone(),
+        },
+    )
+    .await?;
+    let hangups = reload_on_hangup(reloader)?;
+
     let listener = tokio::net::TcpListener::bind(config.server.listen).await?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %config.server.data_dir.display(), "sluice is listening");
@@ -195,6 +192,9 @@ pub async fn serve(
     .await?;
 
     tracing::info!("shutting down: committing the queue and finishing the current round");
+    hangups.abort();
+    let _ = hangups.await;
+    admin.stop().await;
     // The router (and with it every queue handle) is gone once serve returns.
     if let Some(writer) = writer {
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;
@@ -218,14 +218,16 @@ pub async fn serve(
 
 /// Starts the engine and the capability services, and loads every installation (running each
 /// plugin's `setup`). Blocking: never call it on an async thread.
-fn load(config: Config) -> anyhow::Result<(Config, Runtime, Deployment, Background, Backends)> {
-    let runtime = Runtime::new(&RuntimeSettings {
+fn load(
+    config: Config,
+) -> anyhow::Result<(Config, Arc<Runtime>, Deployment, Background, Backends)> {
+    let runtime = Arc::new(Runtime::new(&RuntimeSettings {
         // Sized by the process's limits, not by this config's installations, so that a later
         // config fits the same engine; plus the instances used while loading.
         max_instances: u32::try_from(config.server.max_instances + 2).unwrap_or(u32::MAX),
         max_memory_bytes: (config.server.max_instance_memory_mb as usize) << 20,
         cache_dir: Some(config.server.data_dir.join("compiled")),
-    })?;
+    })?);
     let config_error = |problems| ConfigError {
         path: config.path.clone(),
         problems,
@@ -250,4 +252,61 @@ fn load(config: Config) -> anyhow::Result<(Config, Runtime, Deployment, Backgrou
         .collect();
     let deployment = Deployment::new(teams, installed, services);
     Ok((config, runtime, deployment, background, backends))
+}
+
+/// The admin API, served on its own listener until stopped.
+struct Admin {
+    stop: tokio::sync::watch::Sender<bool>,
+    serving: tokio::task::JoinHandle<()>,
+}
+
+impl Admin {
+    /// Listens on `[admin] listen` (recording the address for the commands) and serves the
+    /// admin routes of `state`.
+    async fn start(config: &Config, state: AdminState) -> anyhow::Result<Self> {
+        let listen = config.admin.listen;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("admin.listen: cannot listen on {listen}: {e}"))?;
+        let addr = listener.local_addr()?;
+        admin::record_address(&config.server.data_dir, addr)?;
+        tracing::info!(%addr, "the admin API is listening");
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let app = admin::routes(Arc::new(state));
+        let serving = tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.changed().await;
+                })
+                .await;
+            if let Err(error) = served {
+                tracing::error!(%error, "the admin API stopped");
+            }
+        });
+        Ok(Self { stop, serving })
+    }
+
+    /// Stops serving and waits for the requests in progress.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.serving.await;
+    }
+}
+
+/// Reloads the config in force on every `SIGHUP`, until the task is aborted.
+fn reload_on_hangup(reloader: Arc<Reloader>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    Ok(tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the config");
+            let reloader = reloader.clone();
+            match tokio::task::spawn_blocking(move || reloader.reload(None)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(failure)) => {
+                    admin::reload_failed(&failure);
+                }
+                Err(_) => tracing::error!("the reload panicked; the config in force is unchanged"),
+            }
+        }
+    }))
 }

@@ -82,6 +82,7 @@ fn run<I: Ingest, S: Sink>(settings: WorkerSettings, mut ingest: I, mut sink: S)
     let mut lanes: Vec<ChainRunner> = (0..settings.lane_count())
         .map(|_| settings.new_lane())
         .collect();
+    let mut last = settings.deployment.get();
     loop {
         let polled = match ingest.poll(settings.batch_events, POLL_WAIT) {
             Ok(Some(polled)) => polled,
@@ -94,7 +95,15 @@ fn run<I: Ingest, S: Sink>(settings: WorkerSettings, mut ingest: I, mut sink: S)
             }
         };
         let started = Instant::now();
+        // The whole round runs on one deployment: each event sees one version of its chain.
         let deployment = settings.deployment.get();
+        if !Arc::ptr_eq(&deployment, &last) {
+            // A reload: instances of installations it removed or changed go.
+            for lane in &mut lanes {
+                lane.retain(&deployment.chains);
+            }
+            last = deployment.clone();
+        }
         let output = process(&settings, &deployment.chains, &mut lanes, &polled.batches);
         let mut receipt = polled.receipt;
         let Some(stored) = store(&mut sink, output, &mut receipt, &settings.stop) else {

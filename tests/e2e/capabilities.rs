@@ -47,7 +47,7 @@ fn geoip_sluice(teams: &str) -> Sluice {
     let db = dir.path().join("GeoIP2-City-Test.mmdb");
     sluice_demo_geoip::write(&db, "Linköping").unwrap();
     let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nworkers = 1\n\
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nworkers = 1\n\
          [geoip]\ndatabase = \"{}\"\n{teams}",
         db.display(),
     );
@@ -199,7 +199,7 @@ fn the_geoip_database_is_reloaded_when_its_file_changes() {
     let db = dir.path().join("city.mmdb");
     sluice_demo_geoip::write(&db, "Linköping").unwrap();
     let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nworkers = 1\n\
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nworkers = 1\n\
          [geoip]\ndatabase = \"city.mmdb\"\ncheck_interval_seconds = 1\n{}",
         geoip_team(1, false)
     );
@@ -381,7 +381,7 @@ fn capabilities_refuse_what_they_must_while_other_teams_are_served() {
         prober_team(11, "geoip", "", unused),
     ];
     let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nworkers = 1\n[geoip]\ndatabase = \"city.mmdb\"\n{}",
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nworkers = 1\n[geoip]\ndatabase = \"city.mmdb\"\n{}",
         teams.concat()
     );
     std::fs::write(dir.path().join("sluice.toml"), config).unwrap();

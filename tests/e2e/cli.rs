@@ -66,7 +66,7 @@ fn serve_works_with_a_relative_config_path_from_any_folder() {
     std::fs::create_dir(dir.path().join("conf")).unwrap();
     std::fs::write(
         dir.path().join("conf/sluice.toml"),
-        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n[[teams]]\nid = 1\ntoken = \"phc_rel\"\n",
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n[[teams]]\nid = 1\ntoken = \"phc_rel\"\n",
     )
     .unwrap();
     let mut child = Command::new(sluice_bin())

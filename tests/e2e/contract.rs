@@ -78,7 +78,7 @@ fn start(teams: &str) -> Sluice {
     let db = dir.path().join("GeoIP2-City-Test.mmdb");
     sluice_demo_geoip::write(&db, "Linköping").unwrap();
     let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nworkers = 1\n\
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nworkers = 1\n\
          [geoip]\ndatabase = \"{}\"\n[object_stores.folder]\nkind = \"local\"\n{teams}",
         db.display(),
     );

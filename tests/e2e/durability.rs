@@ -47,7 +47,7 @@ fn events_of_one_user_are_stored_in_arrival_order_across_workers() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("sluice.toml"),
-        format!("[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nworkers = 2\n[queue]\nbatch_events = 7\n{config}"),
+        format!("[admin]\nlisten = \"127.0.0.1:0\"\n[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nworkers = 2\n[queue]\nbatch_events = 7\n{config}"),
     )
     .unwrap();
     let sluice = Sluice::start_in(dir);

@@ -157,7 +157,7 @@ pub(crate) fn node(
 ) -> Sluice {
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nworkers = 1\n\
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nworkers = 1\n\
          [kafka]\nbrokers = \"{}\"\nsession_timeout_ms = 6000\n{}{rest}",
         broker.brokers,
         clickhouse.section(),
@@ -299,7 +299,7 @@ fn capture_and_worker_apart_without_a_shared_ingest_is_refused_with_the_reason()
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n{}",
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n{}",
             plain_team(1, "phc_one")
         ),
     )

@@ -23,6 +23,7 @@ mod isolation;
 mod kafka;
 mod process;
 mod redis_server;
+mod reload;
 mod retention;
 mod retention_fleet;
 mod s3;

@@ -49,7 +49,7 @@ impl Sluice {
     pub fn start(config: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nworkers = 1\n{config}"
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nworkers = 1\n{config}"
         );
         std::fs::write(dir.path().join("sluice.toml"), text).unwrap();
         Self::start_in(dir)
@@ -84,6 +84,7 @@ impl Sluice {
             .arg("--config")
             .arg(self.config_path())
             .env("SLUICE_LISTEN", "127.0.0.1:0")
+            .env("SLUICE_ADMIN_LISTEN", "127.0.0.1:0")
             .env("RUST_LOG", "warn,sluice::plugin=info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -204,6 +205,29 @@ impl Sluice {
             path,
             body.to_string().into_bytes(),
             &[("content-type", "application/json")],
+        )
+    }
+
+    /// Calls the admin API: `method` on `path`, with the server's own token (from its data
+    /// folder) unless `token` says otherwise; returns status and JSON body.
+    pub fn admin(&self, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {
+        let data = self.dir.path().join("data");
+        let address = std::fs::read_to_string(data.join("admin-address")).unwrap();
+        let own = std::fs::read_to_string(data.join("admin-token")).unwrap();
+        let response = self
+            .client
+            .request(
+                method.parse().unwrap(),
+                format!("http://{}{path}", address.trim()),
+            )
+            .bearer_auth(token.unwrap_or(own.trim()))
+            .send()
+            .unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
         )
     }
 
@@ -345,7 +369,7 @@ pub fn serve_fails(config: &str) -> String {
     let path = dir.path().join("sluice.toml");
     std::fs::write(
         &path,
-        format!("[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n{config}"),
+        format!("[admin]\nlisten = \"127.0.0.1:0\"\n[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n{config}"),
     )
     .unwrap();
     let output = Command::new(sluice_bin())

@@ -29,7 +29,7 @@ pub const CAPABILITY: Capability = Capability {
 pub const CACHED_ADDRESSES: usize = 10_000;
 
 /// `[geoip]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     /// MaxMind City database (`GeoLite2-City.mmdb`, `GeoIP2-City.mmdb`); required to grant `geoip`.

@@ -181,7 +181,7 @@ impl HasData for HasView<()> {
 }
 
 /// The config sections capabilities own.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Settings {
     /// `[geoip]`
     pub geoip: geoip::Settings,
@@ -287,6 +287,11 @@ impl Grants {
     /// Whether `name` is granted.
     pub fn allows(&self, name: &str) -> bool {
         self.names.contains(name)
+    }
+
+    /// The capabilities granted, by name.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.names.iter().map(String::as_str)
     }
 }
 

@@ -55,7 +55,7 @@ pub enum Kind {
 }
 
 /// `[object_stores.NAME]`: one store.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSettings {
     /// `local` (a folder, the default) or `s3`.
@@ -97,7 +97,7 @@ fn default_max_object_bytes() -> usize {
 }
 
 /// `[object_stores]`: every store, by name.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Settings {
     stores: BTreeMap<String, StoreSettings>,
 }

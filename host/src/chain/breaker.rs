@@ -84,7 +84,7 @@ impl Breaker {
     }
 
     /// Why calls are refused, if the breaker is open now.
-    pub(super) fn open_reason(&self) -> Option<String> {
+    pub fn open_reason(&self) -> Option<String> {
         let state = self.state();
         matches!(state.phase, Phase::Open { .. }).then(|| self.refusal(&state))
     }

@@ -45,6 +45,8 @@ pub struct Installation {
     pub settings: InstanceSettings,
     /// What happens to an event the plugin fails on.
     pub on_error: OnError,
+    /// The breaker config it was installed with.
+    pub breaker_config: BreakerConfig,
     metrics: InstallationMetrics,
     breaker: Breaker,
 }
@@ -61,7 +63,8 @@ impl Installation {
         let id = settings.context.installation.clone();
         Self {
             metrics: InstallationMetrics::new(&id),
-            breaker: Breaker::new(breaker, settings.context.clone()),
+            breaker: Breaker::new(breaker.clone(), settings.context.clone()),
+            breaker_config: breaker,
             id,
             instance_key,
             team_id: settings.context.team_id,
@@ -72,8 +75,15 @@ impl Installation {
     }
 }
 
-/// Every team's chain.
-#[derive(Default)]
+impl Installation {
+    /// Why the breaker refuses calls now, if it does.
+    pub fn breaker_open(&self) -> Option<String> {
+        self.breaker.open_reason()
+    }
+}
+
+/// Every team's chain (clones share the installations).
+#[derive(Default, Clone)]
 pub struct Chains {
     by_team: HashMap<u64, Vec<Arc<Installation>>>,
 }
@@ -91,10 +101,24 @@ impl Chains {
 
     /// Appends `installation` to the chain of `team_id`.
     pub fn push(&mut self, team_id: u64, installation: Installation) {
+        self.push_shared(team_id, Arc::new(installation));
+    }
+
+    /// Appends `installation`, which another deployment may run too, to the chain of `team_id`.
+    pub fn push_shared(&mut self, team_id: u64, installation: Arc<Installation>) {
+        self.by_team.entry(team_id).or_default().push(installation);
+    }
+
+    /// Every installation of every chain, with its team.
+    pub fn teams(&self) -> impl Iterator<Item = (u64, &[Arc<Installation>])> {
         self.by_team
-            .entry(team_id)
-            .or_default()
-            .push(Arc::new(installation));
+            .iter()
+            .map(|(team, chain)| (*team, chain.as_slice()))
+    }
+
+    /// Every installation of every chain.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Installation>> {
+        self.by_team.values().flatten()
     }
 }
 
@@ -150,6 +174,11 @@ impl ChainRunner {
         )
         .map_err(|(_, error)| error)?;
         Ok(next)
+    }
+
+    /// Tears down the instances that no installation of `chains` uses any more.
+    pub fn retain(&mut self, chains: &Chains) {
+        self.pool.retain(chains);
     }
 
     /// Tears down every instance.

@@ -138,6 +138,24 @@ impl InstancePool {
         }
     }
 
+    /// Tears down the instances no installation of `chains` is served by any more (after a
+    /// reload removed or changed them).
+    pub(super) fn retain(&mut self, chains: &super::Chains) {
+        let serving: std::collections::HashSet<InstanceKey> =
+            chains.all().map(|i| i.instance_key).collect();
+        let gone: Vec<InstanceKey> = self
+            .instances
+            .keys()
+            .filter(|key| !serving.contains(key))
+            .copied()
+            .collect();
+        for key in gone {
+            if let Some(live) = self.instances.remove(&key) {
+                live.instance.teardown();
+            }
+        }
+    }
+
     pub(super) fn teardown(self) {
         for (_, live) in self.instances {
             live.instance.teardown();

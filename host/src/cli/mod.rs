@@ -4,6 +4,7 @@ mod exports;
 mod jobs;
 mod logs;
 mod recordings;
+mod reload;
 mod tasks;
 
 use crate::backends::Backends;
@@ -42,6 +43,14 @@ enum Command {
         /// and worker on different nodes need a `[kafka]` ingest.
         #[arg(long, value_delimiter = ',')]
         role: Vec<Role>,
+    },
+    /// Ask the running server (through its admin API) to put the config F in force without a
+    /// restart: F is checked whole first (a bad file changes nothing and says why); prints
+    /// which installations were added, removed, changed or kept. Only the teams may change.
+    Reload {
+        /// The sluice.toml to put in force (the server's data folder is found from it).
+        #[arg(long, short)]
+        config: PathBuf,
     },
     /// Print stored events as JSON lines, oldest first.
     Events(#[command(flatten)] Read),
@@ -231,6 +240,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let _ = std::io::stdout().flush();
             }))
         }
+        Command::Reload { config } => reload::run(&config),
         Command::Events(read) => print_lines(read.stored()?.events(read.team, read.limit)?),
         Command::Recordings { read, session } => recordings::print(&read, session.as_deref()),
         Command::Logs {

@@ -3,7 +3,7 @@
 use serde::Deserialize;
 
 /// `[capture]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CaptureConfig {
     /// Largest request body for single-event paths (`/e`, `/capture`, `/i/v0/e`...), in bytes,

@@ -9,6 +9,7 @@
 //! sections (e.g. `[geoip]`) and their per-installation tables (e.g. `http`); this module hands
 //! those to [`crate::capabilities`] and knows nothing of what is in them.
 
+mod admin;
 mod breaker;
 mod capture;
 mod clickhouse;
@@ -21,6 +22,7 @@ mod schedule;
 mod server;
 mod teams;
 
+pub use admin::AdminConfig;
 pub use breaker::BreakerConfig;
 pub use capture::CaptureConfig;
 pub use clickhouse::ClickHouseConfig;
@@ -48,6 +50,8 @@ pub struct Config {
     pub path: PathBuf,
     /// Listener, storage and worker settings.
     pub server: ServerConfig,
+    /// The operators' API.
+    pub admin: AdminConfig,
     /// Capture API settings.
     pub capture: CaptureConfig,
     /// Embedded queue settings.
@@ -153,7 +157,15 @@ impl Collector {
 }
 
 /// The sections sluice itself reads; capabilities add theirs.
-const OWN_SECTIONS: [&str; 6] = ["server", "capture", "queue", "kafka", "clickhouse", "redis"];
+const OWN_SECTIONS: [&str; 7] = [
+    "server",
+    "admin",
+    "capture",
+    "queue",
+    "kafka",
+    "clickhouse",
+    "redis",
+];
 
 impl Config {
     /// Reads and validates `path`; `env` looks up environment overrides.
@@ -197,6 +209,7 @@ impl Config {
             }
         }
         let server = server::load(&mut c, table, base, env);
+        let admin = admin::load(&mut c, table, env);
         let capture: CaptureConfig = c.section(table, "capture");
         let queue = queue::load(&mut c, table);
         let kafka = kafka::load(&mut c, table);
@@ -220,6 +233,7 @@ impl Config {
         Ok(Self {
             path: path.to_owned(),
             server,
+            admin,
             capture,
             queue,
             kafka,
@@ -339,6 +353,26 @@ mod tests {
             text.contains("not a usable project token (personal_api_key)"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_admin_token_is_long_enough_comes_from_the_environment_and_is_never_printed() {
+        let error = load("[admin]\ntoken = \"short\"\n", &[]).unwrap_err();
+        assert_eq!(error.problems[0].key, "admin.token");
+        let config = load(
+            "[admin]\ntoken = \"short\"\n",
+            &[
+                ("SLUICE_ADMIN_TOKEN", "a-long-enough-secret-token"),
+                ("SLUICE_ADMIN_LISTEN", "127.0.0.1:0"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            config.admin.token.as_deref(),
+            Some("a-long-enough-secret-token")
+        );
+        assert_eq!(config.admin.listen.port(), 0);
+        assert!(!format!("{config:?}").contains("a-long-enough-secret-token"));
     }
 
     #[test]

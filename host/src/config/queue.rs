@@ -4,7 +4,7 @@ use super::Collector;
 use serde::Deserialize;
 
 /// `[queue]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
     /// Events waiting for plugins beyond which capture answers `503`.

@@ -5,6 +5,7 @@ use super::hooks::{Contract, Exports};
 use super::instance::Instance;
 use super::state::HostState;
 use crate::capabilities::{self, Capability, Context, Services};
+use sha2::{Digest, Sha256};
 use sluice_abi::manifest::Manifest;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,6 +17,11 @@ use wasmtime::component::{Component, InstancePre, Linker};
 const TYPES_INTERFACE: &str = "sluice:plugin/types";
 /// The interface every plugin exports; its version is the contract the plugin was built against.
 const LIFECYCLE_INTERFACE: &str = "sluice:plugin/lifecycle";
+
+/// `bytes` in lowercase hex.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// Why a plugin could not be loaded.
 #[derive(Debug, Error)]
@@ -68,6 +74,8 @@ pub enum LoadError {
 pub struct Plugin {
     /// Where it was loaded from.
     pub path: PathBuf,
+    /// SHA-256 of the file, in hex: a changed file is a changed plugin.
+    pub hash: String,
     /// What it declared about itself.
     pub manifest: Manifest,
     /// The contract it was built against.
@@ -132,8 +140,9 @@ pub(super) fn load(
         path: path.to_owned(),
         reason,
     };
-    let component =
-        Component::from_file(engine, path).map_err(|e| compile_error(format!("{e:#}")))?;
+    let bytes = std::fs::read(path).map_err(|e| compile_error(e.to_string()))?;
+    let hash = hex(&Sha256::digest(&bytes));
+    let component = Component::new(engine, &bytes).map_err(|e| compile_error(format!("{e:#}")))?;
     let ty = component.component_type();
     let exported: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_owned()).collect();
     let version = exported
@@ -165,6 +174,7 @@ pub(super) fn load(
     let exports = Exports::find(&pre, &exported, version_contract).map_err(contract)?;
     let mut plugin = Plugin {
         path: path.to_owned(),
+        hash,
         manifest: Manifest::new("", "", ""),
         contract: version_contract,
         imports,

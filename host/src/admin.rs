@@ -1,0 +1,309 @@
+//! The admin API: what operators ask a running node, on a listener of its own (`[admin]`),
+//! every route behind a bearer token compared in constant time. JSON, versioned under
+//! `/admin/v1/`; `/metrics` is served here too. Errors are `{"code": ..., "detail": ...}` with
+//! a stable code. The reference, with an example per route, is `host/docs/admin-api.md`.
+
+use crate::config::Config;
+use crate::deployment::{Current, Deployment};
+use crate::reload::{ReloadError, Reloader};
+use crate::roles::Roles;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+/// The file of the data folder that holds the token the server made (when the config gives
+/// none).
+pub const TOKEN_FILE: &str = "admin-token";
+/// The file of the data folder that holds the address the admin API listens on.
+pub const ADDRESS_FILE: &str = "admin-address";
+
+/// What the admin routes serve from.
+pub struct AdminState {
+    /// The bearer token.
+    pub token: String,
+    /// The deployment in force.
+    pub current: Arc<Current>,
+    /// Reloads the config.
+    pub reloader: Arc<Reloader>,
+    /// The metrics.
+    pub prometheus: &'static PrometheusHandle,
+    /// This node's id and roles.
+    pub node: String,
+    /// This node's roles.
+    pub roles: Roles,
+}
+
+/// The token of `config`'s admin API: the configured one, or the one the server keeps in its
+/// data folder (made now, readable by its user only, if there is none yet).
+pub fn token(config: &Config) -> anyhow::Result<String> {
+    if let Some(token) = &config.admin.token {
+        return Ok(token.clone());
+    }
+    let path = config.server.data_dir.join(TOKEN_FILE);
+    if let Ok(token) = std::fs::read_to_string(&path) {
+        return Ok(token.trim().to_owned());
+    }
+    let token: String = {
+        use rand::Rng;
+        let bytes: [u8; 24] = rand::rng().random();
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    };
+    write_private(&path, &token)?;
+    Ok(token)
+}
+
+/// Writes `text` to `path`, readable and writable by this user only.
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// Where the admin API of the server running `config` listens, and its token, as the commands
+/// find them: the address the server wrote at start, and the configured token or the one it
+/// keeps in its data folder.
+pub fn client_settings(config: &Config) -> anyhow::Result<(String, String)> {
+    let data_dir = &config.server.data_dir;
+    let address = std::fs::read_to_string(data_dir.join(ADDRESS_FILE))
+        .map(|a| a.trim().to_owned())
+        .unwrap_or_else(|_| config.admin.listen.to_string());
+    let token = match &config.admin.token {
+        Some(token) => token.clone(),
+        None => std::fs::read_to_string(data_dir.join(TOKEN_FILE))
+            .map(|t| t.trim().to_owned())
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "no admin token: set [admin] token (or SLUICE_ADMIN_TOKEN), or run this where the server's data folder {} is",
+                    data_dir.display()
+                )
+            })?,
+    };
+    Ok((format!("http://{address}"), token))
+}
+
+/// Records where the admin API listens, for the commands.
+pub fn record_address(data_dir: &Path, address: std::net::SocketAddr) -> anyhow::Result<()> {
+    write_private(&data_dir.join(ADDRESS_FILE), &address.to_string())
+}
+
+/// An error answer.
+fn error(status: StatusCode, code: &str, detail: impl Into<String>, extra: Value) -> Response {
+    let mut body = json!({ "code": code, "detail": detail.into() });
+    if let (Value::Object(body), Value::Object(extra)) = (&mut body, extra) {
+        body.extend(extra);
+    }
+    (status, Json(body)).into_response()
+}
+
+/// Refuses every request without the bearer token.
+async fn authorize(State(state): State<Arc<AdminState>>, request: Request, next: Next) -> Response {
+    if bearer(request.headers())
+        .is_some_and(|given| given.as_bytes().ct_eq(state.token.as_bytes()).into())
+    {
+        return next.run(request).await;
+    }
+    metrics::counter!("sluice_admin_unauthorized_total").increment(1);
+    error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "send the admin token as `Authorization: Bearer <token>`",
+        json!({}),
+    )
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+}
+
+/// Every admin route.
+pub fn routes(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/admin/v1/node", get(node))
+        .route("/admin/v1/teams", get(teams))
+        .route("/admin/v1/reload", post(reload))
+        .route("/metrics", get(metrics_text))
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .with_state(state)
+}
+
+async fn node(State(state): State<Arc<AdminState>>) -> Json<Value> {
+    let config = state.reloader.config();
+    Json(json!({
+        "node": state.node,
+        "roles": state.roles.to_string(),
+        "config": config.path,
+        "listen": config.server.listen,
+    }))
+}
+
+/// One installation as `GET /admin/v1/teams` shows it.
+#[derive(Serialize)]
+struct InstallationView {
+    id: String,
+    plugin: String,
+    version: String,
+    hash: String,
+    contract: &'static str,
+    hooks: Vec<&'static str>,
+    grants: Vec<String>,
+    status: String,
+    breaker: Option<String>,
+}
+
+/// Each team of the config in force, with its installations in order.
+async fn teams(State(state): State<Arc<AdminState>>) -> Json<Value> {
+    let config = state.reloader.config();
+    let deployment = state.current.get();
+    let teams: Vec<Value> = config
+        .teams
+        .iter()
+        .map(|team| {
+            let installations: Vec<InstallationView> = team
+                .plugins
+                .iter()
+                .filter_map(|i| installation(&deployment, team.id, &i.id.qualified(team.id)))
+                .collect();
+            json!({ "id": team.id, "name": team.name, "installations": installations })
+        })
+        .collect();
+    Json(Value::Array(teams))
+}
+
+/// The installation `id` of `team` in `deployment`, whichever hooks it runs.
+fn installation(deployment: &Deployment, team: u64, id: &str) -> Option<InstallationView> {
+    let transform = deployment.chains.of(team).iter().find(|i| &*i.id == id);
+    let export = deployment.exports.iter().find(|e| &*e.id == id);
+    let tasks = deployment.tasks.iter().find(|t| &*t.id == id);
+    let (plugin, settings) = transform
+        .map(|t| (&t.plugin, &t.settings))
+        .or(export.map(|e| (&e.plugin, &e.settings)))
+        .or(tasks.map(|t| (&t.plugin, &t.settings)))?;
+    let hooks = [
+        (plugin.transforms(), "transform"),
+        (plugin.exports_events(), "exporter"),
+        (plugin.runs_tasks(), "scheduled"),
+        (plugin.runs_jobs(), "jobs"),
+    ]
+    .into_iter()
+    .filter(|(has, _)| *has)
+    .map(|(_, hook)| hook)
+    .collect();
+    let breaker = transform.and_then(|t| t.breaker_open());
+    Some(InstallationView {
+        id: id.to_owned(),
+        plugin: plugin.manifest.name.clone(),
+        version: plugin.manifest.version.clone(),
+        hash: plugin.hash.clone(),
+        contract: plugin.contract.label(),
+        hooks,
+        grants: settings.context.grants.names().map(str::to_owned).collect(),
+        status: if breaker.is_some() {
+            "breaker_open"
+        } else {
+            "active"
+        }
+        .to_owned(),
+        breaker,
+    })
+}
+
+/// `POST /admin/v1/reload`: the file to load (the one in force if not given).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReloadRequest {
+    path: Option<PathBuf>,
+}
+
+async fn reload(State(state): State<Arc<AdminState>>, body: axum::body::Bytes) -> Response {
+    let request: ReloadRequest = if body.is_empty() {
+        ReloadRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(request) => request,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    format!("the body must be {{\"path\": \"...\"}} or empty: {e}"),
+                    json!({}),
+                );
+            }
+        }
+    };
+    let reloader = state.reloader.clone();
+    let result =
+        tokio::task::spawn_blocking(move || reloader.reload(request.path.as_deref())).await;
+    match result {
+        Ok(Ok(changes)) => {
+            Json(json!({ "status": "reloaded", "changes": changes })).into_response()
+        }
+        Ok(Err(failure)) => reload_failed(&failure),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the reload panicked; the config in force is unchanged",
+            json!({}),
+        ),
+    }
+}
+
+/// The answer to a reload that changed nothing.
+pub fn reload_failed(failure: &ReloadError) -> Response {
+    metrics::counter!("sluice_reloads_total", "outcome" => "refused").increment(1);
+    tracing::warn!("reload refused, nothing changed: {failure}");
+    match failure {
+        ReloadError::Config(config) => {
+            let problems: Vec<Value> = config
+                .problems
+                .iter()
+                .map(|p| json!({ "key": p.key, "reason": p.reason }))
+                .collect();
+            error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_config",
+                failure.to_string(),
+                json!({ "problems": problems }),
+            )
+        }
+        ReloadError::NeedsRestart { .. } => error(
+            StatusCode::CONFLICT,
+            "needs_restart",
+            failure.to_string(),
+            json!({}),
+        ),
+        ReloadError::Runners(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "runners_failed",
+            failure.to_string(),
+            json!({}),
+        ),
+    }
+}
+
+async fn metrics_text(State(state): State<Arc<AdminState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.prometheus.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,217 @@
+//! Hot reload through the real binary: `sluice reload`, SIGHUP and the admin API, under load.
+//! Two stamper installations write the chain's version into every event, so each stored event
+//! shows which version of the chain it went through, and that it went through one only.
+
+use crate::process::signal;
+use crate::support::{Sluice, plugin};
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Team 1's chain at `version`: two stampers and a passthrough that never changes.
+fn chain(version: &str) -> String {
+    let stamper = |id: &str, key: &str| {
+        format!(
+            "[[teams.plugins]]\nid = \"{id}\"\nplugin = \"{}\"\nconfig = {{ key = \"{key}\", value = \"{version}\" }}\n",
+            plugin("stamper").display()
+        )
+    };
+    format!(
+        "[[teams]]\nid = 1\ntoken = \"phc_one\"\n{}[[teams.plugins]]\nid = \"keep\"\nplugin = \"{}\"\n{}",
+        stamper("s1", "first"),
+        plugin("passthrough").display(),
+        stamper("s2", "second"),
+    )
+}
+
+fn uuid_of(n: usize) -> String {
+    format!("0190d2f5-6bd4-7c3e-9a51-{n:012x}")
+}
+
+/// `sluice reload --config path`: whether it succeeded, stdout and stderr.
+fn reload(sluice: &Sluice, path: &Path) -> (bool, String, String) {
+    let output = std::process::Command::new(crate::support::sluice_bin())
+        .args(["reload", "--config"])
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap() + &sluice.stderr(),
+    )
+}
+
+/// How often the `keep` installation's instance was started, per the admin API's metrics.
+fn keep_started(sluice: &Sluice) -> u64 {
+    let (status, metrics) = sluice.admin("GET", "/metrics", None);
+    assert_eq!(status, 200);
+    metrics
+        .as_str()
+        .unwrap()
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(
+                "sluice_plugin_instances_started_total{installation=\"team-1/keep\"} ",
+            )
+        })
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[test]
+fn twenty_reloads_under_load_store_every_event_once_through_one_version_of_the_chain() {
+    let sluice = Sluice::start(&chain("A"));
+    let a = sluice.config_path();
+    let b = sluice.dir.path().join("b.toml");
+    let text = std::fs::read_to_string(&a).unwrap();
+    std::fs::write(&b, text.replace("value = \"A\"", "value = \"B\"")).unwrap();
+
+    // The admin API wants its token.
+    let (status, body) = sluice.admin("GET", "/admin/v1/teams", Some("wrong-token-wrong-token"));
+    assert_eq!(
+        (status, &body["code"]),
+        (401, &json!("unauthorized")),
+        "{body}"
+    );
+    let (status, teams) = sluice.admin("GET", "/admin/v1/teams", None);
+    assert_eq!(status, 200, "{teams}");
+    let ids: Vec<&str> = teams[0]["installations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["team-1/s1", "team-1/keep", "team-1/s2"]);
+    assert_eq!(teams[0]["installations"][0]["status"], "active");
+    assert_eq!(
+        teams[0]["installations"][0]["hash"].as_str().unwrap().len(),
+        64
+    );
+
+    let stop = AtomicBool::new(false);
+    let (acknowledged, failures) = std::thread::scope(|scope| {
+        let load = scope.spawn(|| {
+            let client = reqwest::blocking::Client::new();
+            let (mut acknowledged, mut failures) = (Vec::new(), Vec::new());
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let events: Vec<Value> = (n..n + 20)
+                    .map(|i| json!({"event": "e", "distinct_id": format!("u{}", i % 7), "uuid": uuid_of(i)}))
+                    .collect();
+                let response = client
+                    .post(format!("{}/batch", sluice.url))
+                    .header("content-type", "application/json")
+                    .body(json!({"api_key": "phc_one", "batch": events}).to_string())
+                    .send()
+                    .unwrap();
+                if response.status() == 200 {
+                    acknowledged.extend((n..n + 20).map(uuid_of));
+                } else {
+                    failures.push(response.status().as_u16());
+                }
+                n += 20;
+            }
+            (acknowledged, failures)
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let started = keep_started(&sluice);
+        for round in 0..20 {
+            let file = if round % 2 == 0 { &b } else { &a };
+            let (ok, out, err) = reload(&sluice, file);
+            assert!(ok, "reload {round} failed: {err}");
+            let changes: Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(
+                changes["changed"],
+                json!(["team-1/s1", "team-1/s2"]),
+                "{out}"
+            );
+            assert_eq!(changes["unchanged"], json!(["team-1/keep"]), "{out}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(
+            keep_started(&sluice),
+            started,
+            "the unchanged installation kept its instance"
+        );
+        stop.store(true, Ordering::SeqCst);
+        load.join().unwrap()
+    });
+    assert!(
+        failures.is_empty(),
+        "requests refused during reloads: {failures:?}"
+    );
+    assert!(
+        acknowledged.len() > 1_000,
+        "too little load: {}",
+        acknowledged.len()
+    );
+
+    sluice.drain();
+    let events = sluice.events(1);
+    let stored: Vec<&str> = events.iter().map(|e| e["uuid"].as_str().unwrap()).collect();
+    let unique: BTreeSet<&str> = stored.iter().copied().collect();
+    assert_eq!(unique.len(), stored.len(), "an event was stored twice");
+    let expected: BTreeSet<&str> = acknowledged.iter().map(String::as_str).collect();
+    assert_eq!(unique, expected, "stored exactly the acknowledged events");
+    let mut versions = BTreeSet::new();
+    for event in &events {
+        let (first, second) = (
+            &event["properties"]["first"],
+            &event["properties"]["second"],
+        );
+        assert_eq!(first, second, "an event went through two versions: {event}");
+        versions.insert(first.as_str().unwrap().to_owned());
+    }
+    assert_eq!(versions, BTreeSet::from(["A".to_owned(), "B".to_owned()]));
+    eprintln!(
+        "20 reloads under load: {} events acknowledged, each stored once, through one version; 0 refused",
+        acknowledged.len()
+    );
+
+    // A bad file changes nothing and says why, every problem at once.
+    let bad = sluice.dir.path().join("bad.toml");
+    std::fs::write(&bad, text.replace("value = \"A\"", "valeur = \"A\"")).unwrap();
+    let (ok, _, err) = reload(&sluice, &bad);
+    assert!(!ok);
+    assert!(
+        err.contains("invalid_config")
+            && err.contains("teams[0].plugins[0].config")
+            && err.contains("teams[0].plugins[2].config"),
+        "{err}"
+    );
+    // So does one that changes what only a restart applies.
+    std::fs::write(&bad, text.replace("workers = 1", "workers = 2")).unwrap();
+    let (ok, _, err) = reload(&sluice, &bad);
+    assert!(
+        !ok && err.contains("needs_restart") && err.contains("[server]"),
+        "{err}"
+    );
+
+    // SIGHUP reloads the file in force (the last one loaded: `a`), here changed to version C.
+    std::fs::write(&a, text.replace("value = \"A\"", "value = \"C\"")).unwrap();
+    signal(sluice.pid(), "HUP");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut n = 1_000_000;
+    loop {
+        let (status, _) = sluice.post_json(
+            "/batch",
+            &json!({"api_key": "phc_one", "batch": [{"event": "e", "distinct_id": "u", "uuid": uuid_of(n)}]}),
+        );
+        assert_eq!(status, 200);
+        sluice.drain();
+        let last = sluice.events(1).pop().unwrap();
+        if last["properties"]["first"] == "C" {
+            assert_eq!(last["properties"]["second"], "C");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not reload: {}",
+            sluice.stderr()
+        );
+        n += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
