@@ -105,6 +105,12 @@ fn main() {
         );
         geoip_chain(&runtime, &plugins, &events);
     }
+    if runs("t") {
+        println!(
+            "\n(t) the live tap: chain [downsample 50%, geoip] with nobody tapping, then with one watcher reading every record"
+        );
+        tap_cost(&runtime, &plugins, &events);
+    }
     if runs("c") {
         println!("\n(c) capture decoder: batches of 100 events, decode + normalize + encode");
         decoder();
@@ -326,6 +332,60 @@ fn geoip_chain(runtime: &Runtime, plugins: &std::path::Path, events: &[Vec<u8>])
     println!(
         "  one GeoIP lookup: {lookup_ns:.0} ns in the host; through the boundary (wasm - native geoip plugin): {:.0} ns",
         wasm_geo_ns - native_geo_ns
+    );
+    runner.teardown();
+}
+
+fn tap_cost(runtime: &Runtime, plugins: &std::path::Path, events: &[Vec<u8>]) {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, services) = geoip_services(&dir.path().join("city.mmdb"));
+    let chain = chain_of(
+        runtime,
+        plugins,
+        &[
+            ("downsample", json!({"percentage": 50})),
+            ("geoip", json!({})),
+        ],
+        &services,
+    );
+    let mut runner = ChainRunner::new(16);
+    let mut run_chain = || {
+        measure(|| {
+            for chunk in events.chunks(BATCH) {
+                let mut out = Output::default();
+                runner.run(&chain, chunk.to_vec(), &mut out);
+                std::hint::black_box(out);
+            }
+        })
+    };
+    let untapped_ns = run_chain();
+    report("nobody tapping", untapped_ns);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (tapped_ns, (records, missed)) = std::thread::scope(|scope| {
+        let mut watcher = sluice::tap::hub().watch();
+        let stop = &stop;
+        let reader = scope.spawn(move || {
+            use tokio::sync::broadcast::error::TryRecvError;
+            let (mut records, mut missed) = (0u64, 0u64);
+            loop {
+                match watcher.records.try_recv() {
+                    Ok(_) => records += 1,
+                    Err(TryRecvError::Lagged(n)) => missed += n,
+                    Err(_) if stop.load(std::sync::atomic::Ordering::SeqCst) => break,
+                    Err(_) => std::thread::sleep(Duration::from_micros(200)),
+                }
+            }
+            (records, missed)
+        });
+        let ns = run_chain();
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        (ns, reader.join().unwrap())
+    });
+    report("one watcher reading every record", tapped_ns);
+    println!(
+        "  tap cost: {:+.1}% per event ({:.0} ns); the watcher read {records} records and missed {missed} (it fell behind; the chain never waits)",
+        (tapped_ns / untapped_ns - 1.0) * 100.0,
+        tapped_ns - untapped_ns
     );
     runner.teardown();
 }

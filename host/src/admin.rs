@@ -7,7 +7,8 @@ use crate::config::Config;
 use crate::deployment::{Current, Deployment};
 use crate::reload::{ReloadError, Reloader};
 use crate::roles::Roles;
-use axum::extract::{Request, State};
+use crate::tap::{self, TapFilter};
+use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -19,6 +20,7 @@ use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
+use tokio::sync::broadcast::error::RecvError;
 
 /// The file of the data folder that holds the token the server made (when the config gives
 /// none).
@@ -141,6 +143,7 @@ pub fn routes(state: Arc<AdminState>) -> Router {
         .route("/admin/v1/node", get(node))
         .route("/admin/v1/teams", get(teams))
         .route("/admin/v1/reload", post(reload))
+        .route("/admin/v1/tap", get(tap_stream))
         .route("/metrics", get(metrics_text))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
@@ -298,6 +301,43 @@ pub fn reload_failed(failure: &ReloadError) -> Response {
             json!({}),
         ),
     }
+}
+
+/// How often an idle tap stream says it is alive (and finds out whether its watcher left).
+const TAP_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `GET /admin/v1/tap?team=&installation=&sample=`: what each installation does with each event,
+/// as server-sent events (`data: {record}`), from now on, across reloads; `data:
+/// {"lagged": n}` when the watcher fell behind and missed `n` records.
+async fn tap_stream(Query(filter): Query<TapFilter>) -> Response {
+    let watcher = tap::hub().watch();
+    let stream = futures::stream::unfold((watcher, filter), |(mut watcher, filter)| async move {
+        loop {
+            let line = match tokio::time::timeout(TAP_KEEP_ALIVE, watcher.records.recv()).await {
+                Err(_) => ": alive\n\n".to_owned(),
+                Ok(Ok(record)) if filter.shows(&record) => {
+                    format!(
+                        "data: {}\n\n",
+                        serde_json::to_string(&*record).unwrap_or_default()
+                    )
+                }
+                Ok(Ok(_)) => continue,
+                Ok(Err(RecvError::Lagged(missed))) => {
+                    format!("data: {}\n\n", json!({ "lagged": missed }))
+                }
+                Ok(Err(RecvError::Closed)) => return None,
+            };
+            return Some((Ok::<_, std::convert::Infallible>(line), (watcher, filter)));
+        }
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
 }
 
 async fn metrics_text(State(state): State<Arc<AdminState>>) -> Response {

@@ -38,5 +38,6 @@ pub mod server;
 pub mod signal;
 pub mod sink;
 pub mod store;
+pub mod tap;
 pub mod telemetry;
 pub mod worker;

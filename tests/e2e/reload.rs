@@ -90,7 +90,40 @@ fn twenty_reloads_under_load_store_every_event_once_through_one_version_of_the_c
         64
     );
 
+    // Metrics, on the admin listener too: described, durations as histograms.
+    sluice.post_json(
+        "/batch",
+        &json!({"api_key": "phc_one", "batch": [{"event": "e", "distinct_id": "u", "uuid": uuid_of(2_000_000)}]}),
+    );
+    sluice.drain();
+    let (_, metrics) = sluice.admin("GET", "/metrics", None);
+    let metrics = metrics.as_str().unwrap();
+    for line in metrics.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let name = line.split_whitespace().nth(2).unwrap();
+        assert!(
+            metrics.contains(&format!("# HELP {name} ")),
+            "{name} has no HELP"
+        );
+    }
+    assert!(
+        metrics.contains("# TYPE sluice_plugin_call_duration_seconds histogram")
+            && metrics.contains("sluice_plugin_call_duration_seconds_bucket{installation=\"team-1/s1\",le=\"0.001\"}"),
+        "{metrics}"
+    );
+
+    // A tap watches every fifth event all along.
+    let tapped = sluice.dir.path().join("tap.jsonl");
+    let mut tap = std::process::Command::new(crate::support::sluice_bin())
+        .args(["tap", "--sample", "5", "--config"])
+        .arg(&a)
+        .stdout(std::fs::File::create(&tapped).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+
     let stop = AtomicBool::new(false);
+    let mut reloads = (0, 0);
     let (acknowledged, failures) = std::thread::scope(|scope| {
         let load = scope.spawn(|| {
             let client = reqwest::blocking::Client::new();
@@ -117,6 +150,7 @@ fn twenty_reloads_under_load_store_every_event_once_through_one_version_of_the_c
         });
         std::thread::sleep(Duration::from_millis(300));
         let started = keep_started(&sluice);
+        reloads.0 = chrono::Utc::now().timestamp_millis();
         for round in 0..20 {
             let file = if round % 2 == 0 { &b } else { &a };
             let (ok, out, err) = reload(&sluice, file);
@@ -130,11 +164,13 @@ fn twenty_reloads_under_load_store_every_event_once_through_one_version_of_the_c
             assert_eq!(changes["unchanged"], json!(["team-1/keep"]), "{out}");
             std::thread::sleep(Duration::from_millis(100));
         }
+        reloads.1 = chrono::Utc::now().timestamp_millis();
         assert_eq!(
             keep_started(&sluice),
             started,
             "the unchanged installation kept its instance"
         );
+        std::thread::sleep(Duration::from_millis(500));
         stop.store(true, Ordering::SeqCst);
         load.join().unwrap()
     });
@@ -153,7 +189,12 @@ fn twenty_reloads_under_load_store_every_event_once_through_one_version_of_the_c
     let stored: Vec<&str> = events.iter().map(|e| e["uuid"].as_str().unwrap()).collect();
     let unique: BTreeSet<&str> = stored.iter().copied().collect();
     assert_eq!(unique.len(), stored.len(), "an event was stored twice");
-    let expected: BTreeSet<&str> = acknowledged.iter().map(String::as_str).collect();
+    let first = uuid_of(2_000_000);
+    let expected: BTreeSet<&str> = acknowledged
+        .iter()
+        .map(String::as_str)
+        .chain([first.as_str()])
+        .collect();
     assert_eq!(unique, expected, "stored exactly the acknowledged events");
     let mut versions = BTreeSet::new();
     for event in &events {
@@ -165,9 +206,47 @@ fn twenty_reloads_under_load_store_every_event_once_through_one_version_of_the_c
         versions.insert(first.as_str().unwrap().to_owned());
     }
     assert_eq!(versions, BTreeSet::from(["A".to_owned(), "B".to_owned()]));
+
+    // The tap streamed before, during and after the reloads.
+    tap.kill().unwrap();
+    tap.wait().unwrap();
+    let records: Vec<Value> = std::fs::read_to_string(&tapped)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let times = |installation: &str| -> Vec<i64> {
+        records
+            .iter()
+            .filter(|r| r["installation"] == installation)
+            .map(|r| r["time_ms"].as_i64().unwrap())
+            .collect()
+    };
+    for installation in ["team-1/s1", "team-1/keep", "team-1/s2"] {
+        let times = times(installation);
+        assert!(
+            times.iter().any(|t| *t < reloads.0) && times.iter().any(|t| *t > reloads.1),
+            "{installation}: the tap did not stream across the reloads ({} records)",
+            times.len()
+        );
+    }
+    let s1 = records
+        .iter()
+        .find(|r| r["installation"] == "team-1/s1")
+        .unwrap();
+    assert_eq!(
+        (&s1["outcome"], &s1["detail"]),
+        (&json!("patched"), &json!("properties.first"))
+    );
+    let keep = records
+        .iter()
+        .find(|r| r["installation"] == "team-1/keep")
+        .unwrap();
+    assert_eq!(keep["outcome"], "kept");
     eprintln!(
-        "20 reloads under load: {} events acknowledged, each stored once, through one version; 0 refused",
-        acknowledged.len()
+        "20 reloads under load: {} events acknowledged, each stored once, through one version; 0 refused; the tap streamed {} records across them",
+        acknowledged.len(),
+        records.len()
     );
 
     // A bad file changes nothing and says why, every problem at once.

@@ -6,6 +6,7 @@ use crate::capabilities::log::{self, Level};
 use crate::config::OnError;
 use crate::runtime::{CallError, TrapKind};
 use crate::sink::{DeadLetter, Output};
+use crate::tap;
 use sluice_abi::wire::{self, Outcome};
 
 /// Largest `properties` a plugin may return, in bytes.
@@ -102,7 +103,12 @@ pub(super) fn apply(
     let count = events.len();
     let mut dropped = 0u64;
     let mut failed = 0;
+    let tap = tap::hub();
+    let tapped = tap.active();
     for (event, outcome) in events.into_iter().zip(outcomes) {
+        if tapped {
+            record(tap, installation, &event, &outcome);
+        }
         let changed = match outcome {
             Outcome::Keep => {
                 next.push(event);
@@ -145,6 +151,19 @@ pub(super) fn apply(
     Ok(Applied {
         all_failed: count > 0 && failed == count,
     })
+}
+
+/// Records on the tap what `installation` decided for `event` (a failure is recorded where the
+/// installation's policy is applied).
+fn record(tap: &tap::Hub, installation: &Installation, event: &[u8], outcome: &Outcome<'_>) {
+    let (name, detail) = match outcome {
+        Outcome::Keep => ("kept", None),
+        Outcome::Drop(reason) => ("dropped", Some((*reason).to_owned())),
+        Outcome::Patch(patch) => ("patched", Some(tap::patched_keys(patch))),
+        Outcome::Replace(_) => ("replaced", None),
+        Outcome::Error { .. } => return,
+    };
+    tap.record(&installation.id, event, name, detail);
 }
 
 /// The event with the edits of `patch` added to it (applied when it is stored), once the patch
@@ -245,6 +264,16 @@ fn fail(
     out: &mut Output,
 ) {
     installation.metrics.failure(failure.kind);
+    let tap = tap::hub();
+    if tap.active() {
+        let policy = match installation.on_error {
+            OnError::Skip => "skipped",
+            OnError::Drop => "dropped",
+            OnError::DeadLetter => "dead-lettered",
+        };
+        let detail = format!("{} ({policy}): {}", failure.kind, failure.message);
+        tap.record(&installation.id, &event, "failed", Some(detail));
+    }
     if failure.kind != "circuit_open" {
         let uuid = wire::parse_encoded(&event)
             .map(|raw| crate::store::uuid_text(&raw.uuid()))

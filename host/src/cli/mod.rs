@@ -5,6 +5,7 @@ mod jobs;
 mod logs;
 mod recordings;
 mod reload;
+mod tap;
 mod tasks;
 
 use crate::backends::Backends;
@@ -52,6 +53,10 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Watch what each installation of the running server does with each event (kept,
+    /// dropped and why, patched and which keys, replaced, failed), as JSON lines, until
+    /// interrupted; it goes on across reloads.
+    Tap(#[command(flatten)] tap::Tap),
     /// Print stored events as JSON lines, oldest first.
     Events(#[command(flatten)] Read),
     /// Print stored session-recording events (`$snapshot`), oldest first; with `--session`,
@@ -241,6 +246,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }))
         }
         Command::Reload { config } => reload::run(&config),
+        Command::Tap(watch) => tap::run(&watch),
         Command::Events(read) => print_lines(read.stored()?.events(read.team, read.limit)?),
         Command::Recordings { read, session } => recordings::print(&read, session.as_deref()),
         Command::Logs {
