@@ -33,7 +33,7 @@ fn run(mut command: Command) -> String {
     text(output.stdout)
 }
 
-fn node(script_name: &str, args: &[&str]) -> String {
+pub(crate) fn node(script_name: &str, args: &[&str]) -> String {
     let mut command = Command::new("node");
     command
         .arg(script(script_name))

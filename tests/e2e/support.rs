@@ -211,16 +211,11 @@ impl Sluice {
     /// Calls the admin API: `method` on `path`, with the server's own token (from its data
     /// folder) unless `token` says otherwise; returns status and JSON body.
     pub fn admin(&self, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {
-        let data = self.dir.path().join("data");
-        let address = std::fs::read_to_string(data.join("admin-address")).unwrap();
-        let own = std::fs::read_to_string(data.join("admin-token")).unwrap();
+        let (url, own) = self.admin_settings();
         let response = self
             .client
-            .request(
-                method.parse().unwrap(),
-                format!("http://{}{path}", address.trim()),
-            )
-            .bearer_auth(token.unwrap_or(own.trim()))
+            .request(method.parse().unwrap(), format!("{url}{path}"))
+            .bearer_auth(token.unwrap_or(&own))
             .send()
             .unwrap();
         let status = response.status().as_u16();
@@ -228,6 +223,21 @@ impl Sluice {
         (
             status,
             serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// The admin API's base URL and the server's own token, from its data folder.
+    pub fn admin_settings(&self) -> (String, String) {
+        let data = self.dir.path().join("data");
+        let read = |file: &str| {
+            std::fs::read_to_string(data.join(file))
+                .unwrap()
+                .trim()
+                .to_owned()
+        };
+        (
+            format!("http://{}", read("admin-address")),
+            read("admin-token"),
         )
     }
 

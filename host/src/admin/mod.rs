@@ -1,6 +1,7 @@
 //! The admin API: what operators ask a running node, on a listener of its own (`[admin]`),
 //! every route behind a bearer token compared in constant time. JSON, versioned under
-//! `/admin/v1/`; `/metrics` is served here too. Errors are `{"code": ..., "detail": ...}` with
+//! `/admin/v1/`; `/metrics` is served here too. `/admin/` is the operators' page
+//! ([`PAGE`]): a static page without data, which asks for the token and calls the API with it. Errors are `{"code": ..., "detail": ...}` with
 //! a stable code. The reference, with an example per route, is `host/docs/admin-api.md`.
 
 use crate::config::Config;
@@ -137,7 +138,10 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .strip_prefix("Bearer ")
 }
 
-/// Every admin route.
+/// The operators' page: chains with live rates, latency and health, reload, tap.
+pub const PAGE: &str = include_str!("page.html");
+
+/// Every admin route (all but the page behind the token).
 pub fn routes(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/admin/v1/node", get(node))
@@ -146,7 +150,20 @@ pub fn routes(state: Arc<AdminState>) -> Router {
         .route("/admin/v1/tap", get(tap_stream))
         .route("/metrics", get(metrics_text))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .route("/admin/", get(page))
+        .route("/admin", get(page))
         .with_state(state)
+}
+
+async fn page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        PAGE,
+    )
+        .into_response()
 }
 
 async fn node(State(state): State<Arc<AdminState>>) -> Json<Value> {
