@@ -38,6 +38,7 @@ pub mod server;
 pub mod signal;
 pub mod sink;
 pub mod store;
+pub mod stored;
 pub mod tap;
 pub mod telemetry;
 pub mod worker;

@@ -64,7 +64,7 @@ pub async fn serve(
         lock: backends.run_lock()?,
         node: store::node_id(&config.server.data_dir)?,
         stored: stored.clone(),
-        backends,
+        backends: backends.clone(),
     };
     // Event sources may hold blocking HTTP clients, which are made off the async threads.
     let (deployment, launcher) = tokio::task::spawn_blocking(move || {
@@ -175,6 +175,7 @@ pub async fn serve(
             prometheus,
             node: store::node_id(&config.server.data_dir)?,
             roles: roles.clone(),
+            backends,
         },
     )
     .await?;

@@ -4,6 +4,7 @@
 // A failed step of a test should panic with its error; that is what `unwrap` does here.
 #![allow(clippy::unwrap_used)]
 
+mod admin_api;
 mod admin_page;
 mod adversary;
 mod bigquery;

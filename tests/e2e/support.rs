@@ -211,13 +211,28 @@ impl Sluice {
     /// Calls the admin API: `method` on `path`, with the server's own token (from its data
     /// folder) unless `token` says otherwise; returns status and JSON body.
     pub fn admin(&self, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {
+        self.admin_with(method, path, token, None)
+    }
+
+    /// Calls the admin API like [`Self::admin`], with a JSON `body`.
+    pub fn admin_with(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
         let (url, own) = self.admin_settings();
-        let response = self
+        let mut request = self
             .client
             .request(method.parse().unwrap(), format!("{url}{path}"))
-            .bearer_auth(token.unwrap_or(&own))
-            .send()
-            .unwrap();
+            .bearer_auth(token.unwrap_or(&own));
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let response = request.send().unwrap();
         let status = response.status().as_u16();
         let text = response.text().unwrap();
         (

@@ -4,10 +4,13 @@
 //! ([`PAGE`]): a static page without data, which asks for the token and calls the API with it. Errors are `{"code": ..., "detail": ...}` with
 //! a stable code. The reference, with an example per route, is `host/docs/admin-api.md`.
 
+use crate::backends::Backends;
 use crate::config::Config;
 use crate::deployment::{Current, Deployment};
+use crate::export;
 use crate::reload::{ReloadError, Reloader};
 use crate::roles::Roles;
+use crate::stored::Stored;
 use crate::tap::{self, TapFilter};
 use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -43,6 +46,8 @@ pub struct AdminState {
     pub node: String,
     /// This node's roles.
     pub roles: Roles,
+    /// Where this node's state is (export state, task history, job queue).
+    pub backends: Backends,
 }
 
 /// The token of `config`'s admin API: the configured one, or the one the server keeps in its
@@ -148,6 +153,15 @@ pub fn routes(state: Arc<AdminState>) -> Router {
         .route("/admin/v1/teams", get(teams))
         .route("/admin/v1/reload", post(reload))
         .route("/admin/v1/tap", get(tap_stream))
+        .route("/admin/v1/logs", get(logs))
+        .route("/admin/v1/dead-letters", get(dead_letters))
+        .route("/admin/v1/exports", get(exports))
+        .route("/admin/v1/exports/dead-letters", get(export_dead_letters))
+        .route("/admin/v1/exports/replay", post(export_replay))
+        .route("/admin/v1/tasks", get(task_runs))
+        .route("/admin/v1/tasks/run", post(run_task))
+        .route("/admin/v1/jobs", get(jobs))
+        .route("/admin/v1/jobs/retry", post(retry_jobs))
         .route("/metrics", get(metrics_text))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .route("/admin/", get(page))
@@ -318,6 +332,199 @@ pub fn reload_failed(failure: &ReloadError) -> Response {
             json!({}),
         ),
     }
+}
+
+/// Runs `work` (which blocks: databases, Redis, ClickHouse) off the async threads; its value as
+/// JSON, or `503 unavailable` with the reason.
+async fn blocking<T: Serialize + Send + 'static>(
+    work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> Response {
+    answer(move || work().map(|value| Json(value).into_response())).await
+}
+
+/// Runs `work` (which blocks) off the async threads; its answer, or `503 unavailable` with the
+/// reason.
+async fn answer(work: impl FnOnce() -> anyhow::Result<Response> + Send + 'static) -> Response {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("{e:#}"),
+            json!({}),
+        ),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the request panicked",
+            json!({}),
+        ),
+    }
+}
+
+/// Which records a listing route returns.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Scope {
+    team: Option<u64>,
+    installation: Option<String>,
+    limit: Option<usize>,
+}
+
+impl Scope {
+    fn limit(&self) -> usize {
+        self.limit.unwrap_or(100).min(100_000)
+    }
+}
+
+/// `GET /admin/v1/logs?team=&installation=&limit=`: the newest plugin log lines, oldest first.
+async fn logs(State(state): State<Arc<AdminState>>, Query(scope): Query<Scope>) -> Response {
+    let config = state.reloader.config();
+    blocking(move || {
+        Stored::of(&config)?.logs(scope.team, scope.installation.as_deref(), scope.limit())
+    })
+    .await
+}
+
+/// `GET /admin/v1/dead-letters?team=&limit=`: the newest dead letters of the chains.
+async fn dead_letters(
+    State(state): State<Arc<AdminState>>,
+    Query(scope): Query<Scope>,
+) -> Response {
+    let config = state.reloader.config();
+    blocking(move || Stored::of(&config)?.dead_letters(scope.team, scope.limit())).await
+}
+
+/// `GET /admin/v1/exports`: each export installation's cursor, lag, holder and last outcome.
+async fn exports(State(state): State<Arc<AdminState>>) -> Response {
+    let backends = state.backends.clone();
+    blocking(move || {
+        let mut source = backends.export_source(Default::default())?;
+        Ok(export::state::status(
+            &mut *backends.export_state()?,
+            &mut *source,
+        )?)
+    })
+    .await
+}
+
+/// `GET /admin/v1/exports/dead-letters?installation=`: batches that failed for good.
+async fn export_dead_letters(
+    State(state): State<Arc<AdminState>>,
+    Query(scope): Query<Scope>,
+) -> Response {
+    let backends = state.backends.clone();
+    blocking(move || {
+        Ok(backends
+            .export_state()?
+            .dead_letters(scope.installation.as_deref())?)
+    })
+    .await
+}
+
+/// What a replay or retry applies to.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Target {
+    installation: String,
+    /// One export batch or job only.
+    id: Option<String>,
+}
+
+/// Why a request names nothing there is.
+fn not_found(detail: String) -> Response {
+    error(StatusCode::NOT_FOUND, "not_found", detail, json!({}))
+}
+
+/// `POST /admin/v1/exports/replay {installation, id?}`: sends dead-lettered batches again
+/// (what `sluice exports replay` does).
+async fn export_replay(
+    State(state): State<Arc<AdminState>>,
+    Json(target): Json<Target>,
+) -> Response {
+    let backends = state.backends.clone();
+    answer(move || {
+        let queued = backends
+            .export_state()?
+            .request_replay(&target.installation, target.id.as_deref())?;
+        Ok(match queued {
+            0 => not_found(format!(
+                "{} has no such dead-lettered batch",
+                target.installation
+            )),
+            queued => Json(json!({ "queued": queued })).into_response(),
+        })
+    })
+    .await
+}
+
+/// `GET /admin/v1/tasks?installation=&limit=`: the newest task runs.
+async fn task_runs(State(state): State<Arc<AdminState>>, Query(scope): Query<Scope>) -> Response {
+    let backends = state.backends.clone();
+    blocking(move || {
+        Ok(backends
+            .task_history()?
+            .runs(scope.installation.as_deref(), None, scope.limit())?)
+    })
+    .await
+}
+
+/// `POST /admin/v1/tasks/run {installation, task}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunTask {
+    installation: String,
+    task: String,
+}
+
+/// `POST /admin/v1/tasks/run`: asks the task's runner (on whichever scheduler node) to run it
+/// now, as `sluice tasks run` does; answers `202` with the request's id.
+async fn run_task(State(state): State<Arc<AdminState>>, Json(run): Json<RunTask>) -> Response {
+    let deployment = state.current.get();
+    let Some(installation) = deployment.tasks.iter().find(|t| *t.id == run.installation) else {
+        let known: Vec<&str> = deployment.tasks.iter().map(|t| &*t.id).collect();
+        return not_found(format!(
+            "no installation {} runs tasks (those that do: {})",
+            run.installation,
+            known.join(", ")
+        ));
+    };
+    if !installation.tasks.iter().any(|t| t.name == run.task) {
+        let names: Vec<&str> = installation.tasks.iter().map(|t| t.name.as_str()).collect();
+        return not_found(format!(
+            "{} has no task `{}` (its tasks: {})",
+            run.installation,
+            run.task,
+            names.join(", ")
+        ));
+    }
+    let backends = state.backends.clone();
+    answer(move || {
+        let request = backends
+            .task_history()?
+            .request_run(&run.installation, &run.task)?;
+        Ok((StatusCode::ACCEPTED, Json(json!({ "request": request }))).into_response())
+    })
+    .await
+}
+
+/// `GET /admin/v1/jobs?installation=`: jobs queued, running or failed.
+async fn jobs(State(state): State<Arc<AdminState>>, Query(scope): Query<Scope>) -> Response {
+    let backends = state.backends.clone();
+    blocking(move || Ok(backends.job_queue()?.list(scope.installation.as_deref())?)).await
+}
+
+/// `POST /admin/v1/jobs/retry {installation, id?}`: queues failed jobs again (what `sluice jobs
+/// retry` does).
+async fn retry_jobs(State(state): State<Arc<AdminState>>, Json(target): Json<Target>) -> Response {
+    let backends = state.backends.clone();
+    blocking(move || {
+        let queued = backends
+            .job_queue()?
+            .retry_failed(&target.installation, target.id.as_deref())?;
+        Ok(json!({ "queued": queued }))
+    })
+    .await
 }
 
 /// How often an idle tap stream says it is alive (and finds out whether its watcher left).

@@ -1,8 +1,9 @@
 //! `sluice logs`.
 
-use super::{Read, Stored, print_lines};
+use super::{Read, print_lines};
 use crate::clickhouse;
 use crate::store::logs::{LogQuery, SqliteLogs};
+use crate::stored::Stored;
 
 /// Prints plugin log lines (of `installation`, if given), then, with `follow`, each new one.
 pub(super) fn print(read: &Read, installation: Option<&str>, follow: bool) -> anyhow::Result<()> {

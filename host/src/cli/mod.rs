@@ -9,11 +9,10 @@ mod tap;
 mod tasks;
 
 use crate::backends::Backends;
-use crate::clickhouse::{self, ClickHouse};
 use crate::config::Config;
 use crate::roles::{Role, Roles};
-use crate::store::read::{RecordingArchive, StoredDeadLetter, StoredEvent, StoredRecording};
-use crate::{server, store, telemetry};
+use crate::stored::{Stored, existing_data_dir, open_existing};
+use crate::{clickhouse, server, store, telemetry};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use std::io::Write;
@@ -148,65 +147,6 @@ impl Scope {
     }
 }
 
-/// Where a config's events, recordings, dead letters and logs are stored.
-enum Stored {
-    /// The embedded database.
-    Embedded(rusqlite::Connection),
-    /// ClickHouse (`[clickhouse]`).
-    ClickHouse(ClickHouse),
-}
-
-impl Stored {
-    /// The store `config` names.
-    fn of(config: &Config) -> anyhow::Result<Self> {
-        Ok(match &config.clickhouse {
-            Some(clickhouse) => Self::ClickHouse(ClickHouse::new(&clickhouse.settings())?),
-            None => Self::Embedded(open_existing(config)?),
-        })
-    }
-
-    fn events(&self, team: Option<u64>, limit: usize) -> anyhow::Result<Vec<StoredEvent>> {
-        Ok(match self {
-            Self::Embedded(conn) => store::read::recent_events(conn, team, limit)?,
-            Self::ClickHouse(ch) => clickhouse::read::recent_events(ch, team, limit)?,
-        })
-    }
-
-    fn dead_letters(
-        &self,
-        team: Option<u64>,
-        limit: usize,
-    ) -> anyhow::Result<Vec<StoredDeadLetter>> {
-        Ok(match self {
-            Self::Embedded(conn) => store::read::recent_dead_letters(conn, team, limit)?,
-            Self::ClickHouse(ch) => clickhouse::read::recent_dead_letters(ch, team, limit)?,
-        })
-    }
-
-    fn recordings(
-        &self,
-        team: Option<u64>,
-        session: Option<&str>,
-        limit: usize,
-    ) -> anyhow::Result<Vec<StoredRecording>> {
-        Ok(match self {
-            Self::Embedded(conn) => store::read::recent_recordings(conn, team, session, limit)?,
-            Self::ClickHouse(ch) => clickhouse::read::recent_recordings(ch, team, session, limit)?,
-        })
-    }
-
-    fn recording_archives(
-        &self,
-        team: Option<u64>,
-        session: &str,
-    ) -> anyhow::Result<Vec<RecordingArchive>> {
-        Ok(match self {
-            Self::Embedded(conn) => store::read::recording_archives(conn, team, session)?,
-            Self::ClickHouse(ch) => clickhouse::read::recording_archives(ch, team, session)?,
-        })
-    }
-}
-
 impl Read {
     fn stored(&self) -> anyhow::Result<Stored> {
         Stored::of(&load(&self.config)?)
@@ -275,25 +215,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tasks { action, list } => tasks::run(action, list),
         Command::Jobs { action, list } => jobs::run(action, list),
     }
-}
-
-/// The database of `config`, which `sluice serve` must have created.
-fn open_existing(config: &Config) -> anyhow::Result<rusqlite::Connection> {
-    let data_dir = existing_data_dir(config)?;
-    store::open(&data_dir)
-        .with_context(|| format!("cannot open the database in {}", data_dir.display()))
-}
-
-/// The data folder of `config`, if a server has made its database there.
-fn existing_data_dir(config: &Config) -> anyhow::Result<PathBuf> {
-    let db = config.server.data_dir.join(store::DB_FILE);
-    anyhow::ensure!(
-        db.is_file(),
-        "no database at {} (has `sluice serve --config {}` run yet?)",
-        db.display(),
-        config.path.display()
-    );
-    Ok(config.server.data_dir.clone())
 }
 
 /// The backends of `config` for a command: on Redis where the config names it, else in the

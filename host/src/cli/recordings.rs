@@ -1,7 +1,8 @@
 //! `sluice recordings`: stored recordings, and, for one session, what was archived of it.
 
-use super::{Read, Stored, load, print_lines};
+use super::{Read, load, print_lines};
 use crate::store::read::StoredRecording;
+use crate::stored::Stored;
 use anyhow::Context;
 use flate2::read::GzDecoder;
 use std::collections::HashSet;

@@ -121,7 +121,7 @@ fn insert(conn: &mut Connection, lines: &[LogLine]) -> Result<(), StoreError> {
 }
 
 /// The lines `query` asks for, oldest first.
-fn read(conn: &Connection, query: &LogQuery<'_>) -> Result<Vec<PluginLog>, StoreError> {
+pub fn read(conn: &Connection, query: &LogQuery<'_>) -> Result<Vec<PluginLog>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, installation, level, message, time_ms FROM plugin_logs \
          WHERE (?1 IS NULL OR installation = ?1) AND id > ?2 \
