@@ -154,12 +154,17 @@ const METRICS: &[(&str, Kind, &str)] = &[
     (
         "sluice_plugin_breaker_transitions_total",
         Counter,
-        "Circuit breaker state changes, by installation and state.",
+        "Health changes of an installation, by state: open, closed, degraded, healthy, disabled, enabled.",
     ),
     (
         "sluice_plugin_call_duration_seconds",
         Histogram,
         "Duration of one transform call, by installation.",
+    ),
+    (
+        "sluice_plugin_budget_left_ratio",
+        Gauge,
+        "The share of an installation's budget of time and errors left (0 to 1).",
     ),
     (
         "sluice_plugin_calls_total",
@@ -367,9 +372,11 @@ mod tests {
         );
         for (name, kind, help) in METRICS {
             assert!(!help.is_empty() && name.starts_with("sluice_"), "{name}");
-            let unit = ["_total", "_seconds", "_bytes", "_rows", "_events", "_open"]
-                .iter()
-                .any(|suffix| name.ends_with(suffix));
+            let unit = [
+                "_total", "_seconds", "_bytes", "_rows", "_events", "_open", "_ratio",
+            ]
+            .iter()
+            .any(|suffix| name.ends_with(suffix));
             assert!(
                 unit || *name == "sluice_plugin_custom",
                 "{name} names no unit"

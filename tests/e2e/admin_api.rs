@@ -144,3 +144,106 @@ fn operators_read_logs_dead_letters_exports_tasks_and_jobs_and_ask_for_runs_and_
         );
     }
 }
+
+#[test]
+fn slow_failing_calls_spend_the_budget_until_the_breaker_opens_and_an_operator_overrides_it() {
+    let sluice = Sluice::start(&format!(
+        "[[teams]]\nid = 1\ntoken = \"phc_one\"\n\
+         [[teams.plugins]]\nid = \"slow\"\nplugin = \"{}\"\nconfig = {{ mode = \"loop\", trigger = \"e\" }}\n\
+         timeout_ms = 100\non_error = \"skip\"\n\
+         breaker = {{ budget_ms = 300, refill_ms_per_second = 1, error_cost_ms = 50, consecutive_failures = 1000, window = 1000, failure_rate = 1.0 }}\n",
+        plugin("adversary").display(),
+    ));
+    let send = |event: &str| {
+        let (status, _) = sluice.post_json(
+            "/batch",
+            &json!({"api_key": "phc_one", "batch": [{"event": event, "distinct_id": "u"}]}),
+        );
+        assert_eq!(status, 200);
+        sluice.drain();
+    };
+    let health = || {
+        let (_, teams) = sluice.admin("GET", "/admin/v1/teams", None);
+        teams[0]["installations"][0].clone()
+    };
+    assert_eq!(health()["status"], "healthy");
+    // Each call loops until its 100 ms deadline: time and the error both cost.
+    let mut states = Vec::new();
+    for _ in 0..6 {
+        send("e");
+        states.push(health()["status"].as_str().unwrap().to_owned());
+    }
+    assert!(states.contains(&"degraded".to_owned()), "{states:?}");
+    let open = health();
+    assert_eq!(open["status"], "breaker_open", "{states:?} {open}");
+    assert!(
+        open["reason"].as_str().unwrap().contains("budget"),
+        "{open}"
+    );
+    let logged: Vec<String> = sluice
+        .logs(&["--installation", "team-1/slow"])
+        .iter()
+        .map(|l| l["message"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        logged.iter().any(|m| m.starts_with("degraded")),
+        "{logged:?}"
+    );
+    let (_, metrics) = sluice.admin("GET", "/metrics", None);
+    assert!(
+        metrics.as_str().unwrap().contains(
+            "sluice_plugin_breaker_transitions_total{installation=\"team-1/slow\",state=\"degraded\"} 1"
+        ),
+        "{metrics}"
+    );
+
+    // The operator's override: enabled again whole; disabled, events pass it by untouched.
+    let target = json!({"installation": "team-1/slow"});
+    let (status, body) = sluice.admin_with(
+        "POST",
+        "/admin/v1/installations/enable",
+        None,
+        Some(&target),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (&body["health"]["state"], &body["health"]["budget_left"]),
+        (&json!("healthy"), &json!(1.0))
+    );
+    sluice.admin_with(
+        "POST",
+        "/admin/v1/installations/disable",
+        None,
+        Some(&target),
+    );
+    assert_eq!(health()["status"], "disabled");
+    send("passed-by");
+    sluice.admin_with(
+        "POST",
+        "/admin/v1/installations/enable",
+        None,
+        Some(&target),
+    );
+    send("seen");
+    let events = sluice.events(1);
+    let seq = |name: &str| {
+        events
+            .iter()
+            .find(|e| e["event"] == name)
+            .map(|e| e["properties"]["seq"].clone())
+            .unwrap()
+    };
+    assert_eq!(
+        seq("passed-by"),
+        Value::Null,
+        "the disabled plugin never saw it"
+    );
+    assert!(seq("seen").is_number(), "enabled again");
+    let (status, body) = sluice.admin_with(
+        "POST",
+        "/admin/v1/installations/disable",
+        None,
+        Some(&json!({"installation": "team-1/nope"})),
+    );
+    assert_eq!((status, &body["code"]), (404, &json!("not_found")));
+}

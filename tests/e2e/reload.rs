@@ -84,7 +84,7 @@ fn twenty_reloads_under_load_store_every_event_once_through_one_version_of_the_c
         .map(|i| i["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["team-1/s1", "team-1/keep", "team-1/s2"]);
-    assert_eq!(teams[0]["installations"][0]["status"], "active");
+    assert_eq!(teams[0]["installations"][0]["status"], "healthy");
     assert_eq!(
         teams[0]["installations"][0]["hash"].as_str().unwrap().len(),
         64

@@ -162,6 +162,8 @@ pub fn routes(state: Arc<AdminState>) -> Router {
         .route("/admin/v1/tasks/run", post(run_task))
         .route("/admin/v1/jobs", get(jobs))
         .route("/admin/v1/jobs/retry", post(retry_jobs))
+        .route("/admin/v1/installations/disable", post(disable))
+        .route("/admin/v1/installations/enable", post(enable))
         .route("/metrics", get(metrics_text))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .route("/admin/", get(page))
@@ -200,8 +202,12 @@ struct InstallationView {
     contract: &'static str,
     hooks: Vec<&'static str>,
     grants: Vec<String>,
-    status: String,
-    breaker: Option<String>,
+    /// `healthy`, `degraded`, `breaker_open` or `disabled` (a transform); `active` otherwise.
+    status: &'static str,
+    /// Why, when it is not healthy.
+    reason: Option<String>,
+    /// The share of a transform's budget of time and errors left.
+    budget_left: Option<f64>,
 }
 
 /// Each team of the config in force, with its installations in order.
@@ -242,7 +248,7 @@ fn installation(deployment: &Deployment, team: u64, id: &str) -> Option<Installa
     .filter(|(has, _)| *has)
     .map(|(_, hook)| hook)
     .collect();
-    let breaker = transform.and_then(|t| t.breaker_open());
+    let health = transform.map(|t| t.health());
     Some(InstallationView {
         id: id.to_owned(),
         plugin: plugin.manifest.name.clone(),
@@ -251,13 +257,9 @@ fn installation(deployment: &Deployment, team: u64, id: &str) -> Option<Installa
         contract: plugin.contract.label(),
         hooks,
         grants: settings.context.grants.names().map(str::to_owned).collect(),
-        status: if breaker.is_some() {
-            "breaker_open"
-        } else {
-            "active"
-        }
-        .to_owned(),
-        breaker,
+        status: health.as_ref().map_or("active", |h| h.state),
+        budget_left: health.as_ref().map(|h| h.budget_left),
+        reason: health.and_then(|h| h.reason),
     })
 }
 
@@ -525,6 +527,44 @@ async fn retry_jobs(State(state): State<Arc<AdminState>>, Json(target): Json<Tar
         Ok(json!({ "queued": queued }))
     })
     .await
+}
+
+/// `POST /admin/v1/installations/disable|enable {installation}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Installation {
+    installation: String,
+}
+
+/// `POST /admin/v1/installations/disable`: events pass the transform by, untouched, until it is
+/// enabled (or a reload changes it). The override of this node.
+async fn disable(
+    State(state): State<Arc<AdminState>>,
+    Json(target): Json<Installation>,
+) -> Response {
+    set_disabled(&state, &target.installation, true)
+}
+
+/// `POST /admin/v1/installations/enable`: the transform runs again, its breaker closed and its
+/// budget whole.
+async fn enable(
+    State(state): State<Arc<AdminState>>,
+    Json(target): Json<Installation>,
+) -> Response {
+    set_disabled(&state, &target.installation, false)
+}
+
+fn set_disabled(state: &AdminState, id: &str, disabled: bool) -> Response {
+    let deployment = state.current.get();
+    match deployment.chains.all().find(|i| &*i.id == id) {
+        Some(installation) => {
+            installation.set_disabled(disabled);
+            Json(json!({ "installation": id, "health": installation.health() })).into_response()
+        }
+        None => not_found(format!(
+            "no transform installation {id} in the config in force"
+        )),
+    }
 }
 
 /// How often an idle tap stream says it is alive (and finds out whether its watcher left).

@@ -21,6 +21,7 @@ pub use pool::{InstanceKey, SharingKey};
 use crate::config::{BreakerConfig, OnError};
 use crate::runtime::{CallError, InstanceSettings, Plugin};
 use crate::sink::Output;
+pub use breaker::Health;
 use breaker::{Admission, Breaker};
 use metrics::InstallationMetrics;
 use outcome::Failure;
@@ -76,9 +77,15 @@ impl Installation {
 }
 
 impl Installation {
-    /// Why the breaker refuses calls now, if it does.
-    pub fn breaker_open(&self) -> Option<String> {
-        self.breaker.open_reason()
+    /// Its health now: budget, breaker and the operator's override.
+    pub fn health(&self) -> Health {
+        self.breaker.health(Instant::now())
+    }
+
+    /// Disables it (events pass it by, untouched) or enables it again (closed, with its whole
+    /// budget): the operator's override.
+    pub fn set_disabled(&self, disabled: bool) {
+        self.breaker.set_disabled(disabled, Instant::now());
     }
 }
 
@@ -209,6 +216,7 @@ impl ChainRunner {
                 &mut next,
                 out,
             ),
+            Admission::Skip => return events,
         }
         next
     }
@@ -290,7 +298,9 @@ impl ChainRunner {
             .pool
             .instance(installation)
             .and_then(|instance| instance.transform(&batch.finish()));
-        installation.metrics.call(started.elapsed());
+        let elapsed = started.elapsed();
+        installation.metrics.call(elapsed);
+        installation.breaker.spend(elapsed, 0, started + elapsed);
         result
     }
 }

@@ -264,6 +264,11 @@ fn fail(
     out: &mut Output,
 ) {
     installation.metrics.failure(failure.kind);
+    if failure.kind != "circuit_open" {
+        installation
+            .breaker
+            .spend(std::time::Duration::ZERO, 1, std::time::Instant::now());
+    }
     let tap = tap::hub();
     if tap.active() {
         let policy = match installation.on_error {

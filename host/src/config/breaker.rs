@@ -1,4 +1,5 @@
-//! `breaker = {...}` of an installation: when sluice stops calling a plugin that keeps failing.
+//! `breaker = {...}` of an installation: when sluice stops calling a plugin that keeps failing,
+//! or that spends more time (and errors) than its budget.
 
 use super::Collector;
 use serde::Deserialize;
@@ -11,6 +12,12 @@ use serde::Deserialize;
 /// open, the installation's events take its `on_error` path without calling the plugin. After
 /// the cool-down one trial call (one event) closes it again or re-opens it with twice the
 /// cool-down, up to `max_cooldown_seconds`.
+///
+/// Besides, each installation has a **budget** of plugin time, `budget_ms`, refilled at
+/// `refill_ms_per_second`: every call spends the time it took, and every event the plugin
+/// fails on spends `error_cost_ms` more, so slow calls and errors both count. Below half of
+/// its budget the installation is `degraded` (logged, in metrics and on the page); once the
+/// budget is spent the breaker opens as above. It is healthy again at three quarters.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BreakerConfig {
@@ -24,6 +31,12 @@ pub struct BreakerConfig {
     pub cooldown_seconds: u64,
     /// Longest cool-down, in seconds, however often trials fail.
     pub max_cooldown_seconds: u64,
+    /// Plugin time the installation may spend in a burst, in ms.
+    pub budget_ms: u64,
+    /// Plugin time given back per second, in ms (1000: one busy core, all the time).
+    pub refill_ms_per_second: u64,
+    /// What an event the plugin fails on costs, in ms of budget.
+    pub error_cost_ms: u64,
 }
 
 impl Default for BreakerConfig {
@@ -34,6 +47,9 @@ impl Default for BreakerConfig {
             window: 20,
             cooldown_seconds: 30,
             max_cooldown_seconds: 600,
+            budget_ms: 60_000,
+            refill_ms_per_second: 1_000,
+            error_cost_ms: 100,
         }
     }
 }
@@ -61,6 +77,18 @@ impl BreakerConfig {
                 format!("{key}.cooldown_seconds"),
                 "must be between 1 and 86400",
             );
+        }
+        if !(1..=86_400_000).contains(&self.budget_ms) {
+            c.add(format!("{key}.budget_ms"), "must be between 1 and 86400000");
+        }
+        if !(1..=1_000_000).contains(&self.refill_ms_per_second) {
+            c.add(
+                format!("{key}.refill_ms_per_second"),
+                "must be between 1 and 1000000",
+            );
+        }
+        if self.error_cost_ms > 3_600_000 {
+            c.add(format!("{key}.error_cost_ms"), "must be at most 3600000");
         }
         if self.max_cooldown_seconds < self.cooldown_seconds || self.max_cooldown_seconds > 86_400 {
             c.add(
