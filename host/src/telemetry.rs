@@ -214,7 +214,7 @@ const METRICS: &[(&str, Kind, &str)] = &[
     (
         "sluice_plugin_log_lines_suppressed_total",
         Counter,
-        "Plugin log lines over the per-call cap, by installation.",
+        "Plugin log lines over the per-call cap or the per-installation rate, by installation.",
     ),
     (
         "sluice_queue_depth_events",

@@ -337,6 +337,16 @@ fn a_refused_batch_is_dead_lettered_then_replayed_and_delivered() {
     assert_eq!(bigquery_uuids(&bq).len(), expected.len() - 1);
     let status = wait_exported(&sluice, &["team-1/bq"]);
     assert_eq!(status["team-1/bq"]["dead_letters"], 1);
+    // The failure is in the installation's log too.
+    let logged = sluice.logs(&["--installation", "team-1/bq"]);
+    assert!(
+        logged.iter().any(|l| l["level"] == "error"
+            && l["message"]
+                .as_str()
+                .unwrap()
+                .contains("moved to the export dead letters")),
+        "{logged:?}"
+    );
 
     let (ok, out, err) = sluice.run(&["exports", "replay", "--installation", "team-1/bq"]);
     assert!(ok, "{err}");

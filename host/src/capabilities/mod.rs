@@ -402,7 +402,7 @@ impl Services {
         data_dir: &Path,
         shared: Shared,
     ) -> Result<(Arc<Self>, Background), StartError> {
-        let (logs, log_writer) = log::LogSink::start(shared.logs)?;
+        let (logs, log_writer) = log::LogSink::start(shared.logs, log::LogLimit::default())?;
         let services = Self {
             logs: Some(logs),
             storage: Some(shared.storage),

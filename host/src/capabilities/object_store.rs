@@ -14,7 +14,9 @@ use crate::bindings::sluice::plugin::object_store::{self as wit, Host, ObjectInf
 use crate::bindings::types;
 use crate::config::Collector;
 use ::object_store::path::Path as StorePath;
-use ::object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
+use ::object_store::{
+    Attribute, Attributes, ObjectMeta, ObjectStore, ObjectStoreExt, PutOptions, PutPayload,
+};
 use futures::TryStreamExt;
 use serde::Deserialize;
 use sluice_abi::limits::{self, DEFAULT_MAX_OBJECT_BYTES, ErrorKind, HostError, MAX_LIST_OBJECTS};
@@ -245,6 +247,7 @@ impl Settings {
                 Store {
                     inner,
                     sorted_listing: settings.kind == Kind::S3,
+                    typed: settings.kind == Kind::S3,
                     max_object_bytes: settings.max_object_bytes,
                 },
             );
@@ -326,7 +329,34 @@ struct Store {
     inner: Arc<dyn ObjectStore>,
     /// Whether the backend lists in key order by itself (S3 does, a folder does not).
     sorted_listing: bool,
+    /// Whether objects carry a content type and encoding (S3 does, a folder does not).
+    typed: bool,
     max_object_bytes: usize,
+}
+
+/// The content type and encoding an object's key says it has: `.gz` is gzip, then `.jsonl`
+/// JSON lines, `.json` JSON, `.parquet` Parquet, `.csv` CSV, `.txt` text.
+fn content_attributes(key: &str) -> Attributes {
+    let mut attributes = Attributes::new();
+    let key = match key.strip_suffix(".gz") {
+        Some(inner) => {
+            attributes.insert(Attribute::ContentEncoding, "gzip".into());
+            inner
+        }
+        None => key,
+    };
+    let content_type = match key.rsplit_once('.').map(|(_, ext)| ext) {
+        Some("jsonl" | "ndjson") => Some("application/x-ndjson"),
+        Some("json") => Some("application/json"),
+        Some("parquet") => Some("application/vnd.apache.parquet"),
+        Some("csv") => Some("text/csv"),
+        Some("txt") => Some("text/plain; charset=utf-8"),
+        _ => None,
+    };
+    if let Some(content_type) = content_type {
+        attributes.insert(Attribute::ContentType, content_type.into());
+    }
+    attributes
 }
 
 /// Every opened store and the runtime their requests run on.
@@ -424,10 +454,18 @@ impl Stores {
         let store = self.store(grant, name)?;
         let path = Self::path(grant, key)?;
         limits::check_value(&body, store.max_object_bytes)?;
+        let options = PutOptions {
+            attributes: if store.typed {
+                content_attributes(key)
+            } else {
+                Attributes::new()
+            },
+            ..PutOptions::default()
+        };
         self.block_on(deadline, async {
             store
                 .inner
-                .put(&path, PutPayload::from(body))
+                .put_opts(&path, PutPayload::from(body), options)
                 .await
                 .map(drop)
                 .map_err(unavailable)
@@ -689,6 +727,30 @@ mod tests {
         assert_eq!((keys, rest.next), (vec!["ab"], None));
         assert!(s.delete(&g, t, "exports", "ab").unwrap());
         assert!(!s.delete(&g, t, "exports", "ab").unwrap());
+    }
+
+    #[test]
+    fn objects_in_s3_say_what_they_hold_by_their_key() {
+        let attributes = |key: &str| {
+            let a = content_attributes(key);
+            (
+                a.get(&Attribute::ContentType).map(|v| v.to_string()),
+                a.get(&Attribute::ContentEncoding).map(|v| v.to_string()),
+            )
+        };
+        assert_eq!(
+            attributes("events/2024/x.jsonl.gz"),
+            (Some("application/x-ndjson".into()), Some("gzip".into()))
+        );
+        assert_eq!(
+            attributes("x.parquet"),
+            (Some("application/vnd.apache.parquet".into()), None)
+        );
+        assert_eq!(
+            attributes("x.json"),
+            (Some("application/json".into()), None)
+        );
+        assert_eq!(attributes("x.bin"), (None, None));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use super::{Capability, HasCapabilities, HasView, View, to_wit};
 use crate::bindings::sluice::plugin::storage::{self, Host};
 use crate::bindings::types;
 use crate::store::StoreError;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use sluice_abi::limits::{
     self, ErrorKind, HostError, MAX_LIST_KEYS, MAX_STORAGE_KEYS, MAX_STORAGE_VALUE_BYTES,
 };
@@ -98,7 +98,9 @@ impl Backend for SqliteStorage {
 
     fn set(&self, installation: &str, key: &str, value: &[u8]) -> Result<(), HostError> {
         self.with(|conn| {
-            let tx = conn.transaction().map_err(unavailable)?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(unavailable)?;
             write(&tx, installation, key, value)?;
             tx.commit().map_err(unavailable)
         })
@@ -115,10 +117,13 @@ impl Backend for SqliteStorage {
         })
     }
 
-    /// In one transaction.
+    /// In one transaction, which takes the write lock before it reads (a transaction that read
+    /// first could not take it later without failing at once).
     fn increment(&self, installation: &str, key: &str, by: i64) -> Result<i64, HostError> {
         self.with(|conn| {
-            let tx = conn.transaction().map_err(unavailable)?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(unavailable)?;
             let current = read(&tx, installation, key)?;
             let value = limits::add_to_integer(current.as_deref(), by)?;
             write(&tx, installation, key, value.to_string().as_bytes())?;

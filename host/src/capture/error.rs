@@ -5,6 +5,8 @@ use axum::Json;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 use thiserror::Error;
 
 /// Seconds a client is asked to wait after a `503`.
@@ -111,11 +113,37 @@ impl From<AppendError> for CaptureError {
     }
 }
 
+/// Logs a refused request, at most one line a second (with how many were refused since the last
+/// line), so a flood of bad requests cannot flood the log; `sluice_capture_errors_total` counts
+/// them all.
+fn log_refusal(code: &str, detail: &str) {
+    static LAST: Mutex<(Option<Instant>, u64)> = Mutex::new((None, 0));
+    let mut last = LAST.lock().unwrap_or_else(PoisonError::into_inner);
+    let now = Instant::now();
+    if last
+        .0
+        .is_some_and(|at| now.duration_since(at) < Duration::from_secs(1))
+    {
+        last.1 += 1;
+        return;
+    }
+    let unlogged = std::mem::take(&mut last.1);
+    last.0 = Some(now);
+    drop(last);
+    tracing::warn!(
+        code,
+        unlogged_since_last_line = unlogged,
+        "capture refused a request: {detail}"
+    );
+}
+
 impl IntoResponse for CaptureError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         metrics::counter!("sluice_capture_errors_total", "code" => code).increment(1);
-        let body = Json(json!({ "code": code, "detail": self.to_string() }));
+        let detail = self.to_string();
+        log_refusal(code, &detail);
+        let body = Json(json!({ "code": code, "detail": detail }));
         if status == StatusCode::SERVICE_UNAVAILABLE {
             let retry_after = [(header::RETRY_AFTER, RETRY_AFTER_SECONDS)];
             return (status, retry_after, body).into_response();

@@ -19,6 +19,7 @@
 use super::ExportInstallation;
 use super::source::{Cursor, Source, SourceError, StoredEvent};
 use super::state::{Batch, ExportState, StateError};
+use crate::capabilities::log::{self, Level};
 use crate::retry::backoff;
 use crate::runtime::hooks::exporter::Batch as Descriptor;
 use crate::runtime::{CallError, Instance};
@@ -372,7 +373,16 @@ impl Runner {
         let id = self.installation.id.clone();
         let config = &self.installation.config;
         tracing::warn!(installation = %id, batch = %batch.id, attempt = batch.attempts, retryable = failure.retryable, "export failed: {}", failure.message);
+        let context = &self.installation.settings.context;
         if failure.retryable && batch.attempts < config.max_attempts {
+            log::record(
+                context,
+                Level::Warn,
+                &format!(
+                    "export of batch {} failed (attempt {} of {}), retrying: {}",
+                    batch.id, batch.attempts, config.max_attempts, failure.message
+                ),
+            );
             batch.next_attempt_ms = now_ms()
                 + backoff(
                     config.retry_base_seconds,
@@ -384,6 +394,14 @@ impl Runner {
         }
         self.metrics.dead_letters.increment(1);
         tracing::error!(installation = %id, batch = %batch.id, attempts = batch.attempts, "export batch dead-lettered: {}", failure.message);
+        log::record(
+            context,
+            Level::Error,
+            &format!(
+                "export of batch {} failed for good after {} attempts, moved to the export dead letters (`sluice exports replay`): {}",
+                batch.id, batch.attempts, failure.message
+            ),
+        );
         self.state
             .dead_letter(&id, &batch, &failure.message, self.token)
     }

@@ -5,7 +5,7 @@
 use super::{Batch, ExportDeadLetter, ExportState, ExportStatus, Replayed, StateError, fenced};
 use crate::export::source::Cursor;
 use crate::store::{self, StoreError, now_ms, rfc3339};
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use std::path::Path;
 
 /// The columns [`batch`] reads, in its order.
@@ -47,7 +47,12 @@ impl SqliteExportState {
         token: u64,
         write: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>,
     ) -> Result<T, StateError> {
-        let tx = self.conn.transaction()?;
+        // Immediate: the token is read and written under the write lock, waiting for it as
+        // long as the connection's busy timeout (a deferred transaction that read first could
+        // not take the lock later without failing at once).
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let newest: i64 = tx.query_row(
             "SELECT fencing_token FROM export_cursors WHERE installation = ?1",
             [installation],
