@@ -181,7 +181,10 @@ pub async fn serve(
     .await?;
     let hangups = reload_on_hangup(reloader)?;
 
-    let listener = tokio::net::TcpListener::bind(config.server.listen).await?;
+    let listen = config.server.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("server.listen: cannot listen on {listen}: {e}"))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %config.server.data_dir.display(), "sluice is listening");
     on_listening(addr);
@@ -215,6 +218,48 @@ pub async fn serve(
     })
     .await;
     Ok(())
+}
+
+/// What `sluice config check` found in a config that is fine.
+#[derive(Debug, serde::Serialize)]
+pub struct Checked {
+    /// Teams.
+    pub teams: usize,
+    /// Installations in the chains.
+    pub transforms: usize,
+    /// Export installations.
+    pub exports: usize,
+    /// Installations that run tasks or jobs.
+    pub tasks: usize,
+}
+
+/// Checks `config` as `sluice serve` would start it, without serving: every problem of the
+/// file, every plugin compiled, configured and started once, Redis and the object stores
+/// reachable, and the listen addresses free. Blocking.
+pub fn check(config: Config) -> anyhow::Result<Checked> {
+    let roles = Roles::of(&[], &config);
+    roles.check(&config).map_err(anyhow::Error::msg)?;
+    for (key, address) in [
+        ("server.listen", config.server.listen),
+        ("admin.listen", config.admin.listen),
+    ] {
+        if address.port() != 0 {
+            std::net::TcpListener::bind(address)
+                .map_err(|e| anyhow::anyhow!("{key}: cannot listen on {address}: {e}"))?;
+        }
+    }
+    let (config, runtime, deployment, background, _) = load(config)?;
+    reload::check_exports(&config, &roles, &deployment.exports).map_err(anyhow::Error::msg)?;
+    let checked = Checked {
+        teams: config.teams.len(),
+        transforms: deployment.chains.installations(),
+        exports: deployment.exports.len(),
+        tasks: deployment.tasks.len(),
+    };
+    drop(deployment);
+    drop(runtime);
+    background.join();
+    Ok(checked)
 }
 
 /// Starts the engine and the capability services, and loads every installation (running each

@@ -94,3 +94,45 @@ fn serve_works_with_a_relative_config_path_from_any_folder() {
         "data lives beside the config file"
     );
 }
+
+#[test]
+fn config_check_says_whether_serve_would_start_and_names_an_address_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let write = |name: &str, listen: &str, plugin_config: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "[admin]\nlisten = \"127.0.0.1:0\"\n[server]\nlisten = \"{listen}\"\ndata_dir = \"data\"\n\
+                 [[teams]]\nid = 1\ntoken = \"phc_one\"\n[[teams.plugins]]\nid = \"down\"\nplugin = \"{}\"\nconfig = {{ {plugin_config} }}\n",
+                crate::support::plugin("downsample").display()
+            ),
+        )
+        .unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let good = write("good.toml", "127.0.0.1:0", "percentage = 50");
+    let (code, out, err) = run(&["config", "check", "--config", &good]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("ok (1 teams; 1 transforms, 0 exports"),
+        "{out}"
+    );
+    let bad = write("bad.toml", "127.0.0.1:0", "percentage = 150");
+    let (code, _, err) = run(&["config", "check", "--config", &bad]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("teams[0].plugins[0]") && err.contains("percentage must be between 0 and 100"),
+        "{err}"
+    );
+    let busy = write("busy.toml", &format!("127.0.0.1:{port}"), "percentage = 50");
+    let (code, _, err) = run(&["config", "check", "--config", &busy]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains(&format!("server.listen: cannot listen on 127.0.0.1:{port}")),
+        "{err}"
+    );
+    drop(taken);
+}

@@ -428,3 +428,33 @@ fn export_config_problems_are_reported_with_their_keys() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_store_the_export_may_not_use_or_a_bucket_that_does_not_exist_stops_the_start() {
+    // A typo in the plugin's `store`: caught when the plugin starts, naming what is granted.
+    let stderr = crate::support::serve_fails(&format!(
+        "[object_stores.lake]\nkind = \"local\"\n{}",
+        team(
+            &s3_installation("s3", "jsonl", "events/")
+                .replace("store = \"lake\"", "store = \"lakee\"")
+        )
+    ));
+    assert!(
+        stderr.contains("teams[0].plugins[0]: plugin `s3-export` failed to start")
+            && stderr.contains(
+                "config `store`: refused: store `lakee` is not granted to this installation (granted: lake)"
+            ),
+        "{stderr}"
+    );
+    // A bucket that does not exist: caught at start, not at the first batch.
+    let s3 = S3Server::start();
+    let config = s3.store_config("lake").replace(
+        &format!("bucket = \"{}\"", crate::s3::BUCKET),
+        "bucket = \"nope\"",
+    ) + &team(&s3_installation("s3", "jsonl", "events/"));
+    let stderr = crate::support::serve_fails(&config);
+    assert!(
+        stderr.contains("object_stores.lake: bucket `nope` cannot be listed"),
+        "{stderr}"
+    );
+}

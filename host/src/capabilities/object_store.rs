@@ -252,12 +252,31 @@ impl Settings {
                 },
             );
         }
-        Ok(Some(Arc::new(Stores {
+        let stores = Stores {
             runtime: Some(runtime),
             stores,
-        })))
+        };
+        for (name, settings) in &self.stores {
+            if let Err(error) = stores.reachable(name) {
+                let what = match settings.kind {
+                    Kind::S3 => format!(
+                        "bucket `{}` cannot be listed (does it exist, and may these credentials read it?)",
+                        settings.bucket.as_deref().unwrap_or_default()
+                    ),
+                    Kind::Local => "the folder cannot be listed".to_owned(),
+                };
+                return Err(StartError::Config {
+                    key: format!("object_stores.{name}"),
+                    reason: format!("{what}: {}", error.message),
+                });
+            }
+        }
+        Ok(Some(Arc::new(stores)))
     }
 }
+
+/// How long the check of a store at start may take.
+const REACHABLE_WITHIN: Duration = Duration::from_secs(10);
 
 fn s3(settings: &StoreSettings) -> ::object_store::Result<::object_store::aws::AmazonS3> {
     let mut builder = ::object_store::aws::AmazonS3Builder::new()
@@ -409,12 +428,37 @@ impl Stores {
         })
     }
 
+    /// Whether store `name` answers a listing (its bucket exists and the credentials may read
+    /// it), as checked at start.
+    fn reachable(&self, name: &str) -> Result<(), HostError> {
+        let store = self
+            .stores
+            .get(name)
+            .ok_or_else(|| unavailable(format!("no store {name}")))?;
+        self.block_on(REACHABLE_WITHIN, async {
+            store
+                .inner
+                .list(None)
+                .try_next()
+                .await
+                .map(drop)
+                .map_err(unavailable)
+        })
+    }
+
     /// The store `name`, if the grant allows it.
     fn store(&self, grant: &Grant, name: &str) -> Result<&Store, HostError> {
         if !grant.stores.iter().any(|store| store == name) {
             return Err(HostError::new(
                 ErrorKind::Refused,
-                format!("store `{name}` is not granted to this installation"),
+                format!(
+                    "store `{name}` is not granted to this installation (granted: {})",
+                    if grant.stores.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        grant.stores.join(", ")
+                    }
+                ),
             ));
         }
         self.stores.get(name).ok_or_else(|| {

@@ -52,6 +52,11 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Check a config as `sluice serve` would start it, without serving: every problem of the
+    /// file, every plugin compiled, configured and started once, Redis and the object stores
+    /// reachable, the listen addresses free. Exit code 0 when `serve` would start.
+    #[command(subcommand)]
+    Config(ConfigAction),
     /// Watch what each installation of the running server does with each event (kept,
     /// dropped and why, patched and which keys, replaced, failed), as JSON lines, until
     /// interrupted; it goes on across reloads.
@@ -111,6 +116,17 @@ enum Command {
         action: Option<jobs::Action>,
         #[command(flatten)]
         list: jobs::List,
+    },
+}
+
+/// `sluice config ...`.
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Check the config (see `sluice config --help`).
+    Check {
+        /// The sluice.toml to check.
+        #[arg(long, short)]
+        config: PathBuf,
     },
 }
 
@@ -186,6 +202,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }))
         }
         Command::Reload { config } => reload::run(&config),
+        Command::Config(ConfigAction::Check { config }) => {
+            let checked = server::check(load(&config)?)?;
+            println!(
+                "{}: ok ({} teams; {} transforms, {} exports, {} installations with tasks or jobs)",
+                config.display(),
+                checked.teams,
+                checked.transforms,
+                checked.exports,
+                checked.tasks
+            );
+            Ok(())
+        }
         Command::Tap(watch) => tap::run(&watch),
         Command::Events(read) => print_lines(read.stored()?.events(read.team, read.limit)?),
         Command::Recordings { read, session } => recordings::print(&read, session.as_deref()),

@@ -82,13 +82,21 @@ impl Plugin for S3Export {
     }
 
     fn setup(config: &Config) -> Result<Self, PluginError> {
-        let format = Format::new(config.text("format")?, config.text("compression")?);
-        Ok(Self {
+        let export = Self {
+            format: Format::new(config.text("format")?, config.text("compression")?),
             store: config.text("store")?.to_owned(),
             prefix: config.text("prefix")?.to_owned(),
             key: KeyTemplate::parse(config.text("key_template")?)?,
-            format,
-        })
+        };
+        // A store the installation may not use (a typo in `store`) fails now, at start, rather
+        // than at the first batch.
+        let probe = format!("{}.sluice-setup-check", export.prefix);
+        if let Err(error) = object_store::head(&export.store, &probe)
+            && error.kind == ErrorKind::Refused
+        {
+            return Err(PluginError::new(format!("config `store`: {error}")));
+        }
+        Ok(export)
     }
 }
 
