@@ -23,6 +23,7 @@ pub mod clickhouse;
 pub mod config;
 pub mod deployment;
 pub mod export;
+pub mod housekeeping;
 pub mod ingest;
 pub mod installations;
 pub mod kafka;

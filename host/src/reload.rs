@@ -245,6 +245,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
         ("[kafka]", old.kafka == new.kafka),
         ("[clickhouse]", old.clickhouse == new.clickhouse),
         ("[redis]", old.redis == new.redis),
+        ("[retention]", old.retention == new.retention),
         (
             "the capability sections ([geoip], [object_stores])",
             old.capabilities == new.capabilities,

@@ -7,6 +7,7 @@ use crate::capture::{self, CaptureState};
 use crate::clickhouse::loader::Loader;
 use crate::config::{Config, ConfigError, Problem};
 use crate::deployment::{Current, Deployment};
+use crate::housekeeping;
 use crate::ingest::kafka::{KafkaAppend, KafkaIngest};
 use crate::ingest::sqlite::Queue;
 use crate::installations;
@@ -122,6 +123,11 @@ pub async fn serve(
             (None, worker)
         }
     };
+    let housekeeping = housekeeping::start(
+        &config.server.data_dir,
+        config.retention.clone(),
+        stop.clone(),
+    )?;
     let loader = match (&config.kafka, &config.clickhouse) {
         (Some(kafka), Some(clickhouse)) if roles.has(Role::Loader) => {
             readiness.clickhouse = Some(clickhouse.settings());
@@ -204,7 +210,7 @@ pub async fn serve(
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     }
     stop.store(true, Ordering::SeqCst);
-    for thread in worker.into_iter().chain(loader) {
+    for thread in worker.into_iter().chain(loader).chain([housekeeping]) {
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     }
     // Runners finish the call they are in; an unfinished batch is sent again after a restart, an

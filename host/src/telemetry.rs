@@ -97,6 +97,16 @@ const METRICS: &[(&str, Kind, &str)] = &[
         "Times the GeoIP database was reloaded after its file changed.",
     ),
     (
+        "sluice_housekeeping_pass_seconds",
+        Histogram,
+        "Duration of one housekeeping pass over the embedded database.",
+    ),
+    (
+        "sluice_housekeeping_pruned_total",
+        Counter,
+        "Rows housekeeping deleted from the embedded database, by table.",
+    ),
+    (
         "sluice_ingest_delivery_failures_total",
         Counter,
         "Events the Kafka ingest could not deliver to the brokers.",

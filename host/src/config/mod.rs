@@ -18,6 +18,7 @@ mod ids;
 mod kafka;
 mod queue;
 mod redis;
+mod retention;
 mod schedule;
 mod server;
 mod teams;
@@ -31,6 +32,7 @@ pub use ids::{InstallationId, MAX_TOKEN_LEN, Token};
 pub use kafka::KafkaConfig;
 pub use queue::QueueConfig;
 pub use redis::RedisConfig;
+pub use retention::RetentionConfig;
 pub use schedule::{JobsConfig, ScheduleConfig};
 pub use server::ServerConfig;
 pub use teams::{
@@ -62,6 +64,8 @@ pub struct Config {
     pub clickhouse: Option<ClickHouseConfig>,
     /// Shared state on Redis, if the file names it (else in this process).
     pub redis: Option<RedisConfig>,
+    /// How long the embedded database keeps what it keeps for operators.
+    pub retention: RetentionConfig,
     /// The sections capabilities own (`[geoip]`...).
     pub capabilities: capabilities::Settings,
     /// Teams, their tokens and plugin chains.
@@ -157,7 +161,7 @@ impl Collector {
 }
 
 /// The sections sluice itself reads; capabilities add theirs.
-const OWN_SECTIONS: [&str; 7] = [
+const OWN_SECTIONS: [&str; 8] = [
     "server",
     "admin",
     "capture",
@@ -165,6 +169,7 @@ const OWN_SECTIONS: [&str; 7] = [
     "kafka",
     "clickhouse",
     "redis",
+    "retention",
 ];
 
 impl Config {
@@ -215,6 +220,7 @@ impl Config {
         let kafka = kafka::load(&mut c, table);
         let clickhouse = clickhouse::load(&mut c, table, kafka.is_some(), env);
         let redis = redis::load(&mut c, table, env);
+        let retention = retention::load(&mut c, table);
         let capabilities = capabilities::Settings::load(&mut c, table, base, env);
         let teams = teams::load(&mut c, table.get("teams"), base);
         for installation in teams.iter().flat_map(|t| &t.plugins) {
@@ -239,6 +245,7 @@ impl Config {
             kafka,
             clickhouse,
             redis,
+            retention,
             capabilities,
             teams,
         })
@@ -352,6 +359,30 @@ mod tests {
         assert!(
             text.contains("not a usable project token (personal_api_key)"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn retention_ranges_are_checked_with_their_keys() {
+        let error = load(
+            "[retention]\nplugin_logs_days = 0\nevents_days = 0\ninterval_seconds = 0\n",
+            &[],
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = error.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "retention.plugin_logs_days",
+                "retention.events_days",
+                "retention.interval_seconds"
+            ]
+        );
+        let config = load("", &[]).unwrap();
+        assert_eq!(config.retention.plugin_logs_days, 7);
+        assert_eq!(
+            config.retention.events_days, None,
+            "stored events: for ever"
         );
     }
 
