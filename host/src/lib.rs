@@ -22,6 +22,7 @@ pub mod cli;
 pub mod clickhouse;
 pub mod config;
 pub mod deployment;
+pub mod effective;
 pub mod export;
 pub mod housekeeping;
 pub mod ingest;

@@ -7,6 +7,7 @@ use crate::capture::{self, CaptureState};
 use crate::clickhouse::loader::Loader;
 use crate::config::{Config, ConfigError, Problem};
 use crate::deployment::{Current, Deployment};
+use crate::effective;
 use crate::housekeeping;
 use crate::ingest::kafka::{KafkaAppend, KafkaIngest};
 use crate::ingest::sqlite::Queue;
@@ -243,8 +244,6 @@ pub struct Checked {
 /// file, every plugin compiled, configured and started once, Redis and the object stores
 /// reachable, and the listen addresses free. Blocking.
 pub fn check(config: Config) -> anyhow::Result<Checked> {
-    let roles = Roles::of(&[], &config);
-    roles.check(&config).map_err(anyhow::Error::msg)?;
     for (key, address) in [
         ("server.listen", config.server.listen),
         ("admin.listen", config.admin.listen),
@@ -254,18 +253,34 @@ pub fn check(config: Config) -> anyhow::Result<Checked> {
                 .map_err(|e| anyhow::anyhow!("{key}: cannot listen on {address}: {e}"))?;
         }
     }
-    let (config, runtime, deployment, background, _) = load(config)?;
-    reload::check_exports(&config, &roles, &deployment.exports).map_err(anyhow::Error::msg)?;
-    let checked = Checked {
+    offline(config, |config, deployment| Checked {
         teams: config.teams.len(),
         transforms: deployment.chains.installations(),
         exports: deployment.exports.len(),
         tasks: deployment.tasks.len(),
-    };
+    })
+}
+
+/// The effective config of `config` (see [`crate::effective`]), without serving. Blocking.
+pub fn show(config: Config) -> anyhow::Result<serde_json::Value> {
+    offline(config, effective::effective)
+}
+
+/// Loads `config` as `sluice serve` would (for every role), hands it and its deployment to
+/// `inspect`, and tears everything down again. Blocking.
+fn offline<T>(
+    config: Config,
+    inspect: impl FnOnce(&Config, &Deployment) -> T,
+) -> anyhow::Result<T> {
+    let roles = Roles::of(&[], &config);
+    roles.check(&config).map_err(anyhow::Error::msg)?;
+    let (config, runtime, deployment, background, _) = load(config)?;
+    reload::check_exports(&config, &roles, &deployment.exports).map_err(anyhow::Error::msg)?;
+    let inspected = inspect(&config, &deployment);
     drop(deployment);
     drop(runtime);
     background.join();
-    Ok(checked)
+    Ok(inspected)
 }
 
 /// Starts the engine and the capability services, and loads every installation (running each

@@ -129,6 +129,16 @@ fn operators_read_logs_dead_letters_exports_tasks_and_jobs_and_ask_for_runs_and_
     );
     assert_eq!((status, body), (200, json!({"queued": 0})));
 
+    // The effective config, secrets redacted.
+    let (status, shown) = sluice.admin("GET", "/admin/v1/config", None);
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(shown["teams"][0]["installations"][0]["id"], "team-1/bad");
+    assert_eq!(
+        shown["teams"][0]["installations"][0]["on_error"],
+        "dead_letter"
+    );
+    assert_eq!(shown["object_stores"], json!(["lake"]));
+
     // Every route wants the token.
     for path in [
         "/admin/v1/logs",

@@ -136,3 +136,45 @@ fn config_check_says_whether_serve_would_start_and_names_an_address_in_use() {
     );
     drop(taken);
 }
+
+#[test]
+fn config_show_resolves_each_chain_with_defaults_and_never_prints_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let bq = crate::bigquery::FakeBigQuery::start();
+    let path = dir.path().join("sluice.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"an-admin-token-of-some-length\"\n\
+             [server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\
+             [[teams]]\nid = 1\ntoken = \"phc_one\"\n\
+             [[teams.plugins]]\nid = \"down\"\nplugin = \"{}\"\nconfig = {{ percentage = 50 }}\n\
+             [[teams.plugins]]\nid = \"bq\"\nplugin = \"{}\"\n\
+             config = {{ key_json = '''{}''', dataset_id = \"analytics\", table_id = \"events\", api_base = \"{}\" }}\n\
+             grants = [\"http\"]\nhttp = {{ allow_hosts = [\"127.0.0.1\"], allow_private_addresses = true }}\n",
+            crate::support::plugin("downsample").display(),
+            crate::support::plugin("bigquery-export").display(),
+            bq.key_json,
+            bq.url
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = run(&["config", "show", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let installations = &shown["teams"][0]["installations"];
+    assert_eq!(installations[0]["id"], "team-1/down");
+    assert_eq!(installations[0]["config"]["percentage"], 50);
+    assert!(
+        installations[0]["config"]["sampling_method"].is_string(),
+        "the plugin's defaults are filled in: {}",
+        installations[0]
+    );
+    assert_eq!(installations[0]["hash"].as_str().unwrap().len(), 64);
+    assert_eq!(installations[1]["config"]["key_json"], "(redacted)");
+    assert_eq!(shown["admin"]["token"], "(redacted)");
+    assert!(
+        !out.contains("PRIVATE KEY") && !out.contains("an-admin-token-of-some-length"),
+        "{out}"
+    );
+}

@@ -7,11 +7,11 @@
 use crate::backends::Backends;
 use crate::config::Config;
 use crate::deployment::{Current, Deployment};
-use crate::export;
 use crate::reload::{ReloadError, Reloader};
 use crate::roles::Roles;
 use crate::stored::Stored;
 use crate::tap::{self, TapFilter};
+use crate::{effective, export};
 use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -151,6 +151,7 @@ pub fn routes(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/admin/v1/node", get(node))
         .route("/admin/v1/teams", get(teams))
+        .route("/admin/v1/config", get(effective_config))
         .route("/admin/v1/reload", post(reload))
         .route("/admin/v1/tap", get(tap_stream))
         .route("/admin/v1/logs", get(logs))
@@ -190,6 +191,15 @@ async fn node(State(state): State<Arc<AdminState>>) -> Json<Value> {
         "config": config.path,
         "listen": config.server.listen,
     }))
+}
+
+/// `GET /admin/v1/config`: the config in force, every default filled in, each chain resolved,
+/// every secret redacted.
+async fn effective_config(State(state): State<Arc<AdminState>>) -> Json<Value> {
+    Json(effective::effective(
+        &state.reloader.config(),
+        &state.current.get(),
+    ))
 }
 
 /// One installation as `GET /admin/v1/teams` shows it.

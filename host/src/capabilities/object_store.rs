@@ -105,6 +105,13 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The names of the configured stores.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.stores.keys().map(String::as_str)
+    }
+}
+
+impl Settings {
     /// Reads `[object_stores.*]`; folders are relative to `base`, credentials missing from the
     /// file are looked up with `env` (`AWS_*`).
     pub(super) fn load(

@@ -128,6 +128,14 @@ enum ConfigAction {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Print the effective config as JSON: every default filled in, each team's chain resolved
+    /// (plugin, content hash, hooks, grants, its config with the plugin's defaults), every
+    /// secret redacted.
+    Show {
+        /// The sluice.toml to show.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 /// What every command that reads storage takes.
@@ -202,6 +210,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }))
         }
         Command::Reload { config } => reload::run(&config),
+        Command::Config(ConfigAction::Show { config }) => {
+            let shown = server::show(load(&config)?)?;
+            println!("{}", serde_json::to_string_pretty(&shown)?);
+            Ok(())
+        }
         Command::Config(ConfigAction::Check { config }) => {
             let checked = server::check(load(&config)?)?;
             println!(

@@ -18,7 +18,7 @@ use serde::Deserialize;
 /// fails on spends `error_cost_ms` more, so slow calls and errors both count. Below half of
 /// its budget the installation is `degraded` (logged, in metrics and on the page); once the
 /// budget is spent the breaker opens as above. It is healthy again at three quarters.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BreakerConfig {
     /// Failures in a row that open the breaker.

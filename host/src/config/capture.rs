@@ -1,9 +1,9 @@
 //! `[capture]`: body limits and client addresses.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// `[capture]`
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CaptureConfig {
     /// Largest request body for single-event paths (`/e`, `/capture`, `/i/v0/e`...), in bytes,

@@ -4,11 +4,11 @@
 
 use super::Collector;
 use crate::clickhouse::{ClickHouseSettings, LoaderSettings, Topics};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// `[clickhouse]`
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ClickHouseConfig {
     /// The HTTP interface, e.g. `http://127.0.0.1:8123`.
@@ -21,6 +21,7 @@ pub struct ClickHouseConfig {
     pub user: String,
     /// The user's password (or `SLUICE_CLICKHOUSE_PASSWORD`).
     #[serde(default)]
+    #[serde(serialize_with = "super::redacted")]
     pub password: Option<String>,
     /// The topic of processed events.
     #[serde(default = "default_events_topic")]

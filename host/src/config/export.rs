@@ -9,7 +9,7 @@ use serde::Deserialize;
 /// export buffer did (1 MiB / 10 s). A retryable failure is tried again after
 /// `retry_base_seconds`, doubling each attempt up to `retry_max_seconds`, with jitter; after
 /// `max_attempts` attempts, or a permanent failure, the batch goes to the export dead letters.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExportConfig {
     /// Most events in one batch.

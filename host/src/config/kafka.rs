@@ -3,11 +3,11 @@
 
 use super::Collector;
 use crate::ingest::kafka::KafkaSettings;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// `[kafka]`
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// `host:port` of one or more brokers, comma-separated (`bootstrap.servers`).

@@ -72,6 +72,35 @@ pub struct Config {
     pub teams: Vec<TeamConfig>,
 }
 
+/// A secret as the effective config shows it: whether it is set, never its value.
+pub(crate) fn redacted<S: serde::Serializer>(
+    secret: &Option<String>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match secret {
+        Some(_) => serializer.serialize_str("(redacted)"),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// A URL as the effective config shows it: a password in it is replaced.
+pub(crate) fn redacted_url<S: serde::Serializer>(
+    url: &str,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let shown = match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((user_info, host)) => {
+                let user = user_info.split(':').next().unwrap_or_default();
+                format!("{scheme}://{user}:(redacted)@{host}")
+            }
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    };
+    serializer.serialize_str(&shown)
+}
+
 /// One problem in the config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -359,6 +388,22 @@ mod tests {
         assert!(
             text.contains("not a usable project token (personal_api_key)"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn secrets_in_urls_and_passwords_are_redacted_when_shown() {
+        let config = load(
+            "[kafka]\nbrokers = \"b:9092\"\n[clickhouse]\nurl = \"http://ch:8123\"\npassword = \"s3cret\"\n\
+             [redis]\nurl = \"redis://app:s3cret@redis:6379/0\"\n",
+            &[],
+        )
+        .unwrap();
+        let shown = serde_json::to_string(&(&config.clickhouse, &config.redis)).unwrap();
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(
+            shown.contains("redis://app:(redacted)@redis:6379/0"),
+            "{shown}"
         );
     }
 

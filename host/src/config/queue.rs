@@ -1,10 +1,10 @@
 //! `[queue]`: the embedded ingest queue and how much the worker takes from it per round.
 
 use super::Collector;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// `[queue]`
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
     /// Events waiting for plugins beyond which capture answers `503`.

@@ -3,14 +3,15 @@
 
 use super::Collector;
 use crate::redis::RedisSettings;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// `[redis]`
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     /// `redis://[user:password@]host:port[/db]` (or `SLUICE_REDIS_URL`, to keep a password out
     /// of the file).
+    #[serde(serialize_with = "super::redacted_url")]
     pub url: String,
     /// What every key sluice writes starts with, so deployments can share a Redis.
     #[serde(default = "default_prefix")]

@@ -2,10 +2,10 @@
 //! (plugin log lines, task runs, failed jobs, dead letters), and, if asked, stored events.
 
 use super::Collector;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// `[retention]`
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetentionConfig {
     /// Days plugin log lines are kept.

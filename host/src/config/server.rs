@@ -1,12 +1,12 @@
 //! `[server]`: listener, data folder, workers and the instance budget.
 
 use super::Collector;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 /// `[server]`
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Address the HTTP API listens on. Env: `SLUICE_LISTEN`.

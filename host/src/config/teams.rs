@@ -133,7 +133,7 @@ fn default_memory_mb() -> u64 {
 
 /// What happens to an event when a plugin fails on it (error, trap, timeout, bad output, open
 /// breaker).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnError {
     /// The event continues as it was before this plugin.
