@@ -394,11 +394,16 @@ fn an_operator_runs_a_task_now() {
     assert_eq!(run["outcome"], "ok");
     let tick = time(&run["scheduled_at"]).timestamp_millis();
     assert!(messages(&sluice, ID).contains(&format!("tick {tick}")));
+    // What the task reported during its run is printed too.
+    assert!(err.contains(&format!("tick {tick}")), "{err}");
     assert_eq!(runs(&sluice, ID, "tick").len(), 1, "listed once");
 
     let (ok, _, err) = sluice.run(&["tasks", "run", "--installation", ID, "--task", "nope"]);
     assert!(!ok);
-    assert!(err.contains("has no task `nope`"), "{err}");
+    assert!(
+        err.contains("has no task `nope` (its tasks: ") && err.contains("tick"),
+        "{err}"
+    );
     let (ok, _, err) = sluice.run(&[
         "tasks",
         "run",
@@ -728,4 +733,9 @@ fn tasks_schedules_shows_each_schedule_and_its_next_tick() {
     let slow = schedules.iter().find(|s| s["task"] == "slow").unwrap();
     // Midnight of 2099-01-01 in Paris.
     assert_eq!(slow["next_tick"], "2098-12-31T23:00:00.000Z");
+    // With no run yet, `sluice tasks` says so and shows what is scheduled.
+    let (ok, out, err) = sluice.run(&["tasks", "--installation", ID]);
+    assert!(ok, "{err}");
+    assert!(err.contains("no task runs yet"), "{err}");
+    assert!(out.contains("\"next_tick\""), "{out}");
 }

@@ -2,7 +2,8 @@
 
 use super::{Scope, backends, check_installation, load, print_lines};
 use crate::config::Config;
-use crate::schedule::history::TaskHistory;
+use crate::schedule::history::{TaskHistory, TaskRun};
+use crate::stored::Stored;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -51,7 +52,23 @@ pub(super) fn run(action: Option<Action>, list: List) -> anyhow::Result<()> {
     let (config, installation, task, wait) = match action {
         None => {
             let (history, installation) = open(&list.scope)?;
-            return print_lines(history.runs(installation, None, list.limit)?);
+            let runs = history.runs(installation, None, list.limit)?;
+            if !runs.is_empty() {
+                return print_lines(runs);
+            }
+            // Nothing ran yet: what is scheduled, and when.
+            let schedules = history.schedules(installation)?;
+            if schedules.is_empty() {
+                eprintln!(
+                    "no task runs, and no scheduled tasks known{} (a server records its tasks when it starts)",
+                    installation
+                        .map(|i| format!(" for {i}"))
+                        .unwrap_or_default()
+                );
+            } else {
+                eprintln!("no task runs yet; the scheduled tasks and their next ticks:");
+            }
+            return print_lines(schedules);
         }
         Some(Action::Schedules { scope }) => {
             let (history, installation) = open(&scope)?;
@@ -67,6 +84,14 @@ pub(super) fn run(action: Option<Action>, list: List) -> anyhow::Result<()> {
     let config = load(&config)?;
     check_installation(&config, &installation)?;
     let history = history_of(&config)?;
+    let known = history.schedules(Some(&installation))?;
+    if !known.is_empty() && !known.iter().any(|s| s.task == task) {
+        let names: Vec<&str> = known.iter().map(|s| s.task.as_str()).collect();
+        anyhow::bail!(
+            "{installation} has no task `{task}` (its tasks: {})",
+            names.join(", ")
+        );
+    }
     let request = history.request_run(&installation, &task)?;
     let started = Instant::now();
     while !history.request_taken(request)? {
@@ -84,6 +109,7 @@ pub(super) fn run(action: Option<Action>, list: List) -> anyhow::Result<()> {
         if let Some(run) = run.filter(|run| run.outcome != "running") {
             let outcome = run.outcome.clone();
             let error = run.error.clone().unwrap_or_default();
+            report(&config, &installation, &run)?;
             print_lines(vec![run])?;
             anyhow::ensure!(outcome == "ok", "task `{task}` {outcome}: {error}");
             return Ok(());
@@ -94,6 +120,21 @@ pub(super) fn run(action: Option<Action>, list: List) -> anyhow::Result<()> {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Prints on stderr what the installation logged while `run` ran: what the task reported.
+fn report(config: &Config, installation: &str, run: &TaskRun) -> anyhow::Result<()> {
+    let (Some(started), Some(ended)) = (&run.started_at, &run.ended_at) else {
+        return Ok(());
+    };
+    let lines = Stored::of(config)?.logs(None, Some(installation), 1_000)?;
+    for line in lines
+        .iter()
+        .filter(|l| &l.time >= started && &l.time <= ended)
+    {
+        eprintln!("{} {:5} {}", line.time, line.level, line.message);
+    }
+    Ok(())
 }
 
 /// The task history of the scope's config, and the installation to list.
