@@ -1,14 +1,18 @@
 //! `/ready`: whether this node can do its roles' work now. Capture: its ingest takes events.
 //! Worker and loader: they are caught up enough (their consumer lag is known and at most
-//! `[kafka] ready_max_lag`). Loader: ClickHouse answers. `/health` only says the process lives.
+//! `[kafka] ready_max_lag`). Loader: ClickHouse answers. Every node: the object stores its
+//! plugins use answer (checked at most every [`STORES_EVERY`]). `/health` only says the
+//! process lives.
 
+use crate::capabilities::object_store::Stores;
 use crate::clickhouse::{ClickHouse, ClickHouseSettings};
 use crate::ingest::Append;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 /// What `/ready` checks on this node.
 #[derive(Clone, Default)]
@@ -21,6 +25,45 @@ pub struct Readiness {
     pub max_lag: u64,
     /// The ClickHouse the loader inserts into.
     pub clickhouse: Option<ClickHouseSettings>,
+    /// The object stores the plugins use.
+    pub stores: Option<StoreCheck>,
+}
+
+/// How often `/ready` lists the object stores (at most).
+pub const STORES_EVERY: Duration = Duration::from_secs(10);
+
+/// How long `/ready` waits for a store to answer.
+const STORE_ANSWERS_WITHIN: Duration = Duration::from_secs(2);
+
+/// The object stores the plugins use, and their last check.
+#[derive(Clone)]
+pub struct StoreCheck {
+    stores: Arc<Stores>,
+    /// When they were last checked, and the unreachable ones with the reason.
+    checked: Arc<Mutex<Option<(Instant, Vec<(String, String)>)>>>,
+}
+
+impl StoreCheck {
+    /// Checks of `stores`.
+    pub fn new(stores: Arc<Stores>) -> Self {
+        Self {
+            stores,
+            checked: Arc::default(),
+        }
+    }
+
+    /// The unreachable stores with the reason, as checked within [`STORES_EVERY`].
+    fn unreachable(&self) -> Vec<(String, String)> {
+        let mut checked = self.checked.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*checked {
+            Some((at, unreachable)) if at.elapsed() < STORES_EVERY => unreachable.clone(),
+            _ => {
+                let unreachable = self.stores.unreachable(STORE_ANSWERS_WITHIN);
+                *checked = Some((Instant::now(), unreachable.clone()));
+                unreachable
+            }
+        }
+    }
 }
 
 impl Readiness {
@@ -73,6 +116,14 @@ impl Readiness {
             && let Err(error) = ClickHouse::new(settings).and_then(|ch| ch.ping())
         {
             reasons.push(error.to_string());
+        }
+        if let Some(stores) = &self.stores {
+            reasons.extend(
+                stores
+                    .unreachable()
+                    .into_iter()
+                    .map(|(name, why)| format!("object store `{name}` cannot be listed: {why}")),
+            );
         }
         (reasons, body)
     }

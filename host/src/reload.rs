@@ -201,6 +201,24 @@ impl Reloader {
                 }
             })?;
         check_exports(&new, &self.launcher.roles, &installed.exports).map_err(refused)?;
+        // The stores the new installations will write to answer (as they were checked at start).
+        if let Some(stores) = &old.services.object_stores {
+            let problems: Vec<Problem> = stores
+                .unreachable(std::time::Duration::from_secs(10))
+                .into_iter()
+                .map(|(name, why)| Problem {
+                    key: format!("object_stores.{name}"),
+                    reason: format!("cannot be listed: {why}"),
+                })
+                .collect();
+            if !problems.is_empty() {
+                return Err(ConfigError {
+                    path: path.clone(),
+                    problems,
+                }
+                .into());
+            }
+        }
         let teams: HashMap<Token, u64> =
             new.teams.iter().map(|t| (t.token.clone(), t.id)).collect();
         let merged = merge(&old, installed);

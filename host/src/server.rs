@@ -12,7 +12,7 @@ use crate::housekeeping;
 use crate::ingest::kafka::{KafkaAppend, KafkaIngest};
 use crate::ingest::sqlite::Queue;
 use crate::installations;
-use crate::ready::Readiness;
+use crate::ready::{Readiness, StoreCheck};
 use crate::reload::{self, Launcher, Reloader};
 use crate::roles::{Role, Roles};
 use crate::runtime::{Runtime, RuntimeSettings};
@@ -91,6 +91,12 @@ pub async fn serve(
     // embedded database, or the stored topics when the config names ClickHouse.
     let mut readiness = Readiness {
         max_lag: config.kafka.as_ref().map_or(0, |kafka| kafka.ready_max_lag),
+        stores: current
+            .get()
+            .services
+            .object_stores
+            .clone()
+            .map(StoreCheck::new),
         ..Readiness::default()
     };
     let (writer, worker) = match &config.kafka {

@@ -272,6 +272,19 @@ fn a_destination_down_for_a_while_builds_lag_then_catches_up() {
     wait_exported(&sluice, &["team-1/s3"]);
     s3.stop();
     expected.extend(send(&sluice, 100, 200));
+    // `/ready` says the store does not answer (it lists the stores every 10 s at most).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = sluice.get("/ready");
+        if status == 503 && body.contains("object store `lake` cannot be listed") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/ready never told: {status} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         let status = sluice.exports().remove(0);

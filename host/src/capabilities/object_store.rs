@@ -264,7 +264,7 @@ impl Settings {
             stores,
         };
         for (name, settings) in &self.stores {
-            if let Err(error) = stores.reachable(name) {
+            if let Err(error) = stores.reachable(name, REACHABLE_WITHIN) {
                 let what = match settings.kind {
                     Kind::S3 => format!(
                         "bucket `{}` cannot be listed (does it exist, and may these credentials read it?)",
@@ -435,14 +435,27 @@ impl Stores {
         })
     }
 
+    /// The stores that do not answer a listing now, each with the reason (as `/ready` and a
+    /// reload check them).
+    pub fn unreachable(&self, within: Duration) -> Vec<(String, String)> {
+        self.stores
+            .keys()
+            .filter_map(|name| {
+                self.reachable(name, within)
+                    .err()
+                    .map(|error| (name.clone(), error.message))
+            })
+            .collect()
+    }
+
     /// Whether store `name` answers a listing (its bucket exists and the credentials may read
     /// it), as checked at start.
-    fn reachable(&self, name: &str) -> Result<(), HostError> {
+    fn reachable(&self, name: &str, within: Duration) -> Result<(), HostError> {
         let store = self
             .stores
             .get(name)
             .ok_or_else(|| unavailable(format!("no store {name}")))?;
-        self.block_on(REACHABLE_WITHIN, async {
+        self.block_on(within, async {
             store
                 .inner
                 .list(None)
