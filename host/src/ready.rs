@@ -4,7 +4,7 @@
 //! plugins use answer (checked at most every [`STORES_EVERY`]). `/health` only says the
 //! process lives.
 
-use crate::capabilities::object_store::Stores;
+use crate::capabilities::object_store::{Stores, Unreachable};
 use crate::clickhouse::{ClickHouse, ClickHouseSettings};
 use crate::ingest::Append;
 use axum::http::StatusCode;
@@ -40,7 +40,7 @@ const STORE_ANSWERS_WITHIN: Duration = Duration::from_secs(2);
 pub struct StoreCheck {
     stores: Arc<Stores>,
     /// When they were last checked, and the unreachable ones with the reason.
-    checked: Arc<Mutex<Option<(Instant, Vec<(String, String)>)>>>,
+    checked: Arc<Mutex<Option<(Instant, Unreachable)>>>,
 }
 
 impl StoreCheck {
@@ -53,7 +53,7 @@ impl StoreCheck {
     }
 
     /// The unreachable stores with the reason, as checked within [`STORES_EVERY`].
-    fn unreachable(&self) -> Vec<(String, String)> {
+    fn unreachable(&self) -> Unreachable {
         let mut checked = self.checked.lock().unwrap_or_else(PoisonError::into_inner);
         match &*checked {
             Some((at, unreachable)) if at.elapsed() < STORES_EVERY => unreachable.clone(),

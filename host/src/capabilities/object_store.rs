@@ -282,6 +282,9 @@ impl Settings {
     }
 }
 
+/// Stores that did not answer, each with the reason.
+pub type Unreachable = Vec<(String, String)>;
+
 /// How long the check of a store at start may take.
 const REACHABLE_WITHIN: Duration = Duration::from_secs(10);
 
@@ -437,7 +440,7 @@ impl Stores {
 
     /// The stores that do not answer a listing now, each with the reason (as `/ready` and a
     /// reload check them).
-    pub fn unreachable(&self, within: Duration) -> Vec<(String, String)> {
+    pub fn unreachable(&self, within: Duration) -> Unreachable {
         self.stores
             .keys()
             .filter_map(|name| {
