@@ -31,6 +31,7 @@ pub mod kafka;
 pub mod net;
 pub mod ready;
 pub mod redis;
+pub mod reference;
 pub mod reload;
 pub mod retry;
 pub mod roles;

@@ -178,3 +178,29 @@ fn config_show_resolves_each_chain_with_defaults_and_never_prints_a_secret() {
         "{out}"
     );
 }
+
+#[test]
+fn each_first_party_plugin_has_its_reference_page_generated_from_its_build() {
+    let plugins = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins");
+    let mut checked = Vec::new();
+    for entry in std::fs::read_dir(&plugins).unwrap() {
+        let dir = entry.unwrap().path();
+        if !dir.join("Cargo.toml").is_file() {
+            continue;
+        }
+        let name = dir.file_name().unwrap().to_str().unwrap().to_owned();
+        let wasm = crate::support::plugin(&name);
+        let (code, generated, err) = run(&["plugin", "reference", wasm.to_str().unwrap()]);
+        assert_eq!(code, Some(0), "{err}");
+        let page = std::fs::read_to_string(dir.join("REFERENCE.md")).unwrap_or_default();
+        assert_eq!(
+            page,
+            generated,
+            "plugins/{name}/REFERENCE.md is not what the plugin's manifest says: regenerate it with \
+             `sluice plugin reference {} > plugins/{name}/REFERENCE.md`",
+            wasm.display()
+        );
+        checked.push(name);
+    }
+    assert!(checked.len() >= 6, "{checked:?}");
+}
