@@ -152,6 +152,7 @@ pub async fn serve(
         _ => None,
     };
 
+    let append = readiness.append.clone();
     let mut app = Router::new();
     if let Some(queue) = readiness.append.clone() {
         let state = CaptureState::new(current.clone(), queue, config.capture.clone());
@@ -189,6 +190,7 @@ pub async fn serve(
             node: store::node_id(&config.server.data_dir)?,
             roles: roles.clone(),
             backends,
+            append,
         },
     )
     .await?;

@@ -129,6 +129,38 @@ fn operators_read_logs_dead_letters_exports_tasks_and_jobs_and_ask_for_runs_and_
     );
     assert_eq!((status, body), (200, json!({"queued": 0})));
 
+    // A dead letter replayed (its installation disabled, so it passes now): stored, and gone
+    // from the dead letters.
+    let uuid = letters[0]["event"]["uuid"].as_str().unwrap().to_owned();
+    sluice.admin_with(
+        "POST",
+        "/admin/v1/installations/disable",
+        None,
+        Some(&json!({"installation": "team-1/bad"})),
+    );
+    let (status, body) = sluice.admin_with(
+        "POST",
+        "/admin/v1/dead-letters/replay",
+        None,
+        Some(&json!({"team": 1, "uuid": uuid})),
+    );
+    assert_eq!((status, &body), (200, &json!({"replayed": 1})), "{body}");
+    sluice.drain();
+    assert!(sluice.events(1).iter().any(|e| e["uuid"] == uuid.as_str()));
+    let (_, left) = sluice.admin("GET", "/admin/v1/dead-letters?team=1", None);
+    assert_eq!(left, json!([]));
+    let (status, body) = sluice.admin_with(
+        "POST",
+        "/admin/v1/dead-letters/discard",
+        None,
+        Some(&json!({"team": 1})),
+    );
+    assert_eq!(
+        (status, &body["code"]),
+        (404, &json!("not_found")),
+        "{body}"
+    );
+
     // The effective config, secrets redacted.
     let (status, shown) = sluice.admin("GET", "/admin/v1/config", None);
     assert_eq!(status, 200, "{shown}");

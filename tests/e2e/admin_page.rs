@@ -17,7 +17,7 @@ fn chain(first: &str) -> String {
 #[test]
 fn the_operator_page_flags_a_failing_installation_taps_and_reloads_a_new_chain_in_a_real_browser() {
     let failing = format!(
-        "[[teams.plugins]]\nid = \"bad\"\nplugin = \"{}\"\nconfig = {{ mode = \"error\", trigger = \"e\" }}\n",
+        "[[teams.plugins]]\nid = \"bad\"\nplugin = \"{}\"\nconfig = {{ mode = \"error\", trigger = \"e\" }}\non_error = \"dead_letter\"\n",
         plugin("adversary").display()
     );
     let sluice = Sluice::start(&chain(&failing));
@@ -80,6 +80,15 @@ fn the_operator_page_flags_a_failing_installation_taps_and_reloads_a_new_chain_i
         json!(["team-1/new", "team-1/keep"]),
         "{report}"
     );
+    // The dead letter replayed from the page went through the new chain and was stored.
+    let replayed = report["replayed"].as_str().unwrap();
+    sluice.drain();
+    let stored = sluice.events(1);
+    let event = stored
+        .iter()
+        .find(|e| e["uuid"] == replayed)
+        .unwrap_or_else(|| panic!("{replayed} not stored: {report}"));
+    assert_eq!(event["properties"]["chain"], "new");
     // The new chain is the one in force.
     sluice.post_json(
         "/batch",

@@ -1,6 +1,6 @@
 // Drives sluice's operator page (/admin/) in headless Chromium, as an operator would: logs in
 // with the token, waits for the failing installation to be flagged, starts the tap, reloads a
-// new config and waits for the new chain. Prints a JSON report; with a folder, leaves
+// new config and waits for the new chain, then replays a dead letter. Prints a JSON report; with a folder, leaves
 // screenshots of the main views there.
 // usage: node admin_page.cjs ADMIN_URL TOKEN NEW_CONFIG FAILING NEW_INSTALLATION [SCREENSHOT_DIR]
 const path = require('path')
@@ -47,6 +47,13 @@ async function main() {
   report.failingGone = (await tab.$(box)) === null
   report.installations = await tab.$$eval('[data-installation]', (boxes) => boxes.map((b) => b.dataset.installation))
   await shot('reloaded')
+
+  // A dead letter of the removed installation, replayed through the new chain.
+  const replay = await tab.waitForSelector('#dead-letters button[data-action="replay"]', { timeout: 30000 })
+  const uuid = await replay.getAttribute('data-uuid')
+  await replay.click()
+  await tab.waitForFunction((u) => document.getElementById('dead-letters-result').textContent === `replayed ${u}`, uuid, { timeout: 30000 })
+  report.replayed = uuid
   await browser.close()
   console.log(JSON.stringify(report))
 }

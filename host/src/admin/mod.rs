@@ -7,9 +7,11 @@
 use crate::backends::Backends;
 use crate::config::Config;
 use crate::deployment::{Current, Deployment};
+use crate::ingest::{Append, Appended};
 use crate::reload::{ReloadError, Reloader};
 use crate::roles::Roles;
-use crate::stored::Stored;
+use crate::store::dead_letters::{self, Selector};
+use crate::stored::{Stored, open_existing};
 use crate::tap::{self, TapFilter};
 use crate::{effective, export};
 use axum::extract::{Query, Request, State};
@@ -21,6 +23,7 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use sluice_abi::wire::BatchWriter;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
@@ -48,6 +51,8 @@ pub struct AdminState {
     pub roles: Roles,
     /// Where this node's state is (export state, task history, job queue).
     pub backends: Backends,
+    /// The ingest this node captures into, if it captures (dead letters are replayed into it).
+    pub append: Option<Arc<dyn Append>>,
 }
 
 /// The token of `config`'s admin API: the configured one, or the one the server keeps in its
@@ -156,6 +161,8 @@ pub fn routes(state: Arc<AdminState>) -> Router {
         .route("/admin/v1/tap", get(tap_stream))
         .route("/admin/v1/logs", get(logs))
         .route("/admin/v1/dead-letters", get(dead_letters))
+        .route("/admin/v1/dead-letters/replay", post(replay_dead_letters))
+        .route("/admin/v1/dead-letters/discard", post(discard_dead_letters))
         .route("/admin/v1/exports", get(exports))
         .route("/admin/v1/exports/dead-letters", get(export_dead_letters))
         .route("/admin/v1/exports/replay", post(export_replay))
@@ -357,20 +364,28 @@ async fn blocking<T: Serialize + Send + 'static>(
 /// Runs `work` (which blocks) off the async threads; its answer, or `503 unavailable` with the
 /// reason.
 async fn answer(work: impl FnOnce() -> anyhow::Result<Response> + Send + 'static) -> Response {
+    off_thread(work).await.unwrap_or_else(|refused| refused)
+}
+
+/// Runs `work` (which blocks) off the async threads; its value, or the answer that it failed
+/// (`503 unavailable` with the reason).
+async fn off_thread<T: Send + 'static>(
+    work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> Result<T, Response> {
     match tokio::task::spawn_blocking(work).await {
-        Ok(Ok(response)) => response,
-        Ok(Err(e)) => error(
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(error(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             format!("{e:#}"),
             json!({}),
-        ),
-        Err(_) => error(
+        )),
+        Err(_) => Err(error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             "the request panicked",
             json!({}),
-        ),
+        )),
     }
 }
 
@@ -405,6 +420,102 @@ async fn dead_letters(
 ) -> Response {
     let config = state.reloader.config();
     blocking(move || Stored::of(&config)?.dead_letters(scope.team, scope.limit())).await
+}
+
+/// Why dead letters cannot be replayed or discarded here, if they cannot.
+fn dead_letters_here(config: &Config) -> Option<Response> {
+    config.clickhouse.as_ref().map(|_| {
+        error(
+            StatusCode::CONFLICT,
+            "not_supported",
+            "the dead letters are in ClickHouse, where replaying and discarding them is not supported yet",
+            json!({}),
+        )
+    })
+}
+
+/// `POST /admin/v1/dead-letters/replay {team, installation?, uuid?}`: the events go back into
+/// the ingest, through the team's whole chain again, and their dead letters are removed once
+/// the ingest has them. An event stored meanwhile is not stored twice (`(team, uuid)`).
+async fn replay_dead_letters(
+    State(state): State<Arc<AdminState>>,
+    Json(selector): Json<Selector>,
+) -> Response {
+    let config = state.reloader.config();
+    if let Some(refused) = dead_letters_here(&config) {
+        return refused;
+    }
+    let Some(append) = state.append.clone() else {
+        return error(
+            StatusCode::CONFLICT,
+            "no_ingest",
+            "this node does not capture: replay on a node with the capture role",
+            json!({}),
+        );
+    };
+    let Some(token) = config
+        .teams
+        .iter()
+        .find(|t| t.id == selector.team)
+        .map(|t| t.token.as_str().to_owned())
+    else {
+        return not_found(format!("no team {} in the config in force", selector.team));
+    };
+    let read = config.clone();
+    let (team, wanted) = (selector.team, selector.clone());
+    let selected = off_thread(move || Ok(dead_letters::select(&open_existing(&read)?, &wanted)?));
+    let letters = match selected.await {
+        Ok(letters) if letters.is_empty() => return not_found("no such dead letter".into()),
+        Ok(letters) => letters,
+        Err(refused) => return refused,
+    };
+    let mut batch = BatchWriter::default();
+    for (_, event) in &letters {
+        batch.push_encoded(event);
+    }
+    let appended = Appended {
+        team_id: team,
+        token,
+        events: letters.len() as u64,
+        payload: batch.finish(),
+    };
+    if let Err(e) = append.append(appended).await {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+            json!({}),
+        );
+    }
+    let ids: Vec<i64> = letters.iter().map(|(id, _)| *id).collect();
+    answer(move || {
+        dead_letters::remove(&open_existing(&config)?, &ids)?;
+        Ok(Json(json!({ "replayed": ids.len() })).into_response())
+    })
+    .await
+}
+
+/// `POST /admin/v1/dead-letters/discard {team, installation?, uuid?}`: removes them for good.
+async fn discard_dead_letters(
+    State(state): State<Arc<AdminState>>,
+    Json(selector): Json<Selector>,
+) -> Response {
+    let config = state.reloader.config();
+    if let Some(refused) = dead_letters_here(&config) {
+        return refused;
+    }
+    answer(move || {
+        let conn = open_existing(&config)?;
+        let ids: Vec<i64> = dead_letters::select(&conn, &selector)?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        Ok(match dead_letters::remove(&conn, &ids)? {
+            0 => not_found("no such dead letter".into()),
+            discarded => Json(json!({ "discarded": discarded })).into_response(),
+        })
+    })
+    .await
 }
 
 /// `GET /admin/v1/exports`: each export installation's cursor, lag, holder and last outcome.

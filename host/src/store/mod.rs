@@ -8,6 +8,7 @@
 //! WAL mode with `synchronous = FULL`, so a committed transaction survives a crash of the process
 //! or the machine.
 
+pub mod dead_letters;
 pub mod logs;
 pub mod read;
 
