@@ -39,47 +39,69 @@ pub struct TapRecord {
     pub detail: Option<String>,
 }
 
-/// Where the chain sends its records.
-pub struct Hub {
+/// A live broadcast of `T`s (tap records, plugin log lines) to whoever watches: free while
+/// nobody does ([`Hub::active`]), bounded while someone does ([`BUFFER`]).
+pub struct Hub<T> {
     watchers: AtomicUsize,
-    sender: broadcast::Sender<Arc<TapRecord>>,
+    sender: broadcast::Sender<Arc<T>>,
 }
 
-/// The hub of this process.
-pub fn hub() -> &'static Hub {
-    static HUB: LazyLock<Hub> = LazyLock::new(|| Hub {
-        watchers: AtomicUsize::new(0),
-        sender: broadcast::channel(BUFFER).0,
-    });
+/// The tap's hub in this process.
+pub fn hub() -> &'static Hub<TapRecord> {
+    static HUB: LazyLock<Hub<TapRecord>> = LazyLock::new(Hub::new);
     &HUB
 }
 
-/// A watcher of the hub: its records, and its place among the watchers (it leaves when dropped).
-pub struct Watcher {
+/// A watcher of a hub: its records, and its place among the watchers (it leaves when dropped).
+pub struct Watcher<T: 'static> {
+    hub: &'static Hub<T>,
     /// The records, from when it started watching.
-    pub records: broadcast::Receiver<Arc<TapRecord>>,
+    pub records: broadcast::Receiver<Arc<T>>,
 }
 
-impl Drop for Watcher {
+impl<T> Drop for Watcher<T> {
     fn drop(&mut self) {
-        hub().watchers.fetch_sub(1, Ordering::Relaxed);
+        self.hub.watchers.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-impl Hub {
-    /// Whether anyone watches: the chain records nothing otherwise.
+impl<T> Hub<T> {
+    /// A hub nobody watches yet.
+    pub fn new() -> Self {
+        Self {
+            watchers: AtomicUsize::new(0),
+            sender: broadcast::channel(BUFFER).0,
+        }
+    }
+
+    /// Whether anyone watches: nothing is recorded otherwise.
     pub fn active(&self) -> bool {
         self.watchers.load(Ordering::Relaxed) > 0
     }
 
     /// Starts watching.
-    pub fn watch(&self) -> Watcher {
+    pub fn watch(&'static self) -> Watcher<T> {
         self.watchers.fetch_add(1, Ordering::Relaxed);
         Watcher {
+            hub: self,
             records: self.sender.subscribe(),
         }
     }
 
+    /// Sends `record` to whoever watches now.
+    pub fn publish(&self, record: T) {
+        // No receiver left (they all went since `active`): nothing to do.
+        let _ = self.sender.send(Arc::new(record));
+    }
+}
+
+impl<T> Default for Hub<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Hub<TapRecord> {
     /// Records what `installation` did with the encoded `event` (nothing if it cannot be read).
     pub fn record(
         &self,
@@ -108,8 +130,7 @@ impl Hub {
             outcome,
             detail,
         };
-        // No receiver left (they all went since `active`): nothing to do.
-        let _ = self.sender.send(Arc::new(record));
+        self.publish(record);
     }
 }
 

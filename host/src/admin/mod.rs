@@ -5,12 +5,14 @@
 //! a stable code. The reference, with an example per route, is `host/docs/admin-api.md`.
 
 use crate::backends::Backends;
+use crate::capabilities::log;
 use crate::config::Config;
 use crate::deployment::{Current, Deployment};
 use crate::ingest::{Append, Appended};
 use crate::reload::{ReloadError, Reloader};
 use crate::roles::Roles;
 use crate::store::dead_letters::{self, Selector};
+use crate::store::logs::LogLine;
 use crate::stored::{Stored, open_existing};
 use crate::tap::{self, TapFilter};
 use crate::{effective, export};
@@ -160,6 +162,7 @@ pub fn routes(state: Arc<AdminState>) -> Router {
         .route("/admin/v1/reload", post(reload))
         .route("/admin/v1/tap", get(tap_stream))
         .route("/admin/v1/logs", get(logs))
+        .route("/admin/v1/logs/stream", get(log_stream))
         .route("/admin/v1/dead-letters", get(dead_letters))
         .route("/admin/v1/dead-letters/replay", post(replay_dead_letters))
         .route("/admin/v1/dead-letters/discard", post(discard_dead_letters))
@@ -695,12 +698,34 @@ const TAP_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(10);
 /// as server-sent events (`data: {record}`), from now on, across reloads; `data:
 /// {"lagged": n}` when the watcher fell behind and missed `n` records.
 async fn tap_stream(Query(filter): Query<TapFilter>) -> Response {
-    let watcher = tap::hub().watch();
-    let stream = futures::stream::unfold((watcher, filter), |(mut watcher, filter)| async move {
+    events(tap::hub().watch(), move |record| filter.shows(record))
+}
+
+/// `GET /admin/v1/logs/stream?team=&installation=`: plugin log lines as they are stored, as
+/// server-sent events (`data: {installation, level, message, time_ms}`), from now on.
+async fn log_stream(Query(scope): Query<Scope>) -> Response {
+    events(log::live().watch(), move |line: &LogLine| {
+        scope
+            .installation
+            .as_ref()
+            .is_none_or(|installation| *installation == line.installation)
+            && scope
+                .team
+                .is_none_or(|team| line.installation.starts_with(&format!("team-{team}/")))
+    })
+}
+
+/// The records `watcher` receives that `keep` accepts, as server-sent events: `data: {record}`
+/// each, `data: {"lagged": n}` when the watcher fell behind, `: alive` when idle.
+fn events<T: Serialize + Send + Sync + 'static>(
+    watcher: tap::Watcher<T>,
+    keep: impl Fn(&T) -> bool + Send + 'static,
+) -> Response {
+    let stream = futures::stream::unfold((watcher, keep), |(mut watcher, keep)| async move {
         loop {
             let line = match tokio::time::timeout(TAP_KEEP_ALIVE, watcher.records.recv()).await {
                 Err(_) => ": alive\n\n".to_owned(),
-                Ok(Ok(record)) if filter.shows(&record) => {
+                Ok(Ok(record)) if keep(&record) => {
                     format!(
                         "data: {}\n\n",
                         serde_json::to_string(&*record).unwrap_or_default()
@@ -712,7 +737,7 @@ async fn tap_stream(Query(filter): Query<TapFilter>) -> Response {
                 }
                 Ok(Err(RecvError::Closed)) => return None,
             };
-            return Some((Ok::<_, std::convert::Infallible>(line), (watcher, filter)));
+            return Some((Ok::<_, std::convert::Infallible>(line), (watcher, keep)));
         }
     });
     (

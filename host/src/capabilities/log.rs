@@ -5,9 +5,10 @@ use super::{Capability, Context, HasCapabilities, HasView, View};
 use crate::bindings::sluice::plugin::log::{self, Host};
 use crate::store::logs::{LogLine, LogStore};
 use crate::store::{self, StoreError};
+use crate::tap::Hub;
 use std::collections::HashMap;
 use std::sync::mpsc::{self, SyncSender};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Instant;
 use wasmtime::component::Linker;
@@ -29,6 +30,13 @@ pub const MAX_LINES_PER_CALL: u32 = 100;
 const SINK_CAPACITY: usize = 10_000;
 /// Most lines stored in one transaction.
 const SINK_BATCH: usize = 1_000;
+
+/// Plugin log lines as they are stored, for whoever follows them live (`GET
+/// /admin/v1/logs/stream`, the admin page).
+pub fn live() -> &'static Hub<LogLine> {
+    static LIVE: LazyLock<Hub<LogLine>> = LazyLock::new(Hub::new);
+    &LIVE
+}
 
 /// How many lines an installation may store: `per_second` sustained, `burst` at once. Beyond,
 /// lines are counted (`sluice_plugin_log_lines_suppressed_total`) and reported in one line when
@@ -145,6 +153,9 @@ impl LogSink {
             message: message.to_owned(),
             time_ms: store::now_ms(),
         };
+        if live().active() {
+            live().publish(line.clone());
+        }
         if self.sender.try_send(line).is_err() {
             metrics::counter!("sluice_plugin_log_lines_dropped_total", "installation" => installation.to_owned())
                 .increment(1);

@@ -155,7 +155,12 @@ pub(super) fn apply(
 
 /// Records on the tap what `installation` decided for `event` (a failure is recorded where the
 /// installation's policy is applied).
-fn record(tap: &tap::Hub, installation: &Installation, event: &[u8], outcome: &Outcome<'_>) {
+fn record(
+    tap: &tap::Hub<tap::TapRecord>,
+    installation: &Installation,
+    event: &[u8],
+    outcome: &Outcome<'_>,
+) {
     let (name, detail) = match outcome {
         Outcome::Keep => ("kept", None),
         Outcome::Drop(reason) => ("dropped", Some((*reason).to_owned())),

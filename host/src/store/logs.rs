@@ -16,7 +16,7 @@ use serde::Serialize;
 use std::path::Path;
 
 /// One line to store.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LogLine {
     /// The installation, `team-<id>/<installation id>`.
     pub installation: String,
