@@ -294,3 +294,65 @@ fn twenty_reloads_under_load_store_every_event_once_through_one_version_of_the_c
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// At scale each node reloads on its own: two worker nodes on Kafka, storing into ClickHouse,
+/// are reloaded between two chains again and again under load, each at its own moment.
+#[test]
+fn worker_nodes_on_kafka_reload_on_their_own_and_every_event_goes_through_one_version() {
+    let engines = crate::fleet::Engines::start();
+    let node = |roles| engines.node(&chain("A"), roles);
+    let capture = node("capture");
+    let workers = [node("worker,loader"), node("worker,loader")];
+    let urls = std::sync::Mutex::new(vec![capture.url.clone()]);
+    let acknowledged = crate::kafka::under_load(&urls, || {
+        for round in 0..6 {
+            let (from, to) = if round % 2 == 0 {
+                ("A", "B")
+            } else {
+                ("B", "A")
+            };
+            for worker in &workers {
+                let path = worker.config_path();
+                let text = std::fs::read_to_string(&path).unwrap();
+                std::fs::write(
+                    &path,
+                    text.replace(&format!("value = \"{from}\""), &format!("value = \"{to}\"")),
+                )
+                .unwrap();
+                let (ok, out, err) = reload(worker, &path);
+                assert!(ok, "{err}");
+                assert!(out.contains("team-1/s1"), "{out}");
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+    });
+    // Every acknowledged round (30 users' events each) is stored once, through one version.
+    let expected = acknowledged.len() * 30;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let events = loop {
+        let events = capture.events(1);
+        if events.len() >= expected {
+            break events;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {expected} stored",
+            events.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(events.len(), expected, "stored once each");
+    let mut versions = BTreeSet::new();
+    for event in &events {
+        let (first, second) = (
+            &event["properties"]["first"],
+            &event["properties"]["second"],
+        );
+        assert_eq!(first, second, "an event went through two versions: {event}");
+        versions.insert(first.as_str().unwrap().to_owned());
+    }
+    assert_eq!(versions, BTreeSet::from(["A".to_owned(), "B".to_owned()]));
+    eprintln!(
+        "12 reloads across 2 worker nodes under load: {expected} events stored once each, each through one version"
+    );
+}
