@@ -75,17 +75,19 @@ fn operators_read_logs_dead_letters_exports_tasks_and_jobs_and_ask_for_runs_and_
     assert_eq!(exports[0]["installation"], "team-1/s3");
     let (status, body) = sluice.admin("GET", "/admin/v1/exports/dead-letters", None);
     assert_eq!((status, body), (200, json!([])));
-    let (status, body) = sluice.admin_with(
-        "POST",
-        "/admin/v1/exports/replay",
-        None,
-        Some(&json!({"installation": "team-1/s3"})),
-    );
-    assert_eq!(
-        (status, &body["code"]),
-        (404, &json!("not_found")),
-        "{body}"
-    );
+    for action in ["replay", "discard"] {
+        let (status, body) = sluice.admin_with(
+            "POST",
+            &format!("/admin/v1/exports/{action}"),
+            None,
+            Some(&json!({"installation": "team-1/s3"})),
+        );
+        assert_eq!(
+            (status, &body["code"]),
+            (404, &json!("not_found")),
+            "{body}"
+        );
+    }
 
     // A task run now: an unknown task is refused naming the real ones.
     let (status, body) = sluice.admin_with(
@@ -119,6 +121,15 @@ fn operators_read_logs_dead_letters_exports_tasks_and_jobs_and_ask_for_runs_and_
     );
     assert_eq!(runs[0]["task"], "tick");
 
+    let (_, schedules) = sluice.admin("GET", "/admin/v1/tasks/schedules", None);
+    assert!(
+        schedules
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["task"] == "tick" && s["installation"] == "team-2/p"),
+        "{schedules}"
+    );
     let (status, body) = sluice.admin("GET", "/admin/v1/jobs", None);
     assert_eq!((status, body), (200, json!([])));
     let (status, body) = sluice.admin_with(

@@ -8,6 +8,7 @@ use crate::backends::Backends;
 use crate::capabilities::log;
 use crate::config::Config;
 use crate::deployment::{Current, Deployment};
+use crate::export::state::LetterAction;
 use crate::ingest::{Append, Appended};
 use crate::reload::{ReloadError, Reloader};
 use crate::roles::Roles;
@@ -169,6 +170,8 @@ pub fn routes(state: Arc<AdminState>) -> Router {
         .route("/admin/v1/exports", get(exports))
         .route("/admin/v1/exports/dead-letters", get(export_dead_letters))
         .route("/admin/v1/exports/replay", post(export_replay))
+        .route("/admin/v1/exports/discard", post(export_discard))
+        .route("/admin/v1/tasks/schedules", get(task_schedules))
         .route("/admin/v1/tasks", get(task_runs))
         .route("/admin/v1/tasks/run", post(run_task))
         .route("/admin/v1/jobs", get(jobs))
@@ -564,22 +567,51 @@ fn not_found(detail: String) -> Response {
 
 /// `POST /admin/v1/exports/replay {installation, id?}`: sends dead-lettered batches again
 /// (what `sluice exports replay` does).
-async fn export_replay(
+async fn export_replay(state: State<Arc<AdminState>>, target: Json<Target>) -> Response {
+    export_letters(state, target, LetterAction::Replay).await
+}
+
+/// `POST /admin/v1/exports/discard {installation, id?}`: removes dead-lettered batches for good
+/// (what `sluice exports discard` does).
+async fn export_discard(state: State<Arc<AdminState>>, target: Json<Target>) -> Response {
+    export_letters(state, target, LetterAction::Discard).await
+}
+
+/// `action` on the export dead letters `target` names: `{"queued"|"discarded": n}`, or
+/// `404 not_found`.
+async fn export_letters(
     State(state): State<Arc<AdminState>>,
     Json(target): Json<Target>,
+    action: LetterAction,
 ) -> Response {
     let backends = state.backends.clone();
     answer(move || {
-        let queued = backends
-            .export_state()?
-            .request_replay(&target.installation, target.id.as_deref())?;
-        Ok(match queued {
+        let count = action.apply(
+            &mut *backends.export_state()?,
+            &target.installation,
+            target.id.as_deref(),
+        )?;
+        Ok(match count {
             0 => not_found(format!(
                 "{} has no such dead-lettered batch",
                 target.installation
             )),
-            queued => Json(json!({ "queued": queued })).into_response(),
+            count => Json(json!({ action.done(): count })).into_response(),
         })
+    })
+    .await
+}
+
+/// `GET /admin/v1/tasks/schedules?installation=`: each task's schedule, last and next tick.
+async fn task_schedules(
+    State(state): State<Arc<AdminState>>,
+    Query(scope): Query<Scope>,
+) -> Response {
+    let backends = state.backends.clone();
+    blocking(move || {
+        Ok(backends
+            .task_history()?
+            .schedules(scope.installation.as_deref())?)
     })
     .await
 }

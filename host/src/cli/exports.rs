@@ -1,14 +1,30 @@
-//! `sluice exports`: status, dead letters, replay.
+//! `sluice exports`: status, dead letters, replay and discard.
 
 use super::{backends, load, print_lines};
-use crate::export::state;
+use crate::export::state::{self, LetterAction};
 use anyhow::Context;
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use std::path::PathBuf;
+
+/// Which export dead letters a replay or discard applies to.
+#[derive(Args)]
+pub(super) struct Letters {
+    /// The sluice.toml whose data folder to use.
+    #[arg(long, short)]
+    config: PathBuf,
+    /// The installation, e.g. `team-1/s3`.
+    #[arg(long)]
+    installation: String,
+    /// Only this batch (its id, as `sluice exports dead-letters` prints it).
+    #[arg(long)]
+    batch: Option<String>,
+}
 
 /// What `sluice exports` can do besides printing status.
 #[derive(Subcommand)]
 pub(super) enum Action {
+    /// Remove dead-lettered batches for good (their events are not sent).
+    Discard(Letters),
     /// Print batches that failed for good (after a permanent error or the last attempt).
     DeadLetters {
         /// The sluice.toml whose data folder to read.
@@ -20,17 +36,7 @@ pub(super) enum Action {
     },
     /// Send dead-lettered batches again through the export runner (the running server, or the
     /// next to start); each is removed once delivered.
-    Replay {
-        /// The sluice.toml whose data folder to use.
-        #[arg(long, short)]
-        config: PathBuf,
-        /// The installation, e.g. `team-1/s3`.
-        #[arg(long)]
-        installation: String,
-        /// Only this batch (its id, as `sluice exports dead-letters` prints it).
-        #[arg(long)]
-        batch: Option<String>,
-    },
+    Replay(Letters),
 }
 
 pub(super) fn run(action: Option<Action>, config: Option<PathBuf>) -> anyhow::Result<()> {
@@ -49,21 +55,32 @@ pub(super) fn run(action: Option<Action>, config: Option<PathBuf>) -> anyhow::Re
                 .export_state()?
                 .dead_letters(installation.as_deref())?,
         ),
-        Some(Action::Replay {
-            config,
-            installation,
-            batch,
-        }) => {
-            let queued = backends(&load(&config)?)?
-                .export_state()?
-                .request_replay(&installation, batch.as_deref())?;
-            anyhow::ensure!(
-                queued > 0,
-                "no dead-lettered batch of {installation}{} (see `sluice exports dead-letters`)",
-                batch.map(|b| format!(" with id {b}")).unwrap_or_default()
-            );
-            println!("{queued} batch(es) of {installation} queued for replay");
-            Ok(())
-        }
+        Some(Action::Discard(which)) => letters(which, LetterAction::Discard),
+        Some(Action::Replay(which)) => letters(which, LetterAction::Replay),
     }
+}
+
+/// `action` on the dead letters `which` names: what the admin route does.
+fn letters(which: Letters, action: LetterAction) -> anyhow::Result<()> {
+    let Letters {
+        config,
+        installation,
+        batch,
+    } = which;
+    let count = action.apply(
+        &mut *backends(&load(&config)?)?.export_state()?,
+        &installation,
+        batch.as_deref(),
+    )?;
+    anyhow::ensure!(
+        count > 0,
+        "no dead-lettered batch of {installation}{} (see `sluice exports dead-letters`)",
+        batch.map(|b| format!(" with id {b}")).unwrap_or_default()
+    );
+    let done = match action {
+        LetterAction::Replay => "queued for replay",
+        LetterAction::Discard => "discarded",
+    };
+    println!("{count} batch(es) of {installation} {done}");
+    Ok(())
 }

@@ -119,6 +119,22 @@ return #ids
     )
 });
 
+/// The dead letters of `KEYS[1]` (ids; hashes under the prefix `KEYS[2]`), or only `ARGV[1]`,
+/// removed; returns how many.
+static DISCARD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
+if ARGV[1] ~= '' then ids = redis.call('ZSCORE', KEYS[1], ARGV[1]) and {ARGV[1]} or {} end
+for _, id in ipairs(ids) do
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('DEL', KEYS[2] .. id)
+end
+return #ids
+"#,
+    )
+});
+
 /// The export state on Redis.
 pub struct RedisExportState {
     redis: Redis,
@@ -370,6 +386,16 @@ impl ExportState for RedisExportState {
                 .key(self.key(installation, &["dead"]))
                 .key(self.key(installation, &["dead", ""]))
                 .arg(now_ms())
+                .arg(batch.unwrap_or_default())
+                .invoke(conn)
+        })
+    }
+
+    fn discard(&mut self, installation: &str, batch: Option<&str>) -> Result<usize, StateError> {
+        self.with(|conn| {
+            DISCARD
+                .key(self.key(installation, &["dead"]))
+                .key(self.key(installation, &["dead", ""]))
                 .arg(batch.unwrap_or_default())
                 .invoke(conn)
         })

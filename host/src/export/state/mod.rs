@@ -144,6 +144,10 @@ pub trait ExportState: Send {
         batch: Option<&str>,
     ) -> Result<usize, StateError>;
 
+    /// Removes the dead letters of `installation` (only `batch`, if given) for good; returns how
+    /// many.
+    fn discard(&mut self, installation: &str, batch: Option<&str>) -> Result<usize, StateError>;
+
     /// A dead letter of `installation` whose replay is due at `now`, as a batch to send (its
     /// attempts are those of the replay).
     fn due_replay(&mut self, installation: &str, now: i64) -> Result<Option<Batch>, StateError>;
@@ -167,6 +171,39 @@ pub trait ExportState: Send {
         &mut self,
         installation: Option<&str>,
     ) -> Result<Vec<ExportDeadLetter>, StateError>;
+}
+
+/// What an operator does with export dead letters (the command and the admin route alike).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LetterAction {
+    /// Send them again (the runner holding the installation does).
+    Replay,
+    /// Remove them for good.
+    Discard,
+}
+
+impl LetterAction {
+    /// Does it to the dead letters of `installation` (only `batch`, if given); how many there
+    /// were.
+    pub fn apply(
+        self,
+        state: &mut dyn ExportState,
+        installation: &str,
+        batch: Option<&str>,
+    ) -> Result<usize, StateError> {
+        match self {
+            LetterAction::Replay => state.request_replay(installation, batch),
+            LetterAction::Discard => state.discard(installation, batch),
+        }
+    }
+
+    /// What became of them, as the answers say it.
+    pub fn done(self) -> &'static str {
+        match self {
+            LetterAction::Replay => "queued",
+            LetterAction::Discard => "discarded",
+        }
+    }
 }
 
 /// What `sluice exports` prints for one installation.
@@ -351,6 +388,17 @@ pub(crate) mod tests {
         ));
         other.replayed(id, &replay, Ok(4), 4).unwrap();
         assert_eq!(state.dead_letters(None).unwrap(), []);
+        // Discarded for good: one, then the rest.
+        for (first, last) in [("10", "11"), ("12", "13")] {
+            let letter = batch(first, last);
+            other.record(id, &letter, 4).unwrap();
+            other.dead_letter(id, &letter, "refused", 4).unwrap();
+        }
+        assert_eq!(state.discard(id, Some("nope")).unwrap(), 0);
+        assert_eq!(state.discard(id, Some("10-11")).unwrap(), 1);
+        assert_eq!(state.dead_letters(None).unwrap()[0].batch, "12-13");
+        assert_eq!(state.discard(id, None).unwrap(), 1);
+        assert_eq!(state.dead_letters(None).unwrap(), []);
 
         let statuses = state.recorded().unwrap();
         assert_eq!(statuses.len(), 1);
@@ -360,7 +408,7 @@ pub(crate) mod tests {
             (id, 7),
             "{status:?}"
         );
-        assert_eq!((status.cursor.as_str(), status.exported_events), ("9", 8));
+        assert_eq!((status.cursor.as_str(), status.exported_events), ("13", 8));
         assert_eq!(status.last_error.as_deref(), Some("refused"));
         assert!(status.last_success.is_some());
         assert_eq!((status.batch.as_ref(), status.dead_letters), (None, 0));
@@ -370,6 +418,6 @@ pub(crate) mod tests {
         );
         // Registering again keeps the cursor.
         state.register(id, 7).unwrap();
-        assert_eq!(state.cursor(id).unwrap().as_str(), "9");
+        assert_eq!(state.cursor(id).unwrap().as_str(), "13");
     }
 }

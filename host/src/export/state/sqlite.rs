@@ -205,6 +205,13 @@ impl ExportState for SqliteExportState {
         )?)
     }
 
+    fn discard(&mut self, installation: &str, batch: Option<&str>) -> Result<usize, StateError> {
+        Ok(self.conn.execute(
+            "DELETE FROM export_dead_letters WHERE installation = ?1 AND (?2 IS NULL OR id = ?2)",
+            params![installation, batch],
+        )?)
+    }
+
     fn due_replay(&mut self, installation: &str, now: i64) -> Result<Option<Batch>, StateError> {
         // The dead letter's replay columns stand in for the batch's attempt columns.
         let columns = BATCH_COLUMNS.replace(
