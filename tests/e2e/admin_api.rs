@@ -56,6 +56,16 @@ fn operators_read_logs_dead_letters_exports_tasks_and_jobs_and_ask_for_runs_and_
         |b| b.as_array().is_some_and(|l| !l.is_empty()),
     );
     assert_eq!(letters[0]["installation"], "team-1/bad");
+    // Its counts, latency and last error, on the teams route.
+    let (_, teams) = sluice.admin("GET", "/admin/v1/teams", None);
+    let stats = &teams[0]["installations"][0]["stats"];
+    assert!(stats["calls"].as_u64() >= Some(1), "{stats}");
+    assert_eq!(stats["failed"], 1, "{stats}");
+    assert!(
+        stats["p50_ms"].as_f64().is_some_and(|ms| ms > 0.0),
+        "{stats}"
+    );
+    assert_eq!(stats["last_errors"][0]["kind"], "plugin_error", "{stats}");
     let logs = wait_for(
         &sluice,
         "/admin/v1/logs?installation=team-1/bad",

@@ -6,6 +6,7 @@
 
 use crate::backends::Backends;
 use crate::capabilities::log;
+use crate::chain::Stats;
 use crate::config::Config;
 use crate::deployment::{Current, Deployment};
 use crate::export::state::LetterAction;
@@ -231,6 +232,8 @@ struct InstallationView {
     reason: Option<String>,
     /// The share of a transform's budget of time and errors left.
     budget_left: Option<f64>,
+    /// A transform's counts, latency percentiles and last errors since it was installed.
+    stats: Option<Stats>,
 }
 
 /// Each team of the config in force, with its installations in order.
@@ -282,6 +285,7 @@ fn installation(deployment: &Deployment, team: u64, id: &str) -> Option<Installa
         grants: settings.context.grants.names().map(str::to_owned).collect(),
         status: health.as_ref().map_or("active", |h| h.state),
         budget_left: health.as_ref().map(|h| h.budget_left),
+        stats: transform.map(|t| t.stats()),
         reason: health.and_then(|h| h.reason),
     })
 }

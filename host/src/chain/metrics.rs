@@ -1,7 +1,50 @@
-//! Per-installation metrics of the chain, each handle registered once, on first use.
+//! Per-installation metrics of the chain, each handle registered once, on first use; and the
+//! same counts kept for the admin API ([`Stats`]): calls, failures, drops, call latency by
+//! bucket, and the last errors.
 
-use std::sync::{Arc, OnceLock};
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
+
+/// Upper bounds of the latency buckets the admin API's percentiles come from, in µs.
+const LATENCY_BOUNDS_US: [u64; 16] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 5_000_000, 60_000_000,
+];
+
+/// Last errors kept per installation.
+const LAST_ERRORS: usize = 5;
+
+/// One error an installation's plugin made.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LastError {
+    /// When, epoch ms.
+    pub time_ms: i64,
+    /// Its kind (`timeout`, `plugin_error`...).
+    pub kind: &'static str,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// What the admin API shows of an installation's work since it was installed.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Stats {
+    /// Calls into the plugin.
+    pub calls: u64,
+    /// Events it failed on.
+    pub failed: u64,
+    /// Events dropped (by the plugin, or by the `drop` policy).
+    pub dropped: u64,
+    /// Call latency, median and 99th percentile, in ms (bucket upper bounds); none before the
+    /// first call.
+    pub p50_ms: Option<f64>,
+    /// See `p50_ms`.
+    pub p99_ms: Option<f64>,
+    /// The last errors, newest last.
+    pub last_errors: Vec<LastError>,
+}
 
 /// Every `kind` label of `sluice_plugin_failures_total`.
 const FAILURE_KINDS: [&str; 10] = [
@@ -25,7 +68,15 @@ pub(super) struct InstallationMetrics {
     dropped: OnceLock<metrics::Counter>,
     isolations: OnceLock<metrics::Counter>,
     failures: [OnceLock<metrics::Counter>; FAILURE_KINDS.len()],
+    counts: [AtomicU64; 3],
+    latency: [AtomicU64; LATENCY_BOUNDS_US.len()],
+    last_errors: Mutex<VecDeque<LastError>>,
 }
+
+/// Indexes of [`InstallationMetrics::counts`].
+const CALLS: usize = 0;
+const FAILED: usize = 1;
+const DROPPED: usize = 2;
 
 impl InstallationMetrics {
     pub(super) fn new(installation: &Arc<str>) -> Self {
@@ -36,6 +87,45 @@ impl InstallationMetrics {
             dropped: OnceLock::new(),
             isolations: OnceLock::new(),
             failures: Default::default(),
+            counts: Default::default(),
+            latency: Default::default(),
+            last_errors: Mutex::default(),
+        }
+    }
+
+    /// What the admin API shows.
+    pub(super) fn stats(&self) -> Stats {
+        let count = |i: usize| self.counts[i].load(Ordering::Relaxed);
+        let buckets: Vec<u64> = self
+            .latency
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = buckets.iter().sum();
+        let quantile = |q: f64| {
+            let wanted = (q * total as f64).ceil() as u64;
+            let mut seen = 0;
+            buckets
+                .iter()
+                .zip(LATENCY_BOUNDS_US)
+                .find_map(|(n, bound)| {
+                    seen += n;
+                    (total > 0 && seen >= wanted).then_some(bound as f64 / 1e3)
+                })
+        };
+        Stats {
+            calls: count(CALLS),
+            failed: count(FAILED),
+            dropped: count(DROPPED),
+            p50_ms: quantile(0.5),
+            p99_ms: quantile(0.99),
+            last_errors: self
+                .last_errors
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .cloned()
+                .collect(),
         }
     }
 
@@ -45,6 +135,13 @@ impl InstallationMetrics {
 
     /// One call into the plugin that took `elapsed`.
     pub(super) fn call(&self, elapsed: Duration) {
+        self.counts[CALLS].fetch_add(1, Ordering::Relaxed);
+        let micros = elapsed.as_micros() as u64;
+        let bucket = LATENCY_BOUNDS_US
+            .iter()
+            .position(|bound| micros <= *bound)
+            .unwrap_or(LATENCY_BOUNDS_US.len() - 1);
+        self.latency[bucket].fetch_add(1, Ordering::Relaxed);
         self.duration
             .get_or_init(|| metrics::histogram!("sluice_plugin_call_duration_seconds", "installation" => self.label()))
             .record(elapsed.as_secs_f64());
@@ -57,6 +154,7 @@ impl InstallationMetrics {
 
     /// `count` events dropped, by the plugin or by the `drop` policy.
     pub(super) fn dropped(&self, count: u64) {
+        self.counts[DROPPED].fetch_add(count, Ordering::Relaxed);
         self.dropped
             .get_or_init(|| metrics::counter!("sluice_plugin_events_dropped_total", "installation" => self.label()))
             .increment(count);
@@ -69,8 +167,23 @@ impl InstallationMetrics {
             .increment(1);
     }
 
-    /// One event the plugin failed on, of `kind` (one of [`FAILURE_KINDS`]).
-    pub(super) fn failure(&self, kind: &'static str) {
+    /// One event the plugin failed on, of `kind` (one of [`FAILURE_KINDS`]), for `message`.
+    pub(super) fn failure(&self, kind: &'static str, message: &str) {
+        self.counts[FAILED].fetch_add(1, Ordering::Relaxed);
+        if kind != "circuit_open" {
+            let mut last = self
+                .last_errors
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if last.len() == LAST_ERRORS {
+                last.pop_front();
+            }
+            last.push_back(LastError {
+                time_ms: crate::store::now_ms(),
+                kind,
+                message: message.to_owned(),
+            });
+        }
         let register = || metrics::counter!("sluice_plugin_failures_total", "installation" => self.label(), "kind" => kind);
         match FAILURE_KINDS.iter().position(|k| *k == kind) {
             Some(i) => self.failures[i].get_or_init(register).increment(1),

@@ -24,6 +24,7 @@ use crate::sink::Output;
 pub use breaker::Health;
 use breaker::{Admission, Breaker};
 use metrics::InstallationMetrics;
+pub use metrics::Stats;
 use outcome::Failure;
 use pool::InstancePool;
 use sluice_abi::wire::BatchWriter;
@@ -77,6 +78,11 @@ impl Installation {
 }
 
 impl Installation {
+    /// What it did since it was installed: counts, latency, last errors.
+    pub fn stats(&self) -> Stats {
+        self.metrics.stats()
+    }
+
     /// Its health now: budget, breaker and the operator's override.
     pub fn health(&self) -> Health {
         self.breaker.health(Instant::now())

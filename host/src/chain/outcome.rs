@@ -230,7 +230,10 @@ fn checked_replacement(
     let mut replacement = replacement.to_vec();
     if fields.uuid != before.uuid() || fields.team_id != before.team_id() {
         tracing::warn!(installation = %installation.id, "plugin tried to change uuid or team_id; restored");
-        installation.metrics.failure("envelope_changed");
+        installation.metrics.failure(
+            "envelope_changed",
+            "the plugin tried to change uuid or team_id; restored",
+        );
         wire::restore_envelope(&mut replacement, before.uuid(), before.team_id());
     }
     Ok(replacement)
@@ -268,7 +271,7 @@ fn fail(
     next: &mut Vec<Vec<u8>>,
     out: &mut Output,
 ) {
-    installation.metrics.failure(failure.kind);
+    installation.metrics.failure(failure.kind, &failure.message);
     if failure.kind != "circuit_open" {
         installation
             .breaker
