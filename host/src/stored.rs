@@ -4,6 +4,7 @@
 use crate::clickhouse::{self, ClickHouse};
 use crate::config::Config;
 use crate::store;
+use crate::store::dead_letters::{self, Letter, Selector};
 use crate::store::logs::{self, LogQuery, PluginLog};
 use crate::store::read::{RecordingArchive, StoredDeadLetter, StoredEvent, StoredRecording};
 use anyhow::Context;
@@ -69,6 +70,26 @@ impl Stored {
             Self::Embedded(conn) => store::read::recording_archives(conn, team, session)?,
             Self::ClickHouse(ch) => clickhouse::read::recording_archives(ch, team, session)?,
         })
+    }
+
+    /// The chains' dead letters `selector` names (at most
+    /// [`dead_letters::MAX_PER_REQUEST`]).
+    pub fn dead_letters_named(&self, selector: &Selector) -> anyhow::Result<Vec<Letter>> {
+        Ok(match self {
+            Self::Embedded(conn) => dead_letters::select(conn, selector)?,
+            Self::ClickHouse(ch) => clickhouse::read::dead_letters_named(ch, selector)?,
+        })
+    }
+
+    /// Removes the dead letters of `team` that `letters` are (once replayed, or discarded).
+    pub fn remove_dead_letters(&self, team: u64, letters: &[Letter]) -> anyhow::Result<()> {
+        match self {
+            Self::Embedded(conn) => {
+                dead_letters::remove(conn, team, letters)?;
+            }
+            Self::ClickHouse(ch) => clickhouse::read::remove_dead_letters(ch, team, letters)?,
+        }
+        Ok(())
     }
 
     /// The newest `limit` plugin log lines (of `team` and `installation`, if given), oldest

@@ -365,6 +365,33 @@ fn at_scale_a_poison_event_is_dead_lettered_in_clickhouse_as_in_the_embedded_mod
     let (ok, _, stderr) = sluice.run(&["logs", "--follow"]);
     assert!(!ok && stderr.contains("--follow"), "{stderr}");
 
+    // Replayed from ClickHouse (its installation disabled, so it passes now): stored, and gone
+    // from the dead letters.
+    let disable = json!({"installation": "team-1/p"});
+    sluice.admin_with(
+        "POST",
+        "/admin/v1/installations/disable",
+        None,
+        Some(&disable),
+    );
+    let uuid = "0190a000-0000-7000-8000-999999999999";
+    let (status, body) = sluice.admin_with(
+        "POST",
+        "/admin/v1/dead-letters/replay",
+        None,
+        Some(&json!({"team": 1, "uuid": uuid})),
+    );
+    assert_eq!((status, &body), (200, &json!({"replayed": 1})), "{body}");
+    assert!(sluice.dead_letters(1).is_empty(), "removed once replayed");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sluice.events(1).iter().any(|e| e["uuid"] == uuid) {
+        assert!(
+            Instant::now() < deadline,
+            "the replayed event was not stored"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // Recordings skip the chain and are stored as captured.
     let snapshots: Vec<Value> = (0..2)
         .map(|n| {

@@ -13,9 +13,9 @@ use crate::export::state::LetterAction;
 use crate::ingest::{Append, Appended};
 use crate::reload::{ReloadError, Reloader};
 use crate::roles::Roles;
-use crate::store::dead_letters::{self, Selector};
+use crate::store::dead_letters::Selector;
 use crate::store::logs::LogLine;
-use crate::stored::{Stored, open_existing};
+use crate::stored::Stored;
 use crate::tap::{self, TapFilter};
 use crate::{effective, export};
 use axum::extract::{Query, Request, State};
@@ -432,29 +432,15 @@ async fn dead_letters(
     blocking(move || Stored::of(&config)?.dead_letters(scope.team, scope.limit())).await
 }
 
-/// Why dead letters cannot be replayed or discarded here, if they cannot.
-fn dead_letters_here(config: &Config) -> Option<Response> {
-    config.clickhouse.as_ref().map(|_| {
-        error(
-            StatusCode::CONFLICT,
-            "not_supported",
-            "the dead letters are in ClickHouse, where replaying and discarding them is not supported yet",
-            json!({}),
-        )
-    })
-}
-
 /// `POST /admin/v1/dead-letters/replay {team, installation?, uuid?}`: the events go back into
 /// the ingest, through the team's whole chain again, and their dead letters are removed once
-/// the ingest has them. An event stored meanwhile is not stored twice (`(team, uuid)`).
+/// the ingest has them. An event stored meanwhile is not stored twice (`(team, uuid)`). In the
+/// embedded database and in ClickHouse alike.
 async fn replay_dead_letters(
     State(state): State<Arc<AdminState>>,
     Json(selector): Json<Selector>,
 ) -> Response {
     let config = state.reloader.config();
-    if let Some(refused) = dead_letters_here(&config) {
-        return refused;
-    }
     let Some(append) = state.append.clone() else {
         return error(
             StatusCode::CONFLICT,
@@ -471,17 +457,16 @@ async fn replay_dead_letters(
     else {
         return not_found(format!("no team {} in the config in force", selector.team));
     };
-    let read = config.clone();
-    let (team, wanted) = (selector.team, selector.clone());
-    let selected = off_thread(move || Ok(dead_letters::select(&open_existing(&read)?, &wanted)?));
+    let (read, team) = (config.clone(), selector.team);
+    let selected = off_thread(move || Stored::of(&read)?.dead_letters_named(&selector));
     let letters = match selected.await {
         Ok(letters) if letters.is_empty() => return not_found("no such dead letter".into()),
         Ok(letters) => letters,
         Err(refused) => return refused,
     };
     let mut batch = BatchWriter::default();
-    for (_, event) in &letters {
-        batch.push_encoded(event);
+    for letter in &letters {
+        batch.push_encoded(&letter.event);
     }
     let appended = Appended {
         team_id: team,
@@ -497,10 +482,9 @@ async fn replay_dead_letters(
             json!({}),
         );
     }
-    let ids: Vec<i64> = letters.iter().map(|(id, _)| *id).collect();
     answer(move || {
-        dead_letters::remove(&open_existing(&config)?, &ids)?;
-        Ok(Json(json!({ "replayed": ids.len() })).into_response())
+        Stored::of(&config)?.remove_dead_letters(team, &letters)?;
+        Ok(Json(json!({ "replayed": letters.len() })).into_response())
     })
     .await
 }
@@ -511,19 +495,14 @@ async fn discard_dead_letters(
     Json(selector): Json<Selector>,
 ) -> Response {
     let config = state.reloader.config();
-    if let Some(refused) = dead_letters_here(&config) {
-        return refused;
-    }
     answer(move || {
-        let conn = open_existing(&config)?;
-        let ids: Vec<i64> = dead_letters::select(&conn, &selector)?
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect();
-        Ok(match dead_letters::remove(&conn, &ids)? {
-            0 => not_found("no such dead letter".into()),
-            discarded => Json(json!({ "discarded": discarded })).into_response(),
-        })
+        let stored = Stored::of(&config)?;
+        let letters = stored.dead_letters_named(&selector)?;
+        if letters.is_empty() {
+            return Ok(not_found("no such dead letter".into()));
+        }
+        stored.remove_dead_letters(selector.team, &letters)?;
+        Ok(Json(json!({ "discarded": letters.len() })).into_response())
     })
     .await
 }

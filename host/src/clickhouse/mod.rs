@@ -280,9 +280,43 @@ impl ClickHouse {
         self.send(&query, Some(rows)).map(drop)
     }
 
-    /// Runs `query`, which returns nothing (such as an `ALTER`).
-    pub fn execute(&self, query: &str) -> Result<(), ClickHouseError> {
-        self.send(query, None).map(drop)
+    /// Deletes the rows of the table named `table` of sluice's database that match
+    /// `condition`, and waits (at most `within`) until ClickHouse has applied the mutation, so
+    /// that no read finds them afterwards.
+    pub fn delete_where(
+        &self,
+        table: &str,
+        condition: &str,
+        within: Duration,
+    ) -> Result<(), ClickHouseError> {
+        let database = self.database();
+        self.send(
+            &format!("ALTER TABLE {database}.{table} DELETE WHERE {condition}"),
+            None,
+        )?;
+        #[derive(serde::Deserialize)]
+        struct Pending {
+            n: u64,
+        }
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let pending: Vec<Pending> = self.select(&format!(
+                "SELECT count() AS n FROM system.mutations WHERE database = {} AND table = {} \
+                 AND is_done = 0",
+                read::quoted(database),
+                read::quoted(table)
+            ))?;
+            if pending.first().is_none_or(|p| p.n == 0) {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(ClickHouseError::Unreachable(
+                    "ClickHouse has not finished deleting yet; the delete goes on, try again"
+                        .into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The rows `query` (without a `FORMAT`) selects.

@@ -5,6 +5,7 @@
 use super::recordings::{ARCHIVES, ArchiveRow};
 use super::rows::{DeadLetterRow, EventRow, LogRow, RecordingRow, event_fields};
 use super::{ClickHouse, ClickHouseError, Table};
+use crate::store::dead_letters::{self, Letter, Selector};
 use crate::store::logs::PluginLog;
 use crate::store::read::{
     DeadEvent, RecordingArchive, StoredDeadLetter, StoredEvent, StoredRecording,
@@ -120,6 +121,59 @@ pub fn recent_recordings(
                 .unwrap_or(serde_json::Value::String(row.properties)),
         })
         .collect())
+}
+
+/// The dead letters `selector` names, newest copy of each (at most
+/// [`dead_letters::MAX_PER_REQUEST`]).
+pub fn dead_letters_named(
+    clickhouse: &ClickHouse,
+    selector: &Selector,
+) -> Result<Vec<Letter>, ClickHouseError> {
+    let mut filter = format!("team_id = {}", selector.team);
+    if let Some(installation) = &selector.installation {
+        filter.push_str(&format!(" AND installation = {}", quoted(installation)));
+    }
+    if let Some(uuid) = &selector.uuid {
+        filter.push_str(&format!(" AND uuid = {}", quoted(uuid)));
+    }
+    let rows: Vec<DeadLetterRow> = clickhouse.select(&format!(
+        "SELECT team_id, installation, uuid, event_base64, error, backtrace, created_at_ms \
+         FROM {}.{} FINAL WHERE {filter} ORDER BY created_at_ms LIMIT {}",
+        clickhouse.database(),
+        Table::DeadLetters.name(),
+        dead_letters::MAX_PER_REQUEST
+    ))?;
+    Ok(rows
+        .into_iter()
+        .map(|row| Letter {
+            event: BASE64.decode(&row.event_base64).unwrap_or_default(),
+            installation: row.installation,
+            uuid: row.uuid,
+        })
+        .collect())
+}
+
+/// Removes the dead letters of `team` that `letters` are, and waits until ClickHouse has.
+pub fn remove_dead_letters(
+    clickhouse: &ClickHouse,
+    team: u64,
+    letters: &[Letter],
+) -> Result<(), ClickHouseError> {
+    if letters.is_empty() {
+        return Ok(());
+    }
+    let pairs: Vec<String> = letters
+        .iter()
+        .map(|l| format!("({}, {})", quoted(&l.installation), quoted(&l.uuid)))
+        .collect();
+    clickhouse.delete_where(
+        Table::DeadLetters.name(),
+        &format!(
+            "team_id = {team} AND (installation, uuid) IN ({})",
+            pairs.join(", ")
+        ),
+        std::time::Duration::from_secs(60),
+    )
 }
 
 /// The archives of session `session` (of `team`, if given).

@@ -22,7 +22,7 @@ use crate::capabilities::recordings::{Archive, MAX_PAGE, MAX_PAGE_BYTES, Recordi
 use crate::store::now_ms;
 use serde::{Deserialize, Serialize};
 use sluice_abi::limits::{ErrorKind, HostError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The table of archives: where (part of) a session was archived.
 pub const ARCHIVES: &str = "recording_archives";
@@ -98,30 +98,6 @@ impl ClickHouseRecordings {
 
     fn table(&self) -> String {
         format!("{}.{}", self.settings.database, Table::Recordings.name())
-    }
-
-    /// Waits until the recordings table has no mutation left to do.
-    fn wait_for_mutations(&self, client: &ClickHouse) -> Result<(), HostError> {
-        let deadline = Instant::now() + MUTATION_DEADLINE;
-        loop {
-            let pending: Vec<Counted> = client
-                .select(&format!(
-                    "SELECT count() AS n FROM system.mutations WHERE database = {} AND table = {} \
-                     AND is_done = 0",
-                    quoted(&self.settings.database),
-                    quoted(Table::Recordings.name())
-                ))
-                .map_err(unavailable)?;
-            if pending.first().is_none_or(|c| c.n == 0) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(unavailable(
-                    "ClickHouse has not finished deleting yet; the delete goes on, call again",
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 }
 
@@ -234,15 +210,16 @@ impl RecordingStore for ClickHouseRecordings {
     fn delete_session(&self, team: u64, session: &str, through: u64) -> Result<u64, HostError> {
         let condition = format!("kafka_offset < {through}");
         let deleted = self.count(team, session, &condition)?;
-        let client = self.client()?;
-        client
-            .execute(&format!(
-                "ALTER TABLE {} DELETE WHERE team_id = {team} AND session_id = {} AND {condition}",
-                self.table(),
-                quoted(session)
-            ))
+        self.client()?
+            .delete_where(
+                Table::Recordings.name(),
+                &format!(
+                    "team_id = {team} AND session_id = {} AND {condition}",
+                    quoted(session)
+                ),
+                MUTATION_DEADLINE,
+            )
             .map_err(unavailable)?;
-        self.wait_for_mutations(&client)?;
         Ok(deleted)
     }
 }
