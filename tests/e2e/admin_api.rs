@@ -186,19 +186,7 @@ fn operators_read_logs_dead_letters_exports_tasks_and_jobs_and_ask_for_runs_and_
     // A dead letter replayed (its installation disabled, so it passes now): stored, and gone
     // from the dead letters.
     let uuid = letters[0]["event"]["uuid"].as_str().unwrap().to_owned();
-    sluice.admin_with(
-        "POST",
-        "/admin/v1/installations/disable",
-        None,
-        Some(&json!({"installation": "team-1/bad"})),
-    );
-    let (status, body) = sluice.admin_with(
-        "POST",
-        "/admin/v1/dead-letters/replay",
-        None,
-        Some(&json!({"team": 1, "uuid": uuid})),
-    );
-    assert_eq!((status, &body), (200, &json!({"replayed": 1})), "{body}");
+    sluice.replay_dead_letter_past("team-1/bad", 1, &uuid);
     sluice.drain();
     assert!(sluice.events(1).iter().any(|e| e["uuid"] == uuid.as_str()));
     let (_, left) = sluice.admin("GET", "/admin/v1/dead-letters?team=1", None);

@@ -367,21 +367,8 @@ fn at_scale_a_poison_event_is_dead_lettered_in_clickhouse_as_in_the_embedded_mod
 
     // Replayed from ClickHouse (its installation disabled, so it passes now): stored, and gone
     // from the dead letters.
-    let disable = json!({"installation": "team-1/p"});
-    sluice.admin_with(
-        "POST",
-        "/admin/v1/installations/disable",
-        None,
-        Some(&disable),
-    );
     let uuid = "0190a000-0000-7000-8000-999999999999";
-    let (status, body) = sluice.admin_with(
-        "POST",
-        "/admin/v1/dead-letters/replay",
-        None,
-        Some(&json!({"team": 1, "uuid": uuid})),
-    );
-    assert_eq!((status, &body), (200, &json!({"replayed": 1})), "{body}");
+    sluice.replay_dead_letter_past("team-1/p", 1, uuid);
     assert!(sluice.dead_letters(1).is_empty(), "removed once replayed");
     let deadline = Instant::now() + Duration::from_secs(30);
     while !sluice.events(1).iter().any(|e| e["uuid"] == uuid) {

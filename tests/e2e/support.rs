@@ -241,6 +241,27 @@ impl Sluice {
         )
     }
 
+    /// Disables installation `disabled` (so that it lets events pass), then replays the dead
+    /// letter of `team` for event `uuid` through the admin API; asserts it was replayed.
+    pub fn replay_dead_letter_past(&self, disabled: &str, team: u64, uuid: &str) {
+        let disable = serde_json::json!({ "installation": disabled });
+        let (status, body) = self.admin_with(
+            "POST",
+            "/admin/v1/installations/disable",
+            None,
+            Some(&disable),
+        );
+        assert_eq!(status, 200, "{body}");
+        let replay = serde_json::json!({ "team": team, "uuid": uuid });
+        let (status, body) =
+            self.admin_with("POST", "/admin/v1/dead-letters/replay", None, Some(&replay));
+        assert_eq!(
+            (status, &body),
+            (200, &serde_json::json!({ "replayed": 1 })),
+            "{body}"
+        );
+    }
+
     /// The admin API's base URL and the server's own token, from its data folder.
     pub fn admin_settings(&self) -> (String, String) {
         let data = self.dir.path().join("data");
