@@ -184,13 +184,26 @@ impl Sluice {
         self.launch();
     }
 
-    /// POSTs `body` to `path` with extra headers; returns status and JSON body.
+    /// POSTs `body` to `path` with extra headers; returns status and JSON body. A request that
+    /// got no answer at all is sent once more, as SDKs do: a pooled keep-alive connection the
+    /// server closed just as it was reused fails that way (the request never reached it).
     pub fn post(&self, path: &str, body: Vec<u8>, headers: &[(&str, &str)]) -> (u16, Value) {
-        let mut request = self.client.post(format!("{}{path}", self.url)).body(body);
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let response = request.send().unwrap();
+        let send = || {
+            let mut request = self
+                .client
+                .post(format!("{}{path}", self.url))
+                .body(body.clone());
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            request.send()
+        };
+        let response = send()
+            .or_else(|error| {
+                assert!(error.is_request(), "{error}");
+                send()
+            })
+            .unwrap();
         let status = response.status().as_u16();
         let text = response.text().unwrap();
         (
