@@ -51,6 +51,7 @@ pub struct KafkaAppend {
     producer: FutureProducer,
     topic: String,
     max_event_bytes: usize,
+    delivery_timeout: Duration,
     in_flight: Arc<AtomicU64>,
 }
 
@@ -67,6 +68,7 @@ impl KafkaAppend {
             )?,
             topic: settings.topic.clone(),
             max_event_bytes: settings.max_event_bytes,
+            delivery_timeout: settings.delivery_timeout,
             in_flight: Arc::default(),
         })
     }
@@ -128,7 +130,18 @@ impl Append for KafkaAppend {
                     .key(key.as_str())
                     .payload(event.body())
             });
-            if let Err(error) = kafka::deliver(&self.producer, records).await {
+            // librdkafka times messages out on its own, but one in flight to a broker that went
+            // away can outlive `message.timeout.ms`; capture never waits past the bound it
+            // promises (a late delivery is a duplicate the sink absorbs).
+            let bound = self.delivery_timeout + Duration::from_secs(1);
+            let delivered = tokio::time::timeout(bound, kafka::deliver(&self.producer, records))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(KafkaError::MessageProduction(
+                        RDKafkaErrorCode::MessageTimedOut,
+                    ))
+                });
+            if let Err(error) = delivered {
                 metrics::counter!("sluice_ingest_delivery_failures_total").increment(1);
                 return Err(append_error(&error));
             }
