@@ -16,6 +16,7 @@ use crate::config::{Config, ConfigError, Problem};
 use crate::export::source::{Source, SqliteSource};
 use crate::export::state::ExportState;
 use crate::export::state::sqlite::SqliteExportState;
+use crate::housekeeping::{Embedded, Prune};
 use crate::redis::Redis;
 use crate::redis::cache::RedisCache;
 use crate::redis::exports::RedisExportState;
@@ -130,6 +131,11 @@ impl Backends {
             Some(settings) => Box::new(ClickHouseSource::new(ClickHouse::new(settings)?)),
             None => Box::new(SqliteSource::open(&self.data_dir, stored)?),
         })
+    }
+
+    /// The stores housekeeping prunes.
+    pub fn prunes(&self) -> Result<Vec<Box<dyn Prune>>, StoreError> {
+        Ok(vec![Box::new(Embedded::open(&self.data_dir)?)])
     }
 
     /// A handle on the task history (one per runner).

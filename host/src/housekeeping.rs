@@ -1,14 +1,15 @@
-//! Housekeeping: what sluice keeps for operators in the embedded database does not grow without
-//! bound. A pass deletes, by age and size (`[retention]`), plugin log lines, finished task runs,
-//! jobs that failed for good, dead letters of the chains and of exports, and, if asked, stored
-//! events that every export of their team has passed. Each pass deletes at most [`BATCH`] rows
-//! per table, in statements of their own, so it never holds the database long and never blocks
-//! ingestion; what it deleted is counted in `sluice_housekeeping_pruned_total{table}`.
-//!
-//! At scale, ClickHouse and Redis keep these; their own retention (ClickHouse TTLs, Redis
-//! eviction) applies there.
+//! Housekeeping: what sluice keeps for operators does not grow without bound. Every
+//! `[retention] interval_seconds`, a pass deletes, by age and size, plugin log lines, finished
+//! task runs, jobs that failed for good, dead letters of the chains and of exports, and, if
+//! asked, stored events that every export of their team has passed, from each store that holds
+//! them ([`Prune`]): this node's embedded database here ([`Embedded`]), and at scale ClickHouse and
+//! Redis, which every node shares, so one node of the fleet prunes them per interval (under a
+//! lease). Each pass deletes at most [`BATCH`] rows per kind, in steps of their own, so it never
+//! holds a store long and never blocks ingestion; what it deleted is counted in
+//! `sluice_housekeeping_pruned_total{store, table}`.
 
 use crate::config::RetentionConfig;
+use crate::schedule::lock::RunLock;
 use crate::store::{self, StoreError};
 use rusqlite::{Connection, params};
 use std::path::Path;
@@ -17,13 +18,50 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Most rows one pass deletes from one table.
+/// Most rows one pass deletes of one kind.
 pub const BATCH: i64 = 5_000;
 
-const DAY_MS: i64 = 86_400_000;
+/// A day in milliseconds.
+pub const DAY_MS: i64 = 86_400_000;
 
 /// What one pass deleted, by table.
 pub type Pruned = Vec<(&'static str, usize)>;
+
+/// A store housekeeping prunes.
+pub trait Prune: Send {
+    /// Its name, the `store` label of what it pruned.
+    fn store(&self) -> &'static str;
+
+    /// Whether every node shares it (then one node per interval prunes it).
+    fn shared(&self) -> bool;
+
+    /// One pass at `now_ms`.
+    fn prune(&self, retention: &RetentionConfig, now_ms: i64) -> Result<Pruned, String>;
+}
+
+/// This node's embedded database.
+pub struct Embedded(Connection);
+
+impl Embedded {
+    /// The database of `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        Ok(Self(store::open(data_dir)?))
+    }
+}
+
+impl Prune for Embedded {
+    fn store(&self) -> &'static str {
+        "embedded"
+    }
+
+    fn shared(&self) -> bool {
+        false
+    }
+
+    fn prune(&self, retention: &RetentionConfig, now_ms: i64) -> Result<Pruned, String> {
+        pass(&self.0, retention, now_ms).map_err(|e| e.to_string())
+    }
+}
 
 /// One pass over the database of `conn` at `now_ms`.
 pub fn pass(
@@ -102,14 +140,15 @@ pub fn pass(
     Ok(pruned)
 }
 
-/// Starts a thread that runs a pass over the database of `data_dir` every
-/// `retention.interval_seconds`, until `stop` is set.
+/// Starts a thread that runs a pass over each of `prunes` every `retention.interval_seconds`,
+/// until `stop` is set; a shared store only while this node holds its lease of `lock` (taken for
+/// one interval and left to expire, so the fleet prunes it once per interval).
 pub fn start(
-    data_dir: &Path,
+    prunes: Vec<Box<dyn Prune>>,
+    lock: Arc<dyn RunLock>,
     retention: RetentionConfig,
     stop: Arc<AtomicBool>,
 ) -> Result<JoinHandle<()>, StoreError> {
-    let conn = store::open(data_dir)?;
     std::thread::Builder::new()
         .name("sluice-housekeeping".into())
         .spawn(move || {
@@ -117,24 +156,48 @@ pub fn start(
             let mut next = Instant::now();
             while !stop.load(Ordering::SeqCst) {
                 if Instant::now() >= next {
-                    let started = Instant::now();
-                    match pass(&conn, &retention, store::now_ms()) {
-                        Ok(pruned) => {
-                            for (table, deleted) in pruned {
-                                metrics::counter!("sluice_housekeeping_pruned_total", "table" => table)
-                                    .increment(deleted as u64);
-                            }
+                    for prune in &prunes {
+                        if prune.shared() && !leased(&*lock, prune.store(), interval) {
+                            continue;
                         }
-                        Err(error) => tracing::warn!(%error, "housekeeping pass failed; the next one tries again"),
+                        pass_over(&**prune, &retention);
                     }
-                    metrics::histogram!("sluice_housekeeping_pass_seconds")
-                        .record(started.elapsed().as_secs_f64());
                     next = Instant::now() + interval;
                 }
                 std::thread::sleep(Duration::from_millis(200));
             }
         })
         .map_err(|e| StoreError::Thread("housekeeping", e))
+}
+
+/// Whether this node got the lease of pruning `store` for `interval`.
+fn leased(lock: &dyn RunLock, store: &str, interval: Duration) -> bool {
+    match lock.acquire(&format!("housekeeping/{store}"), interval) {
+        Ok(lease) => lease.is_some(),
+        Err(error) => {
+            tracing::warn!(store, %error, "cannot take the housekeeping lease; the next pass tries again");
+            false
+        }
+    }
+}
+
+/// One pass over `prune`, counted.
+fn pass_over(prune: &dyn Prune, retention: &RetentionConfig) {
+    let store = prune.store();
+    let started = Instant::now();
+    match prune.prune(retention, store::now_ms()) {
+        Ok(pruned) => {
+            for (table, deleted) in pruned {
+                metrics::counter!("sluice_housekeeping_pruned_total", "store" => store, "table" => table)
+                    .increment(deleted as u64);
+            }
+        }
+        Err(error) => {
+            tracing::warn!(store, %error, "housekeeping pass failed; the next one tries again")
+        }
+    }
+    metrics::histogram!("sluice_housekeeping_pass_seconds", "store" => store)
+        .record(started.elapsed().as_secs_f64());
 }
 
 #[cfg(test)]

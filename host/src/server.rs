@@ -131,7 +131,8 @@ pub async fn serve(
         }
     };
     let housekeeping = housekeeping::start(
-        &config.server.data_dir,
+        backends.prunes()?,
+        backends.run_lock()?,
         config.retention.clone(),
         stop.clone(),
     )?;

@@ -99,12 +99,12 @@ const METRICS: &[(&str, Kind, &str)] = &[
     (
         "sluice_housekeeping_pass_seconds",
         Histogram,
-        "Duration of one housekeeping pass over the embedded database.",
+        "Duration of one housekeeping pass over a store (embedded, clickhouse, redis).",
     ),
     (
         "sluice_housekeeping_pruned_total",
         Counter,
-        "Rows housekeeping deleted from the embedded database, by table.",
+        "Rows (or entries) housekeeping deleted, by store and table.",
     ),
     (
         "sluice_ingest_delivery_failures_total",
