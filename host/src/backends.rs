@@ -10,6 +10,7 @@ use crate::capabilities::cache::MemoryBackend;
 use crate::capabilities::recordings::{RecordingStore, SqliteRecordings};
 use crate::capabilities::storage::SqliteStorage;
 use crate::clickhouse::recordings::ClickHouseRecordings;
+use crate::clickhouse::retention::ClickHouseRetention;
 use crate::clickhouse::source::ClickHouseSource;
 use crate::clickhouse::{ClickHouse, ClickHouseSettings};
 use crate::config::{Config, ConfigError, Problem};
@@ -23,6 +24,7 @@ use crate::redis::exports::RedisExportState;
 use crate::redis::history::RedisHistory;
 use crate::redis::jobs::RedisJobs;
 use crate::redis::lock::RedisLock;
+use crate::redis::retention::RedisRetention;
 use crate::redis::storage::RedisStorage;
 use crate::schedule::history::{SqliteHistory, TaskHistory};
 use crate::schedule::jobs::{JobQueue, SqliteJobs};
@@ -134,8 +136,15 @@ impl Backends {
     }
 
     /// The stores housekeeping prunes.
-    pub fn prunes(&self) -> Result<Vec<Box<dyn Prune>>, StoreError> {
-        Ok(vec![Box::new(Embedded::open(&self.data_dir)?)])
+    pub fn prunes(&self) -> anyhow::Result<Vec<Box<dyn Prune>>> {
+        let mut prunes: Vec<Box<dyn Prune>> = vec![Box::new(Embedded::open(&self.data_dir)?)];
+        if let Some(settings) = &self.clickhouse {
+            prunes.push(Box::new(ClickHouseRetention::new(settings)?));
+        }
+        if let Some(redis) = &self.redis {
+            prunes.push(Box::new(RedisRetention::new(redis.clone())));
+        }
+        Ok(prunes)
     }
 
     /// A handle on the task history (one per runner).

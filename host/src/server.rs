@@ -130,8 +130,12 @@ pub async fn serve(
             (None, worker)
         }
     };
+    let prunes = {
+        let backends = backends.clone();
+        tokio::task::spawn_blocking(move || backends.prunes()).await??
+    };
     let housekeeping = housekeeping::start(
-        backends.prunes()?,
+        prunes,
         backends.run_lock()?,
         config.retention.clone(),
         stop.clone(),

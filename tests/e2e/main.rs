@@ -21,6 +21,7 @@ mod examples;
 mod export_fleet;
 mod exports;
 mod fleet;
+mod housekeeping_fleet;
 mod isolation;
 mod kafka;
 mod process;

@@ -11,6 +11,7 @@
 pub mod loader;
 pub mod read;
 pub mod recordings;
+pub mod retention;
 pub mod rows;
 pub mod source;
 

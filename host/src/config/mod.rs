@@ -250,6 +250,13 @@ impl Config {
         let clickhouse = clickhouse::load(&mut c, table, kafka.is_some(), env);
         let redis = redis::load(&mut c, table, env);
         let retention = retention::load(&mut c, table);
+        if clickhouse.is_some() && retention.events_days.is_some() {
+            c.add(
+                "retention.events_days",
+                "applies to the embedded store only; with [clickhouse], stored events are in \
+                 ClickHouse: drop the monthly partitions of its `events` table you no longer need",
+            );
+        }
         let capabilities = capabilities::Settings::load(&mut c, table, base, env);
         let teams = teams::load(&mut c, table.get("teams"), base);
         for installation in teams.iter().flat_map(|t| &t.plugins) {
@@ -423,6 +430,14 @@ mod tests {
                 "retention.interval_seconds"
             ]
         );
+        let at_scale = load(
+            "[kafka]\nbrokers = \"b:9092\"\n[clickhouse]\nurl = \"http://ch:8123\"\n\
+             [retention]\nevents_days = 30\n",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(at_scale.problems[0].key, "retention.events_days");
+        assert!(at_scale.problems[0].reason.contains("embedded store only"));
         let config = load("", &[]).unwrap();
         assert_eq!(config.retention.plugin_logs_days, 7);
         assert_eq!(

@@ -1,5 +1,5 @@
-//! `[retention]`: how long sluice keeps what it keeps for operators in the embedded database
-//! (plugin log lines, task runs, failed jobs, dead letters), and, if asked, stored events.
+//! `[retention]`: how long sluice keeps what it keeps for operators (plugin log lines, task runs,
+//! failed jobs, dead letters), wherever it keeps them, and, if asked, the embedded store's events.
 
 use super::Collector;
 use serde::{Deserialize, Serialize};

@@ -135,6 +135,26 @@ return #ids
     )
 });
 
+/// Deletes the dead letters of `KEYS[1]` (ids by the time they died; hashes under the prefix
+/// `ARGV[1]`) that died before `ARGV[2]` and are not asked to be replayed, looking at most at
+/// `ARGV[3]`. How many.
+static PRUNE_DEAD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local pruned = 0
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[2], 'LIMIT', 0, ARGV[3])) do
+  local key = ARGV[1] .. id
+  if not redis.call('HGET', key, 'replay_requested_ms') then
+    redis.call('DEL', key)
+    redis.call('ZREM', KEYS[1], id)
+    pruned = pruned + 1
+  end
+end
+return pruned
+"#,
+    )
+});
+
 /// The export state on Redis.
 pub struct RedisExportState {
     redis: Redis,
@@ -211,6 +231,23 @@ impl RedisExportState {
         all.retain(|i| only.is_none_or(|only| only == i));
         all.sort();
         Ok(all)
+    }
+
+    /// Deletes dead letters that died before `before_ms` and are not being replayed, at most
+    /// `limit` per installation; how many it deleted.
+    pub fn prune_dead_letters(&self, before_ms: i64, limit: i64) -> Result<usize, StateError> {
+        let mut pruned = 0;
+        for installation in self.installations(None)? {
+            pruned += self.with(|conn| {
+                PRUNE_DEAD
+                    .key(self.key(&installation, &["dead"]))
+                    .arg(self.key(&installation, &["dead", ""]))
+                    .arg(before_ms)
+                    .arg(limit)
+                    .invoke::<usize>(conn)
+            })?;
+        }
+        Ok(pruned)
     }
 
     /// The dead letters of `installation`, oldest first, as their hashes.

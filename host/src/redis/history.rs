@@ -81,6 +81,34 @@ return 1
     )
 });
 
+/// Deletes the finished runs among the oldest `ARGV[5]` of `KEYS[1]` (`runs`) scheduled before
+/// `ARGV[4]`, with their entries in the per-installation and per-request sets (prefix
+/// `ARGV[2]`) and a request whose runs are all gone (prefix `ARGV[3]`); `ARGV[1]` is the `run:`
+/// prefix. How many.
+static PRUNE_RUNS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local pruned = 0
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[5]) - 1)) do
+  local key = ARGV[1] .. id
+  local run = redis.call('HMGET', key, 'outcome', 'scheduled_at_ms', 'installation', 'request_id')
+  if run[1] ~= 'running' and tonumber(run[2] or '0') < tonumber(ARGV[4]) then
+    redis.call('DEL', key)
+    redis.call('ZREM', KEYS[1], id)
+    if run[3] then redis.call('ZREM', ARGV[2] .. run[3], id) end
+    if run[4] then
+      local requested = ARGV[2] .. 'request:' .. run[4]
+      redis.call('ZREM', requested, id)
+      if redis.call('ZCARD', requested) == 0 then redis.call('DEL', requested, ARGV[3] .. run[4]) end
+    end
+    pruned = pruned + 1
+  end
+end
+return pruned
+"#,
+    )
+});
+
 /// The task history on Redis.
 pub struct RedisHistory {
     redis: Redis,
@@ -105,6 +133,21 @@ impl RedisHistory {
         self.redis
             .with(f)
             .map_err(|e| HistoryError::Unavailable(e.message))
+    }
+
+    /// Deletes finished runs scheduled before `before_ms`, looking at most at the `limit` oldest;
+    /// how many it deleted.
+    pub fn prune(&self, before_ms: i64, limit: i64) -> Result<usize, HistoryError> {
+        self.with(|conn| {
+            PRUNE_RUNS
+                .key(self.key(&["runs"]))
+                .arg(self.key(&["run", ""]))
+                .arg(self.key(&["runs", ""]))
+                .arg(self.key(&["request", ""]))
+                .arg(before_ms)
+                .arg(limit)
+                .invoke(conn)
+        })
     }
 
     /// Records a run with `fields`, for the task key `task` under `token`; its id.

@@ -94,6 +94,25 @@ return moved
     )
 });
 
+/// Deletes the jobs of the `failed` set `KEYS[1]` (at most `ARGV[3]` of them, looked at in
+/// random order) that failed before `ARGV[2]`; `ARGV[1]` is the job key prefix. How many.
+static PRUNE_FAILED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local pruned = 0
+for _, id in ipairs(redis.call('SRANDMEMBER', KEYS[1], ARGV[3])) do
+  local job = ARGV[1] .. id
+  if tonumber(redis.call('HGET', job, 'updated_at_ms') or '0') < tonumber(ARGV[2]) then
+    redis.call('DEL', job)
+    redis.call('SREM', KEYS[1], id)
+    pruned = pruned + 1
+  end
+end
+return pruned
+"#,
+    )
+});
+
 /// Which jobs of a set go back to the queue.
 enum Which<'a> {
     /// Those `holder` claimed.
@@ -137,6 +156,26 @@ impl RedisJobs {
         self.redis
             .with(f)
             .map_err(|e| JobError::Unavailable(e.message))
+    }
+
+    /// Deletes jobs that failed for good before `before_ms`, at most `limit` per installation;
+    /// how many it deleted.
+    pub fn prune_failed(&self, before_ms: i64, limit: i64) -> Result<usize, JobError> {
+        self.with(|conn| {
+            let installations: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(self.key(&["installations"]))
+                .query(conn)?;
+            let mut pruned = 0;
+            for installation in installations {
+                pruned += PRUNE_FAILED
+                    .key(self.set(&installation, "failed"))
+                    .arg(self.job(""))
+                    .arg(before_ms)
+                    .arg(limit)
+                    .invoke::<usize>(conn)?;
+            }
+            Ok(pruned)
+        })
     }
 
     /// Moves jobs of `installation` from `set` back to the queue (see [`REQUEUE`]).

@@ -12,6 +12,7 @@ pub mod exports;
 pub mod history;
 pub mod jobs;
 pub mod lock;
+pub mod retention;
 pub mod storage;
 
 use redis::{ErrorKind as RedisErrorKind, RedisError};
