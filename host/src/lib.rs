@@ -44,4 +44,5 @@ pub mod store;
 pub mod stored;
 pub mod tap;
 pub mod telemetry;
+pub mod trial;
 pub mod worker;

@@ -5,7 +5,7 @@
 
 use crate::runtime::Plugin;
 use serde_json::Value;
-use sluice_abi::manifest::{ConfigType, FailureMode};
+use sluice_abi::manifest::{ConfigField, ConfigType, FailureMode};
 use std::fmt::Write;
 
 /// The reference page of `plugin`, in Markdown.
@@ -15,16 +15,7 @@ pub fn markdown(plugin: &Plugin) -> String {
         "# {} {}\n\n{}\n\nGenerated from the plugin's manifest by `sluice plugin reference`.\n\n",
         manifest.name, manifest.version, manifest.description
     );
-    let hooks: Vec<&str> = [
-        (plugin.transforms(), "`transform`"),
-        (plugin.exports_events(), "`exporter`"),
-        (plugin.runs_tasks(), "`scheduled`"),
-        (plugin.runs_jobs(), "`jobs`"),
-    ]
-    .into_iter()
-    .filter(|(has, _)| *has)
-    .map(|(_, hook)| hook)
-    .collect();
+    let hooks: Vec<String> = plugin.hooks().iter().map(|h| format!("`{h}`")).collect();
     let _ = writeln!(page, "- **Hooks**: {}", hooks.join(", "));
     let _ = writeln!(page, "- **Contract**: {}", plugin.contract.label());
     let grants: Vec<String> = plugin
@@ -61,14 +52,7 @@ pub fn markdown(plugin: &Plugin) -> String {
     } else {
         page.push_str("| Key | Type | Default | Description |\n|---|---|---|---|\n");
         for field in &manifest.config {
-            let kind = match field.kind {
-                ConfigType::Text => "text".to_owned(),
-                ConfigType::Integer => "integer".to_owned(),
-                ConfigType::Number => "number".to_owned(),
-                ConfigType::Boolean => "boolean".to_owned(),
-                ConfigType::Json => "JSON".to_owned(),
-                ConfigType::Choice => format!("one of {}", field.choices.join(", ")),
-            };
+            let kind = kind(field);
             let default = match &field.default {
                 Some(value) => shown(value),
                 None if field.required => "required".to_owned(),
@@ -109,5 +93,17 @@ fn shown(value: &Value) -> String {
         Value::String(text) if text.is_empty() => "empty".to_owned(),
         Value::String(text) => format!("`{text}`"),
         other => format!("`{other}`"),
+    }
+}
+
+/// The type of a config field, in words.
+pub fn kind(field: &ConfigField) -> String {
+    match field.kind {
+        ConfigType::Text => "text".to_owned(),
+        ConfigType::Integer => "integer".to_owned(),
+        ConfigType::Number => "number".to_owned(),
+        ConfigType::Boolean => "boolean".to_owned(),
+        ConfigType::Json => "JSON".to_owned(),
+        ConfigType::Choice => format!("one of {}", field.choices.join(", ")),
     }
 }

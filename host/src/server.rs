@@ -298,7 +298,7 @@ fn offline<T>(
 
 /// Starts the engine and the capability services, and loads every installation (running each
 /// plugin's `setup`). Blocking: never call it on an async thread.
-fn load(
+pub(crate) fn load(
     config: Config,
 ) -> anyhow::Result<(Config, Arc<Runtime>, Deployment, Background, Backends)> {
     let runtime = Arc::new(Runtime::new(&RuntimeSettings {

@@ -192,6 +192,11 @@ const METRICS: &[(&str, Kind, &str)] = &[
         "Counts plugins add with the metrics capability, by installation and name.",
     ),
     (
+        "sluice_plugin_dropped_by_reason_total",
+        Counter,
+        "Events a plugin dropped, by installation and reason (its first 16 reasons; later ones as `other`).",
+    ),
+    (
         "sluice_plugin_events_dropped_total",
         Counter,
         "Events dropped by a plugin or by its on_error policy, by installation.",

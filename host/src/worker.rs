@@ -162,9 +162,7 @@ fn split(batches: &[Ingested], lane_count: usize) -> Work {
             }
         };
         for raw in raws {
-            let mut encoded = Vec::with_capacity(raw.body().len() + 4);
-            encoded.extend_from_slice(&(raw.body().len() as u32).to_le_bytes());
-            encoded.extend_from_slice(raw.body());
+            let encoded = framed(raw.body());
             if raw.text(Field::Event).ok().flatten() == Some(SNAPSHOT_EVENT) {
                 work.recordings.push(encoded);
                 continue;
@@ -178,6 +176,14 @@ fn split(batches: &[Ingested], lane_count: usize) -> Work {
         }
     }
     work
+}
+
+/// An event's `body` with its length prefix, as chains take events.
+pub fn framed(body: &[u8]) -> Vec<u8> {
+    let mut encoded = Vec::with_capacity(body.len() + 4);
+    encoded.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    encoded.extend_from_slice(body);
+    encoded
 }
 
 /// Runs every lane's events through their teams' chains in parallel. A lane that panics (a host

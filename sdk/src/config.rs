@@ -41,6 +41,18 @@ impl Config {
         self.typed(key, "boolean", Value::as_bool)
     }
 
+    /// A `json` value, read as `T` (any type serde can read: a map of rates, a list of rules):
+    /// `let rates: HashMap<String, f64> = config.json("rates")?;`. The error names the key and
+    /// what does not fit.
+    pub fn json<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<T, PluginError> {
+        let value = self
+            .0
+            .get(key)
+            .ok_or_else(|| PluginError::new(format!("config `{key}` is not set")))?;
+        T::deserialize(value)
+            .map_err(|e| PluginError::new(format!("config `{key}` does not fit: {e}")))
+    }
+
     fn typed<'a, T>(
         &'a self,
         key: &str,

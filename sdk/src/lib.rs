@@ -140,6 +140,22 @@ pub trait Transform: Plugin {
     /// Decides what happens to one event. Events arrive in batches; this runs once per event,
     /// in order, and the plugin's state persists between calls.
     fn transform(&mut self, event: &Event<'_>) -> Outcome;
+
+    /// Called before the events of a batch (`events` of them), for work that belongs to the
+    /// batch rather than to each event (refreshing a rate table from the cache once, say). An
+    /// error fails the whole call, which the host handles like any failed call (each event on
+    /// its own, then `on_error`).
+    ///
+    /// What a batch holds is the host's choice: the server splits each round into lanes by
+    /// distinct id, so a batch holds some users' events (each user's in order), never
+    /// necessarily a whole request; do not rely on more.
+    fn begin_batch(&mut self, events: usize) -> Result<(), PluginError> {
+        let _ = events;
+        Ok(())
+    }
+
+    /// Called after the last event of a batch (flushing counters, say).
+    fn end_batch(&mut self) {}
 }
 
 /// One batch of stored events an [`Exporter`] is asked to send.

@@ -17,6 +17,7 @@ use std::marker::PhantomData;
 pub fn process_batch<T: Transform>(plugin: &mut T, batch: &[u8]) -> Result<Vec<u8>, PluginError> {
     let reader = BatchReader::new(batch).map_err(|e| PluginError::new(e.to_string()))?;
     let mut out = OutcomeWriter::with_capacity(reader.remaining());
+    plugin.begin_batch(reader.remaining())?;
     for raw in reader {
         let raw = raw.map_err(|e| PluginError::new(format!("malformed batch: {e}")))?;
         match plugin.transform(&Event::new(raw)) {
@@ -36,6 +37,7 @@ pub fn process_batch<T: Transform>(plugin: &mut T, batch: &[u8]) -> Result<Vec<u
             }
         }
     }
+    plugin.end_batch();
     Ok(out.finish())
 }
 

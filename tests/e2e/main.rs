@@ -24,6 +24,7 @@ mod fleet;
 mod housekeeping_fleet;
 mod isolation;
 mod kafka;
+mod plugin_tools;
 mod process;
 mod redis_server;
 mod reload;

@@ -264,16 +264,7 @@ fn installation(deployment: &Deployment, team: u64, id: &str) -> Option<Installa
         .map(|t| (&t.plugin, &t.settings))
         .or(export.map(|e| (&e.plugin, &e.settings)))
         .or(tasks.map(|t| (&t.plugin, &t.settings)))?;
-    let hooks = [
-        (plugin.transforms(), "transform"),
-        (plugin.exports_events(), "exporter"),
-        (plugin.runs_tasks(), "scheduled"),
-        (plugin.runs_jobs(), "jobs"),
-    ]
-    .into_iter()
-    .filter(|(has, _)| *has)
-    .map(|(_, hook)| hook)
-    .collect();
+    let hooks = plugin.hooks();
     let health = transform.map(|t| t.health());
     Some(InstallationView {
         id: id.to_owned(),

@@ -21,10 +21,9 @@ pub const CAPABILITY: Capability = Capability {
     interface: "sluice:plugin/log",
 };
 
-/// Longest line kept, in bytes; longer lines are cut at a char boundary.
-pub const MAX_LINE_BYTES: usize = 4096;
-/// Lines kept per plugin call; the rest are counted and reported in one line.
-pub const MAX_LINES_PER_CALL: u32 = 100;
+pub use sluice_abi::limits::{
+    MAX_LOG_LINE_BYTES as MAX_LINE_BYTES, MAX_LOG_LINES_PER_CALL as MAX_LINES_PER_CALL,
+};
 
 /// Lines waiting for the writer; when it falls behind, new lines are dropped and counted.
 const SINK_CAPACITY: usize = 10_000;

@@ -11,7 +11,7 @@ mod budget;
 mod decode;
 mod error;
 mod lzstring;
-mod normalize;
+pub mod normalize;
 mod time;
 mod v1;
 

@@ -17,6 +17,14 @@ const LATENCY_BOUNDS_US: [u64; 16] = [
 /// Last errors kept per installation.
 const LAST_ERRORS: usize = 5;
 
+/// Drop reasons counted apart per installation (the `reason` label's values); later ones are
+/// counted as `other`, so a plugin that puts an event's data in its reasons cannot make the
+/// label set grow without bound.
+pub const DROP_REASONS: usize = 16;
+
+/// Longest drop reason kept as a label value, in bytes.
+const DROP_REASON_BYTES: usize = 80;
+
 /// One error an installation's plugin made.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct LastError {
@@ -44,6 +52,8 @@ pub struct Stats {
     pub p99_ms: Option<f64>,
     /// The last errors, newest last.
     pub last_errors: Vec<LastError>,
+    /// Events the plugin dropped, by reason (at most [`DROP_REASONS`], then `other`).
+    pub drop_reasons: Vec<(String, u64)>,
 }
 
 /// Every `kind` label of `sluice_plugin_failures_total`.
@@ -71,6 +81,7 @@ pub(super) struct InstallationMetrics {
     counts: [AtomicU64; 3],
     latency: [AtomicU64; LATENCY_BOUNDS_US.len()],
     last_errors: Mutex<VecDeque<LastError>>,
+    drop_reasons: Mutex<Vec<(String, u64, metrics::Counter)>>,
 }
 
 /// Indexes of [`InstallationMetrics::counts`].
@@ -90,6 +101,7 @@ impl InstallationMetrics {
             counts: Default::default(),
             latency: Default::default(),
             last_errors: Mutex::default(),
+            drop_reasons: Mutex::default(),
         }
     }
 
@@ -126,6 +138,13 @@ impl InstallationMetrics {
                 .iter()
                 .cloned()
                 .collect(),
+            drop_reasons: self
+                .drop_reasons
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .map(|(reason, n, _)| (reason.clone(), *n))
+                .collect(),
         }
     }
 
@@ -160,6 +179,29 @@ impl InstallationMetrics {
             .increment(count);
     }
 
+    /// One event the plugin dropped for `reason`; whether this is the first drop counted under
+    /// its label (a reason not seen before, or the first beyond [`DROP_REASONS`]).
+    pub(super) fn drop_reason(&self, reason: &str) -> bool {
+        let mut reasons = self
+            .drop_reasons
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let label = if reasons.len() < DROP_REASONS || reasons.iter().any(|(r, ..)| r == reason) {
+            crate::capabilities::log::truncate(reason, DROP_REASON_BYTES)
+        } else {
+            "other"
+        };
+        if let Some((_, n, counter)) = reasons.iter_mut().find(|(r, ..)| r == label) {
+            *n += 1;
+            counter.increment(1);
+            return false;
+        }
+        let counter = metrics::counter!("sluice_plugin_dropped_by_reason_total", "installation" => self.label(), "reason" => label.to_owned());
+        counter.increment(1);
+        reasons.push((label.to_owned(), 1, counter));
+        true
+    }
+
     /// One failed call split in two to find the events responsible.
     pub(super) fn isolation(&self) {
         self.isolations
@@ -189,5 +231,27 @@ impl InstallationMetrics {
             Some(i) => self.failures[i].get_or_init(register).increment(1),
             None => register().increment(1),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_reasons_are_counted_apart_up_to_their_cap_then_as_other() {
+        let metrics = InstallationMetrics::new(&Arc::from("team-1/p"));
+        assert!(metrics.drop_reason("bot"), "a new reason is announced");
+        assert!(!metrics.drop_reason("bot"), "once");
+        for n in 0..20 {
+            metrics.drop_reason(&format!("user {n} is a bot"));
+        }
+        let reasons = metrics.stats().drop_reasons;
+        assert_eq!(reasons.len(), DROP_REASONS + 1);
+        assert_eq!(reasons[0], ("bot".to_owned(), 2));
+        assert_eq!(reasons[DROP_REASONS], ("other".to_owned(), 5));
+        assert!(!metrics.drop_reason("user 3 is a bot"), "a known reason");
+        assert!(!metrics.drop_reason("another"), "another `other`");
+        assert_eq!(metrics.stats().drop_reasons[DROP_REASONS].1, 6);
     }
 }

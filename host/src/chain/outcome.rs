@@ -117,6 +117,15 @@ pub(super) fn apply(
             Outcome::Drop(reason) => {
                 tracing::trace!(installation = %installation.id, reason, "event dropped by plugin");
                 dropped += 1;
+                if installation.metrics.drop_reason(reason) {
+                    log::record(
+                        &installation.settings.context,
+                        Level::Info,
+                        &format!(
+                            "dropped an event: {reason} (the first with this reason; each is counted in sluice_plugin_dropped_by_reason_total)"
+                        ),
+                    );
+                }
                 continue;
             }
             Outcome::Error { message, .. } => {

@@ -3,8 +3,10 @@
 mod exports;
 mod jobs;
 mod logs;
+mod plugin;
 mod recordings;
 mod reload;
+mod scaffold;
 mod tap;
 mod tasks;
 
@@ -57,9 +59,9 @@ enum Command {
     /// reachable, the listen addresses free. Exit code 0 when `serve` would start.
     #[command(subcommand)]
     Config(ConfigAction),
-    /// Work with plugin files.
+    /// Work with plugins: start a new one, check a built component, run it on sample events.
     #[command(subcommand)]
-    Plugin(PluginAction),
+    Plugin(plugin::Action),
     /// Watch what each installation of the running server does with each event (kept,
     /// dropped and why, patched and which keys, replaced, failed), as JSON lines, until
     /// interrupted; it goes on across reloads.
@@ -119,17 +121,6 @@ enum Command {
         action: Option<jobs::Action>,
         #[command(flatten)]
         list: jobs::List,
-    },
-}
-
-/// `sluice plugin ...`.
-#[derive(Subcommand)]
-enum PluginAction {
-    /// Print a plugin's reference page (Markdown) from its manifest: hooks, the grants it needs,
-    /// its config with types, defaults and choices, its tasks, its failure default.
-    Reference {
-        /// The plugin's `.wasm` component.
-        file: PathBuf,
     },
 }
 
@@ -224,16 +215,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }))
         }
         Command::Reload { config } => reload::run(&config),
-        Command::Plugin(PluginAction::Reference { file }) => {
-            let runtime = crate::runtime::Runtime::new(&crate::runtime::RuntimeSettings {
-                max_instances: 2,
-                max_memory_bytes: 1 << 30,
-                cache_dir: None,
-            })?;
-            let plugin = runtime.load(&file)?;
-            print!("{}", crate::reference::markdown(&plugin));
-            Ok(())
-        }
+        Command::Plugin(action) => plugin::run(action),
         Command::Config(ConfigAction::Show { config }) => {
             let shown = server::show(load(&config)?)?;
             println!("{}", serde_json::to_string_pretty(&shown)?);

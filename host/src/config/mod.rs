@@ -223,7 +223,9 @@ impl Config {
         Self::from_table(path, base, &table, env)
     }
 
-    fn from_table(
+    /// Validates the parsed `table` of the file `path` (named in errors), whose relative paths
+    /// start in `base`.
+    pub fn from_table(
         path: &Path,
         base: &Path,
         table: &toml::Table,

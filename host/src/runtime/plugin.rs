@@ -107,6 +107,20 @@ impl Plugin {
         self.exports.runs_jobs()
     }
 
+    /// The hooks it exports, by name (`transform`, `exporter`, `scheduled`, `jobs`).
+    pub fn hooks(&self) -> Vec<&'static str> {
+        [
+            (self.transforms(), "transform"),
+            (self.exports_events(), "exporter"),
+            (self.runs_tasks(), "scheduled"),
+            (self.runs_jobs(), "jobs"),
+        ]
+        .into_iter()
+        .filter(|(has, _)| *has)
+        .map(|(_, hook)| hook)
+        .collect()
+    }
+
     /// Every capability the plugin needs: those it declares and those it imports.
     pub fn needs(&self) -> Vec<&str> {
         let mut needs: Vec<&str> = self

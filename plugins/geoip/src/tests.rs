@@ -278,14 +278,9 @@ fn the_written_out_names_are_the_standard_ones() {
 #[test]
 fn kept_edits_are_used_until_the_database_changes() {
     let mut h = harness();
-    let first = h
-        .stored(TestEvent::new("e").ip("89.160.20.112"))
-        .unwrap()
-        .unwrap();
-    let again = h
-        .stored(TestEvent::new("e").ip("89.160.20.112"))
-        .unwrap()
-        .unwrap();
+    let event = TestEvent::new("e").ip("89.160.20.112");
+    let first = h.stored(event.clone()).unwrap().unwrap();
+    let again = h.stored(event).unwrap().unwrap();
     assert_eq!(first, again);
     assert_eq!(h.plugin().known.len(), 1);
     h.reload_geoip(|_| {

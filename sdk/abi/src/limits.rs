@@ -31,6 +31,10 @@ pub const DEFAULT_MAX_OBJECT_BYTES: usize = 64 * 1024 * 1024;
 pub const MAX_JOB_PAYLOAD_BYTES: usize = 64 * 1024;
 /// Longest job name, in bytes.
 pub const MAX_JOB_NAME_BYTES: usize = 128;
+/// Log lines one plugin call may record; the rest are counted and reported in one line.
+pub const MAX_LOG_LINES_PER_CALL: u32 = 100;
+/// Longest log line kept, in bytes; longer lines are cut at a char boundary.
+pub const MAX_LOG_LINE_BYTES: usize = 4096;
 
 /// What kind of failure a host capability reports (the WIT `host-error-kind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

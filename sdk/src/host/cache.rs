@@ -85,36 +85,44 @@ mod imp {
     use std::time::Instant;
 
     pub fn get(key: &str) -> Result<Option<Vec<u8>>, HostError> {
-        fakes::with(|f| f.cache.get(key, Instant::now()))
+        fakes::using("cache", |f| f.cache.get(key, Instant::now()))
     }
     pub fn set(key: &str, value: &[u8], ttl_seconds: Option<u32>) -> Result<(), HostError> {
-        fakes::with(|f| {
+        fakes::using("cache", |f| {
             f.cache
                 .set(key, value.to_vec(), ttl_seconds, Instant::now())
         })
     }
     pub fn delete(key: &str) -> Result<bool, HostError> {
-        fakes::with(|f| f.cache.delete(key, Instant::now()))
+        fakes::using("cache", |f| f.cache.delete(key, Instant::now()))
     }
     pub fn increment(key: &str, by: i64) -> Result<i64, HostError> {
-        fakes::with(|f| f.cache.increment(key, by, Instant::now()))
+        fakes::using("cache", |f| f.cache.increment(key, by, Instant::now()))
     }
     pub fn expire(key: &str, ttl_seconds: u32) -> Result<bool, HostError> {
-        fakes::with(|f| f.cache.expire(key, ttl_seconds, Instant::now()))
+        fakes::using("cache", |f| {
+            f.cache.expire(key, ttl_seconds, Instant::now())
+        })
     }
     pub fn list_push(key: &str, values: &[Vec<u8>]) -> Result<u32, HostError> {
-        fakes::with(|f| f.cache.list_push(key, values.to_vec(), Instant::now()))
+        fakes::using("cache", |f| {
+            f.cache.list_push(key, values.to_vec(), Instant::now())
+        })
     }
     pub fn list_range(key: &str, start: i64, stop: i64) -> Result<Vec<Vec<u8>>, HostError> {
-        fakes::with(|f| f.cache.list_range(key, start, stop, Instant::now()))
+        fakes::using("cache", |f| {
+            f.cache.list_range(key, start, stop, Instant::now())
+        })
     }
     pub fn list_length(key: &str) -> Result<u32, HostError> {
-        fakes::with(|f| f.cache.list_length(key, Instant::now()))
+        fakes::using("cache", |f| f.cache.list_length(key, Instant::now()))
     }
     pub fn list_remove(key: &str, count: i64, value: &[u8]) -> Result<u32, HostError> {
-        fakes::with(|f| f.cache.list_remove(key, count, value, Instant::now()))
+        fakes::using("cache", |f| {
+            f.cache.list_remove(key, count, value, Instant::now())
+        })
     }
     pub fn list_pop(key: &str, count: u32) -> Result<Vec<Vec<u8>>, HostError> {
-        fakes::with(|f| f.cache.list_pop(key, count, Instant::now()))
+        fakes::using("cache", |f| f.cache.list_pop(key, count, Instant::now()))
     }
 }

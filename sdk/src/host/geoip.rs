@@ -100,14 +100,14 @@ mod imp {
     }
 
     pub fn locate(ip: &str) -> Result<Option<Location>, HostError> {
-        fakes::with(|f| match &f.geoip {
+        fakes::using("geoip", |f| match &f.geoip {
             Some(locate) => Ok(locate(ip)),
             None => Err(unregistered()),
         })
     }
 
     pub fn version() -> Result<u64, HostError> {
-        fakes::with(|f| match &f.geoip {
+        fakes::using("geoip", |f| match &f.geoip {
             Some(_) => Ok(f.geoip_version),
             None => Err(unregistered()),
         })

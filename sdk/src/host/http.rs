@@ -91,7 +91,7 @@ mod imp {
     use sluice_abi::limits::ErrorKind;
 
     pub fn fetch(request: &Request) -> Result<Response, HostError> {
-        fakes::with(|f| match &mut f.http {
+        fakes::using("http", |f| match &mut f.http {
             Some(respond) => respond(request),
             None => Err(HostError::new(
                 ErrorKind::Refused,

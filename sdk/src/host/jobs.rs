@@ -43,7 +43,6 @@ mod imp {
 #[cfg(not(target_family = "wasm"))]
 mod imp {
     use super::super::HostError;
-    use crate::Job;
     use crate::testing::{fakes, now_ms};
     use sluice_abi::limits;
 
@@ -57,17 +56,6 @@ mod imp {
 
     pub fn enqueue_at(name: &str, payload: &str, at_ms: i64) -> Result<String, HostError> {
         limits::check_job(name, payload)?;
-        Ok(fakes::with(|f| {
-            f.queued_jobs += 1;
-            let id = format!("job-{}", f.queued_jobs);
-            f.jobs.push(Job {
-                id: id.clone(),
-                name: name.to_owned(),
-                payload: payload.to_owned(),
-                attempt: 1,
-                run_at_ms: at_ms,
-            });
-            id
-        }))
+        Ok(fakes::using("jobs", |f| f.queue(name, payload, at_ms)))
     }
 }

@@ -124,7 +124,7 @@ mod imp {
     pub fn put(store: &str, key: &str, body: &[u8]) -> Result<(), HostError> {
         limits::check_object_key(key, false)?;
         limits::check_value(body, DEFAULT_MAX_OBJECT_BYTES)?;
-        fakes::with(|f| {
+        fakes::using("object_store", |f| {
             if let Some(error) = f
                 .put_error
                 .as_ref()
@@ -140,7 +140,7 @@ mod imp {
 
     pub fn get(store: &str, key: &str) -> Result<Option<Vec<u8>>, HostError> {
         limits::check_object_key(key, false)?;
-        Ok(fakes::with(|f| {
+        Ok(fakes::using("object_store", |f| {
             f.objects.get(&(store.to_owned(), key.to_owned())).cloned()
         }))
     }
@@ -157,7 +157,7 @@ mod imp {
     ) -> Result<ObjectPage, HostError> {
         limits::check_object_key(prefix, true)?;
         let limit = limit.min(MAX_LIST_OBJECTS) as usize;
-        let mut objects: Vec<ObjectInfo> = fakes::with(|f| {
+        let mut objects: Vec<ObjectInfo> = fakes::using("object_store", |f| {
             f.objects
                 .iter()
                 .filter(|((s, key), _)| {
@@ -176,7 +176,7 @@ mod imp {
 
     pub fn delete(store: &str, key: &str) -> Result<bool, HostError> {
         limits::check_object_key(key, false)?;
-        Ok(fakes::with(|f| {
+        Ok(fakes::using("object_store", |f| {
             f.objects
                 .remove(&(store.to_owned(), key.to_owned()))
                 .is_some()

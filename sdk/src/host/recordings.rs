@@ -182,7 +182,7 @@ mod imp {
         limit: u32,
     ) -> Result<Vec<Session>, HostError> {
         let mut sessions: BTreeMap<String, Session> = BTreeMap::new();
-        fakes::with(|f| {
+        fakes::using("recordings", |f| {
             for stored in &f.recordings {
                 let snapshot = &stored.snapshot;
                 let session = sessions
@@ -225,7 +225,7 @@ mod imp {
         limit: u32,
     ) -> Result<SnapshotPage, HostError> {
         let after = after.map(position).transpose()?.unwrap_or(0);
-        Ok(fakes::with(|f| {
+        Ok(fakes::using("recordings", |f| {
             let mut session = f
                 .recordings
                 .iter()
@@ -241,7 +241,7 @@ mod imp {
     }
 
     pub fn record_archive(archive: &Archive) -> Result<(), HostError> {
-        fakes::with(|f| {
+        fakes::using("recordings", |f| {
             f.archives.retain(|a| a.session_id != archive.session_id);
             f.archives.push(archive.clone());
         });
@@ -250,7 +250,7 @@ mod imp {
 
     pub fn delete_session(session_id: &str, through: &Cursor) -> Result<u64, HostError> {
         let through = position(through)?;
-        Ok(fakes::with(|f| {
+        Ok(fakes::using("recordings", |f| {
             let before = f.recordings.len();
             f.recordings
                 .retain(|r| r.session_id != session_id || r.position > through);

@@ -71,13 +71,13 @@ mod imp {
 
     pub fn get(key: &str) -> Result<Option<Vec<u8>>, HostError> {
         limits::check_key(key)?;
-        Ok(fakes::with(|f| f.storage.get(key).cloned()))
+        Ok(fakes::using("storage", |f| f.storage.get(key).cloned()))
     }
 
     pub fn set(key: &str, value: &[u8]) -> Result<(), HostError> {
         limits::check_key(key)?;
         limits::check_value(value, MAX_STORAGE_VALUE_BYTES)?;
-        fakes::with(|f| {
+        fakes::using("storage", |f| {
             if !f.storage.contains_key(key) && f.storage.len() >= MAX_STORAGE_KEYS {
                 return Err(HostError::new(
                     ErrorKind::TooLarge,
@@ -91,7 +91,7 @@ mod imp {
 
     pub fn delete(key: &str) -> Result<bool, HostError> {
         limits::check_key(key)?;
-        Ok(fakes::with(|f| f.storage.remove(key).is_some()))
+        Ok(fakes::using("storage", |f| f.storage.remove(key).is_some()))
     }
 
     pub fn increment(key: &str, by: i64) -> Result<i64, HostError> {
@@ -106,7 +106,7 @@ mod imp {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<String>, HostError> {
-        Ok(fakes::with(|f| {
+        Ok(fakes::using("storage", |f| {
             f.storage
                 .keys()
                 .filter(|k| k.starts_with(prefix) && after.is_none_or(|a| k.as_str() > a))

@@ -3,13 +3,26 @@
 //! Host capabilities are in-memory fakes per test thread: `storage` and `cache` behave like the
 //! host's (same caps, same Redis semantics), `geoip` and `http` answer with what the test
 //! registers ([`Harness::with_geoip`], [`Harness::with_http`]), and `object_store` fails where
-//! the test says ([`Harness::with_put_errors`]).
+//! the test says ([`Harness::with_put_errors`]); tests read and seed them
+//! ([`Harness::cache_get`], [`Harness::storage_get`], [`Harness::queue_job`]...).
 //!
-//! The harness validates config against the manifest exactly as the host does, calls `setup`,
-//! and runs events through the same batch encoding the host uses, so what passes here behaves
-//! the same inside sluice.
+//! What the host enforces, the harness enforces the same way: config checked against the
+//! manifest, the same batch encoding and the host's own code applying edits, a capability used
+//! without being declared in the manifest (a test panics saying so, as the server refuses to
+//! load such a plugin), at most 100 log lines per call (the rest reported in one line, as the
+//! server does) and lines cut at 4 KiB, job names and payloads checked.
+//!
+//! What it cannot: the sandbox. Memory caps, call deadlines, fuel, the breaker, the grants an
+//! operator gives, and how the server batches (it splits each round into lanes by distinct id,
+//! so a batch holds some users' events, each user's in order) exist only in the host. Run the
+//! same tests against the built component with [`Harness::wasm`], which runs it in the real
+//! host through `sluice plugin run`.
 //!
 //! `sdk/README.md` shows it in use; `sdk/examples/tagger.rs` is that code, compiled and tested.
+
+mod wasm;
+
+pub use wasm::WasmHarness;
 
 use crate::event::format_uuid;
 use crate::host::geoip::Location;
@@ -21,6 +34,7 @@ use crate::{
     Transform, export_batch, process_batch,
 };
 use serde_json::{Map, Value};
+use sluice_abi::limits;
 use sluice_abi::wire::{self, BatchWriter};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -38,6 +52,8 @@ pub enum Recorded {
 
 thread_local! {
     static RECORDED: RefCell<Vec<Recorded>> = const { RefCell::new(Vec::new()) };
+    /// Log lines recorded and suppressed in the current call.
+    static CALL_LOG: std::cell::Cell<(u32, u32)> = const { std::cell::Cell::new((0, 0)) };
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -47,8 +63,51 @@ pub(crate) fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Records what the plugin sent, held to the host's rules: the capability declared, at most
+/// [`limits::MAX_LOG_LINES_PER_CALL`] lines a call, each cut to [`limits::MAX_LOG_LINE_BYTES`].
 pub(crate) fn record(item: Recorded) {
+    let item = match item {
+        Recorded::Log(level, mut line) => {
+            fakes::require("log");
+            let (lines, suppressed) = CALL_LOG.get();
+            if lines >= limits::MAX_LOG_LINES_PER_CALL {
+                CALL_LOG.set((lines, suppressed + 1));
+                return;
+            }
+            CALL_LOG.set((lines + 1, suppressed));
+            let mut end = line.len().min(limits::MAX_LOG_LINE_BYTES);
+            while !line.is_char_boundary(end) {
+                end -= 1;
+            }
+            line.truncate(end);
+            Recorded::Log(level, line)
+        }
+        metric => {
+            fakes::require("metrics");
+            metric
+        }
+    };
     RECORDED.with_borrow_mut(|r| r.push(item));
+}
+
+/// Runs one plugin call (`f`) as the host does: its log lines past the per-call cap are
+/// counted and reported in one line at its end, in the host's words.
+fn call<R>(f: impl FnOnce() -> R) -> R {
+    CALL_LOG.set((0, 0));
+    let result = f();
+    let (_, suppressed) = CALL_LOG.replace((0, 0));
+    if suppressed > 0 {
+        RECORDED.with_borrow_mut(|r| {
+            r.push(Recorded::Log(
+                Level::Warn,
+                format!(
+                    "{suppressed} log lines suppressed (limit {} per call)",
+                    limits::MAX_LOG_LINES_PER_CALL
+                ),
+            ))
+        });
+    }
+    result
 }
 
 /// The native stand-ins for host capabilities, one set per test thread.
@@ -78,6 +137,8 @@ pub(crate) mod fakes {
 
     #[derive(Default)]
     pub struct Fakes {
+        /// The capabilities the manifest declares (`None` outside a harness: not checked).
+        pub declared: Option<Vec<String>>,
         pub storage: BTreeMap<String, Vec<u8>>,
         pub objects: BTreeMap<(String, String), Vec<u8>>,
         pub cache: Namespace,
@@ -91,12 +152,50 @@ pub(crate) mod fakes {
         pub archives: Vec<Archive>,
     }
 
+    impl Fakes {
+        /// Queues job `name` with `payload`, due at `at_ms`; its id.
+        pub fn queue(&mut self, name: &str, payload: &str, at_ms: i64) -> String {
+            self.queued_jobs += 1;
+            let id = format!("job-{}", self.queued_jobs);
+            self.jobs.push(Job {
+                id: id.clone(),
+                name: name.to_owned(),
+                payload: payload.to_owned(),
+                attempt: 1,
+                run_at_ms: at_ms,
+            });
+            id
+        }
+    }
+
     thread_local! {
         static FAKES: RefCell<Fakes> = RefCell::new(Fakes::default());
     }
 
     pub fn with<R>(f: impl FnOnce(&mut Fakes) -> R) -> R {
         FAKES.with_borrow_mut(f)
+    }
+
+    /// Checks, as the host does when it loads a plugin, that the plugin's manifest declares
+    /// `capability` before it is used (the host refuses a plugin importing a capability it does
+    /// not declare, whatever its tests did).
+    pub fn require(capability: &str) {
+        let undeclared = with(|f| {
+            f.declared
+                .as_ref()
+                .is_some_and(|declared| !declared.iter().any(|d| d == capability))
+        });
+        assert!(
+            !undeclared,
+            "the plugin uses the `{capability}` capability, but its manifest does not declare it: \
+             sluice refuses to load it. Add `.needs(&[\"{capability}\"])` to its `Manifest`."
+        );
+    }
+
+    /// [`with`] for a call of the plugin to `capability`.
+    pub fn using<R>(capability: &str, f: impl FnOnce(&mut Fakes) -> R) -> R {
+        require(capability);
+        with(f)
     }
 }
 
@@ -119,9 +218,14 @@ impl<T: Plugin> Harness<T> {
             return Err(PluginError::new("config must be a JSON object"));
         };
         let resolved = manifest.resolve_config(&given).map_err(invalid)?;
-        fakes::with(|f| *f = fakes::Fakes::default());
+        fakes::with(|f| {
+            *f = fakes::Fakes {
+                declared: Some(manifest.capabilities.clone()),
+                ..fakes::Fakes::default()
+            }
+        });
         Ok(Self {
-            plugin: T::setup(&Config::new(resolved))?,
+            plugin: call(|| T::setup(&Config::new(resolved)))?,
         })
     }
 
@@ -209,6 +313,37 @@ impl<T: Plugin> Harness<T> {
         fakes::with(|f| f.archives.clone())
     }
 
+    /// The value of `key` in the plugin's cache (`host::cache`), if it is there and alive, as
+    /// the plugin would read it.
+    pub fn cache_get(&self, key: &str) -> Option<Vec<u8>> {
+        fakes::with(|f| f.cache.get(key, std::time::Instant::now()).ok().flatten())
+    }
+
+    /// Puts `value` in the plugin's cache before a test (a warm cache).
+    pub fn cache_set(&mut self, key: &str, value: &[u8]) {
+        fakes::with(|f| {
+            f.cache
+                .set(key, value.to_vec(), None, std::time::Instant::now())
+                .expect("Harness::cache_set: a value within the host's cache limits")
+        });
+    }
+
+    /// The value of `key` in the plugin's storage (`host::storage`), if set.
+    pub fn storage_get(&self, key: &str) -> Option<Vec<u8>> {
+        fakes::with(|f| f.storage.get(key).cloned())
+    }
+
+    /// Puts `value` in the plugin's storage before a test (state of an earlier run).
+    pub fn storage_set(&mut self, key: &str, value: &[u8]) {
+        fakes::with(|f| f.storage.insert(key.to_owned(), value.to_vec()));
+    }
+
+    /// Queues job `name` with `payload` (JSON text), due now, as an operator's `sluice jobs
+    /// enqueue` would; [`Harness::drain_jobs`] runs it.
+    pub fn queue_job(&mut self, name: &str, payload: &str) {
+        fakes::with(|f| f.queue(name, payload, now_ms()));
+    }
+
     /// The jobs queued and not run yet, in the order they are due.
     pub fn queued_jobs(&self) -> Vec<Job> {
         fakes::with(|f| f.jobs.clone())
@@ -236,7 +371,7 @@ impl<T: Transform> Harness<T> {
         event.0.encode_into(&mut encoded)?;
         let mut batch = BatchWriter::default();
         batch.push_encoded(&encoded);
-        let bytes = process_batch(&mut self.plugin, &batch.finish())?;
+        let bytes = call(|| process_batch(&mut self.plugin, &batch.finish()))?;
         let outcomes = wire::read_outcomes(&bytes, 1).map_err(wire_error)?;
         let continued = match outcomes[0] {
             wire::Outcome::Keep => encoded,
@@ -269,7 +404,7 @@ impl<T: Transform> Harness<T> {
             batch.push_encoded(&encoded);
         }
         let count = events.len();
-        let bytes = process_batch(&mut self.plugin, &batch.finish())?;
+        let bytes = call(|| process_batch(&mut self.plugin, &batch.finish()))?;
         let outcomes =
             wire::read_outcomes(&bytes, count).map_err(|e| PluginError::new(e.to_string()))?;
         outcomes.into_iter().map(decode_outcome).collect()
@@ -290,7 +425,7 @@ impl<T: Exporter> Harness<T> {
             test_event.0.encode_into(&mut event)?;
             encoded.push_encoded(&event);
         }
-        export_batch(&mut self.plugin, batch, &encoded.finish())
+        call(|| export_batch(&mut self.plugin, batch, &encoded.finish()))
     }
 
     /// Exports `events` as the first attempt of batch `id` of team 1, formed at
@@ -314,7 +449,7 @@ impl<T: Exporter> Harness<T> {
 impl<T: Scheduled> Harness<T> {
     /// Runs `task` as if its tick at `scheduled_at_ms` had come.
     pub fn run_task(&mut self, task: &str, scheduled_at_ms: i64) -> Result<(), PluginError> {
-        self.plugin.run(task, scheduled_at_ms)
+        call(|| self.plugin.run(task, scheduled_at_ms))
     }
 }
 
@@ -332,7 +467,7 @@ impl<T: Jobs> Harness<T> {
             let Some(job) = next else {
                 return Ok(ran);
             };
-            if let Err(error) = self.plugin.run_job(&job) {
+            if let Err(error) = call(|| self.plugin.run_job(&job)) {
                 fakes::with(|f| f.jobs.insert(0, job));
                 return Err(error);
             }
@@ -380,10 +515,18 @@ fn object(value: Value, what: &str) -> Map<String, Value> {
 }
 
 impl TestEvent {
-    /// An event called `name` with distinct id `user`, team 1, empty properties.
+    /// An event called `name` with distinct id `user`, team 1, empty properties, and a uuid of
+    /// its own (the host stores one event per uuid and team: events sharing one would be
+    /// de-duplicated).
     pub fn new(name: &str) -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut uuid = [0u8; 16];
+        uuid[..8].copy_from_slice(&0x0000_0000_0000_7000_u64.to_be_bytes());
+        uuid[8] = 0x80;
+        uuid[10..].copy_from_slice(&n.to_be_bytes()[2..]);
         Self(EventBuf {
-            uuid: [0x11; 16],
+            uuid,
             team_id: 1,
             timestamp_ms: 1_700_000_000_000,
             event: name.to_owned(),
@@ -393,6 +536,26 @@ impl TestEvent {
             set: None,
             set_once: None,
         })
+    }
+
+    /// Sets the uuid (text, as in `8f1b...-...`); a test of idempotence gives two events the
+    /// same one. Panics on text that is not a uuid.
+    pub fn uuid_text(mut self, uuid: &str) -> Self {
+        let hex: String = uuid.chars().filter(|c| *c != '-').collect();
+        assert!(
+            hex.len() == 32 && hex.chars().all(|c| c.is_ascii_hexdigit()),
+            "TestEvent: `{uuid}` is not a uuid"
+        );
+        for (i, byte) in self.0.uuid.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap_or_default();
+        }
+        self
+    }
+
+    /// Sets the event's time, in epoch milliseconds.
+    pub fn timestamp_ms(mut self, timestamp_ms: i64) -> Self {
+        self.0.timestamp_ms = timestamp_ms;
+        self
     }
 
     /// Sets the distinct id.

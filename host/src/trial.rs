@@ -1,0 +1,556 @@
+//! One plugin run in the real host outside any server (`sluice plugin run`): on sample events
+//! through the same chain code, grants, limits and failure policies as `sluice serve`, or one
+//! task or job. Capabilities are the embedded ones on a scratch data folder, so nothing a run
+//! does reaches a real deployment's storage, cache or jobs; those a section configures (GeoIP,
+//! object stores, HTTP) come from a sluice.toml the author names (`--with`), real.
+//!
+//! The run reports, per event, what each installation did (the tap's records), the event as it
+//! would be stored (or why not) and its difference from the input, then the plugin's log lines
+//! and the time the chain took.
+
+use crate::capture::normalize::{self, NewEvent, RequestContext};
+use crate::config::Config;
+use crate::deployment::Deployment;
+use crate::runtime::{CallError, Instance, Plugin, Runtime, RuntimeSettings};
+use crate::schedule::TaskInstallation;
+use crate::sink::Output;
+use crate::store::logs::LogLine;
+use crate::store::read::StoredEvent;
+use crate::tap;
+use crate::{chain, server};
+use anyhow::{Context as _, bail};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sluice_abi::wire::{self, BatchReader};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The team every run is for.
+const TEAM: u64 = 1;
+
+/// What to run and with what.
+#[derive(Debug, Clone, Default)]
+pub struct TrialSettings {
+    /// The plugin's `.wasm` component.
+    pub plugin: PathBuf,
+    /// Its config (a JSON object), if not the installation's of `with`.
+    pub config: Option<Value>,
+    /// The capabilities granted; default: every one the plugin needs (or the installation's).
+    pub grants: Option<Vec<String>>,
+    /// A sluice.toml whose capability sections (`[geoip]`, `[object_stores]`) the run uses, and
+    /// whose installation `installation` it runs as, if given.
+    pub with: Option<PathBuf>,
+    /// The installation of `with` (`team-N/id`) whose config, grants and limits to use.
+    pub installation: Option<String>,
+}
+
+/// A plugin installed alone, ready to run.
+pub struct Trial {
+    _scratch: tempfile::TempDir,
+    deployment: Option<Deployment>,
+    background: Option<crate::capabilities::Background>,
+}
+
+/// What happened to one event.
+#[derive(Debug, Serialize)]
+pub struct EventResult {
+    /// Its place in the input, from 1.
+    pub index: usize,
+    /// Its uuid.
+    pub uuid: String,
+    /// Its name.
+    pub event: String,
+    /// `stored`, `dropped` or `dead_lettered`.
+    pub outcome: &'static str,
+    /// Why it was dropped or dead-lettered.
+    pub reason: Option<String>,
+    /// What the installation did with it (`kept`, `patched`, `dropped`, `failed`...).
+    pub steps: Vec<Step>,
+    /// What changed between the input and what would be stored.
+    pub changes: Vec<Change>,
+    /// The event as it would be stored.
+    pub stored: Option<StoredEvent>,
+    /// Its time as stored, in epoch milliseconds.
+    pub timestamp_ms: Option<i64>,
+}
+
+/// One installation's outcome for an event.
+#[derive(Debug, Serialize)]
+pub struct Step {
+    /// The installation.
+    pub installation: String,
+    /// Its outcome.
+    pub outcome: &'static str,
+    /// The drop reason, the keys patched, or what failed.
+    pub detail: Option<String>,
+}
+
+/// One changed field: `properties.x`, `$set.y`, `event`, `timestamp`...
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Change {
+    /// Where.
+    pub key: String,
+    /// Its value in the input (absent: added).
+    pub before: Option<Value>,
+    /// Its value as stored (absent: removed).
+    pub after: Option<Value>,
+}
+
+/// A run of events.
+#[derive(Debug, Serialize)]
+pub struct EventsReport {
+    /// Each event, in input order.
+    pub events: Vec<EventResult>,
+    /// What the plugin logged.
+    pub logs: Vec<LogLine>,
+    /// How long the chain took, in milliseconds.
+    pub elapsed_ms: f64,
+}
+
+/// A run of a task or a job.
+#[derive(Debug, Serialize)]
+pub struct CallReport {
+    /// `ok` or the error.
+    pub outcome: Result<(), String>,
+    /// What the plugin logged.
+    pub logs: Vec<LogLine>,
+    /// How long the call took, in milliseconds.
+    pub elapsed_ms: f64,
+}
+
+impl Trial {
+    /// Loads the plugin (checking it as `sluice serve` would) installed as `settings` say, on a
+    /// scratch data folder. Blocking.
+    pub fn start(settings: &TrialSettings) -> anyhow::Result<Self> {
+        let scratch = tempfile::tempdir().context("cannot make a scratch data folder")?;
+        let plugin = std::path::absolute(&settings.plugin)
+            .with_context(|| format!("cannot resolve {}", settings.plugin.display()))?;
+        if !plugin.is_file() {
+            bail!("{}: no such file", settings.plugin.display());
+        }
+        let (table, base, path) = trial_config(settings, &plugin, scratch.path())?;
+        let config = Config::from_table(&path, &base, &table, &|_| None)?;
+        let (_, _, deployment, background, _) = server::load(config)?;
+        Ok(Self {
+            _scratch: scratch,
+            deployment: Some(deployment),
+            background: Some(background),
+        })
+    }
+
+    /// The installation's plugin.
+    pub fn plugin(&self) -> anyhow::Result<&Arc<Plugin>> {
+        let deployment = self.deployment()?;
+        deployment
+            .chains
+            .all()
+            .map(|i| &i.plugin)
+            .chain(deployment.tasks.iter().map(|t| &t.plugin))
+            .chain(deployment.exports.iter().map(|e| &e.plugin))
+            .next()
+            .context("nothing is installed")
+    }
+
+    /// Runs `events` (objects as sent to `/capture`) through the plugin's transform, in one
+    /// batch, in order.
+    pub fn events(mut self, events: Vec<Value>) -> anyhow::Result<EventsReport> {
+        let chain = self.deployment()?.chains.of(TEAM).to_vec();
+        if chain.is_empty() {
+            bail!("the plugin does not export `transform`: run a --task or a --job");
+        }
+        let context = RequestContext {
+            now_ms: crate::store::now_ms(),
+            ..RequestContext::default()
+        };
+        let inputs = events
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let Value::Object(mut item) = item else {
+                    bail!("event {}: not a JSON object", i + 1);
+                };
+                // The client's address, which capture takes from the request.
+                let ip = match item.remove("ip") {
+                    Some(Value::String(ip)) => Some(ip),
+                    None | Some(Value::Null) => None,
+                    Some(_) => bail!("event {}: `ip` must be text", i + 1),
+                };
+                let mut event = normalize::event(i, item, &context, None)
+                    .map_err(|e| anyhow::anyhow!("event {}: {e}", i + 1))?;
+                event.ip = ip;
+                Ok(event)
+            })
+            .collect::<anyhow::Result<Vec<NewEvent>>>()?;
+        let payload = normalize::encode(&inputs, TEAM)?;
+        let framed = BatchReader::new(&payload)
+            .and_then(|reader| reader.collect::<Result<Vec<_>, _>>())?
+            .iter()
+            .map(|raw| crate::worker::framed(raw.body()))
+            .collect();
+        let tap = tap::hub().watch();
+        let logs = crate::capabilities::log::live().watch();
+        let mut runner = chain::ChainRunner::new(2);
+        let mut out = Output::default();
+        let started = Instant::now();
+        runner.run(&chain, framed, &mut out);
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+        runner.teardown();
+        // The chain holds the capability services; the log writer ends once they are gone.
+        drop(chain);
+        let logs = self.finish(logs);
+        let records = drain(tap);
+        let stored = out
+            .events
+            .iter()
+            .map(|encoded| {
+                wire::parse_encoded(encoded)?
+                    .with_patch_applied(|f| (StoredEvent::from_fields(f), f.timestamp_ms))
+            })
+            .collect::<Result<Vec<_>, wire::WireError>>()?;
+        let results = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, input)| {
+                let uuid = input.uuid.to_string();
+                let before = StoredEvent::from_fields(&input.fields(TEAM));
+                let steps: Vec<Step> = records
+                    .iter()
+                    .filter(|r| r.uuid == uuid)
+                    .map(|r| Step {
+                        installation: r.installation.clone(),
+                        outcome: r.outcome,
+                        detail: r.detail.clone(),
+                    })
+                    .collect();
+                let (after, timestamp_ms) =
+                    stored.iter().find(|(e, _)| e.uuid == uuid).cloned().unzip();
+                let letter = out.dead_letters.iter().find(|l| {
+                    wire::parse_encoded(&l.encoded)
+                        .is_ok_and(|e| crate::store::uuid_text(&e.uuid()) == uuid)
+                });
+                let (outcome, reason) = match (&after, letter) {
+                    (Some(_), _) => ("stored", None),
+                    (None, Some(letter)) => ("dead_lettered", Some(letter.error.clone())),
+                    (None, None) => (
+                        "dropped",
+                        steps
+                            .iter()
+                            .rev()
+                            .find(|s| s.outcome == "dropped")
+                            .and_then(|s| s.detail.clone()),
+                    ),
+                };
+                EventResult {
+                    index: i + 1,
+                    uuid,
+                    event: input.event.clone(),
+                    outcome,
+                    reason,
+                    changes: after
+                        .as_ref()
+                        .map_or_else(Vec::new, |a| changes(&before, a)),
+                    steps,
+                    stored: after,
+                    timestamp_ms,
+                }
+            })
+            .collect();
+        Ok(EventsReport {
+            events: results,
+            logs,
+            elapsed_ms,
+        })
+    }
+
+    /// Runs task `task` of the plugin once, for a tick of now.
+    pub fn task(self, task: &str) -> anyhow::Result<CallReport> {
+        let installation = self
+            .deployment()?
+            .tasks
+            .first()
+            .filter(|t| t.plugin.runs_tasks())
+            .context("the plugin does not export `scheduled`")?
+            .clone();
+        let names: Vec<&str> = installation
+            .plugin
+            .manifest
+            .tasks
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
+        if !names.contains(&task) {
+            bail!(
+                "the plugin has no task `{task}` (its tasks: {})",
+                names.join(", ")
+            );
+        }
+        self.call(installation, |instance| {
+            instance.run_task(task, crate::store::now_ms())
+        })
+    }
+
+    /// Runs job `name` with `payload` (JSON text) once, as its first attempt.
+    pub fn job(self, name: &str, payload: &str) -> anyhow::Result<CallReport> {
+        let installation = self
+            .deployment()?
+            .tasks
+            .first()
+            .filter(|t| t.plugin.runs_jobs())
+            .context("the plugin does not export `jobs`")?
+            .clone();
+        let job = crate::runtime::hooks::jobs::Job {
+            id: uuid::Uuid::now_v7().to_string(),
+            name: name.to_owned(),
+            payload: payload.to_owned(),
+            attempt: 1,
+            run_at: crate::store::now_ms(),
+        };
+        self.call(installation, |instance| instance.run_job(&job))
+    }
+
+    /// Calls `f` on a new instance of `installation`.
+    fn call(
+        mut self,
+        installation: Arc<TaskInstallation>,
+        f: impl FnOnce(&mut Instance) -> Result<(), CallError>,
+    ) -> anyhow::Result<CallReport> {
+        let logs = crate::capabilities::log::live().watch();
+        let started = Instant::now();
+        let outcome = Instance::start(&installation.plugin, &installation.settings)
+            .and_then(|mut instance| {
+                let called = f(&mut instance);
+                instance.teardown();
+                called
+            })
+            .map_err(|e| e.to_string());
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+        // It holds the capability services; the log writer ends once they are gone.
+        drop(installation);
+        Ok(CallReport {
+            outcome,
+            logs: self.finish(logs),
+            elapsed_ms,
+        })
+    }
+
+    fn deployment(&self) -> anyhow::Result<&Deployment> {
+        self.deployment.as_ref().context("the run is over")
+    }
+
+    /// Stops everything and returns the log lines stored meanwhile.
+    fn finish(&mut self, logs: tap::Watcher<LogLine>) -> Vec<LogLine> {
+        if let Some(deployment) = self.deployment.take() {
+            deployment.stop_runners();
+        }
+        if let Some(background) = self.background.take() {
+            background.join();
+        }
+        drain(logs)
+            .into_iter()
+            .map(|l| (*l).clone())
+            .collect::<Vec<_>>()
+    }
+}
+
+/// The component at `file`, loaded and checked as `sluice serve` loads it.
+pub fn load(file: &Path) -> anyhow::Result<Arc<Plugin>> {
+    let runtime = Runtime::new(&RuntimeSettings {
+        max_instances: 2,
+        max_memory_bytes: 1 << 30,
+        cache_dir: None,
+    })?;
+    Ok(runtime.load(file)?)
+}
+
+/// Every record a watcher has now.
+fn drain<T: Clone>(mut watcher: tap::Watcher<T>) -> Vec<Arc<T>> {
+    let mut records = Vec::new();
+    loop {
+        match watcher.records.try_recv() {
+            Ok(record) => records.push(record),
+            Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {}
+            Err(_) => return records,
+        }
+    }
+}
+
+/// The config of a run: the capability sections and the installation of `settings.with` (if
+/// any), the plugin at `plugin`, data in `scratch`; with the directory relative paths start in
+/// and the path errors name.
+fn trial_config(
+    settings: &TrialSettings,
+    plugin: &Path,
+    scratch: &Path,
+) -> anyhow::Result<(toml::Table, PathBuf, PathBuf)> {
+    let mut table = toml::Table::new();
+    let mut installation = toml::Table::new();
+    let (base, path) = match &settings.with {
+        Some(with) => {
+            let text = std::fs::read_to_string(with)
+                .with_context(|| format!("cannot read {}", with.display()))?;
+            let mut given: toml::Table = text
+                .parse()
+                .with_context(|| format!("{}: not a valid sluice.toml", with.display()))?;
+            for section in crate::capabilities::Settings::SECTIONS {
+                if let Some(value) = given.remove(*section) {
+                    table.insert((*section).to_owned(), value);
+                }
+            }
+            if let Some(key) = &settings.installation {
+                installation = find_installation(&given, key)
+                    .with_context(|| format!("{}: no installation `{key}`", with.display()))?;
+            }
+            let absolute = std::path::absolute(with)?;
+            (
+                absolute.parent().unwrap_or(Path::new("/")).to_owned(),
+                with.clone(),
+            )
+        }
+        None => (std::env::current_dir()?, PathBuf::from("sluice plugin run")),
+    };
+    if !installation.contains_key("id")
+        || (settings.grants.is_none() && !installation.contains_key("grants"))
+    {
+        let loaded = load(plugin)?;
+        installation
+            .entry("id")
+            .or_insert_with(|| toml::Value::String(loaded.manifest.name.clone()));
+        installation.entry("grants").or_insert_with(|| {
+            toml::Value::Array(
+                loaded
+                    .needs()
+                    .into_iter()
+                    .map(|n| toml::Value::String(n.to_owned()))
+                    .collect(),
+            )
+        });
+    }
+    installation.insert(
+        "plugin".into(),
+        toml::Value::String(plugin.display().to_string()),
+    );
+    if let Some(config) = &settings.config {
+        installation.insert("config".into(), toml_value(config)?);
+    }
+    if let Some(grants) = &settings.grants {
+        installation.insert("grants".into(), toml::Value::try_from(grants)?);
+    }
+    let mut server = toml::Table::new();
+    server.insert(
+        "data_dir".into(),
+        toml::Value::String(scratch.join("data").display().to_string()),
+    );
+    server.insert("workers".into(), toml::Value::Integer(1));
+    table.insert("server".into(), toml::Value::Table(server));
+    let mut team = toml::Table::new();
+    team.insert("id".into(), toml::Value::Integer(TEAM as i64));
+    team.insert("token".into(), toml::Value::String("phc_plugin_run".into()));
+    team.insert(
+        "plugins".into(),
+        toml::Value::Array(vec![toml::Value::Table(installation)]),
+    );
+    table.insert(
+        "teams".into(),
+        toml::Value::Array(vec![toml::Value::Table(team)]),
+    );
+    Ok((table, base, path))
+}
+
+/// `value` in TOML, which has no null.
+fn toml_value(value: &Value) -> anyhow::Result<toml::Value> {
+    Ok(match value {
+        Value::Null => bail!("--config: TOML has no null; leave the key out instead"),
+        Value::Bool(b) => toml::Value::Boolean(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => toml::Value::Integer(i),
+            None => toml::Value::Float(n.as_f64().context("--config: a number out of range")?),
+        },
+        Value::String(s) => toml::Value::String(s.clone()),
+        Value::Array(items) => toml::Value::Array(
+            items
+                .iter()
+                .map(toml_value)
+                .collect::<anyhow::Result<_>>()?,
+        ),
+        Value::Object(map) => toml::Value::Table(
+            map.iter()
+                .map(|(k, v)| Ok((k.clone(), toml_value(v)?)))
+                .collect::<anyhow::Result<_>>()?,
+        ),
+    })
+}
+
+/// The table of installation `key` (`team-N/id`) in `config`.
+fn find_installation(config: &toml::Table, key: &str) -> Option<toml::Table> {
+    let (team, id) = key.strip_prefix("team-")?.split_once('/')?;
+    let team: i64 = team.parse().ok()?;
+    config
+        .get("teams")?
+        .as_array()?
+        .iter()
+        .filter_map(toml::Value::as_table)
+        .find(|t| t.get("id").and_then(toml::Value::as_integer) == Some(team))?
+        .get("plugins")?
+        .as_array()?
+        .iter()
+        .filter_map(toml::Value::as_table)
+        .find(|p| p.get("id").and_then(toml::Value::as_str) == Some(id))
+        .cloned()
+}
+
+/// What differs between `before` and `after`: the envelope's fields, then each key of the
+/// properties, `$set` and `$set_once`.
+pub fn changes(before: &StoredEvent, after: &StoredEvent) -> Vec<Change> {
+    let mut changes = Vec::new();
+    let fields = |e: &StoredEvent| {
+        [
+            ("event", Value::from(e.event.clone())),
+            ("distinct_id", Value::from(e.distinct_id.clone())),
+            ("timestamp", Value::from(e.timestamp.clone())),
+            ("ip", e.ip.clone().map_or(Value::Null, Value::from)),
+        ]
+    };
+    for ((key, b), (_, a)) in fields(before).into_iter().zip(fields(after)) {
+        if a != b {
+            changes.push(Change {
+                key: key.to_owned(),
+                before: Some(b),
+                after: Some(a),
+            });
+        }
+    }
+    let empty = Map::new();
+    let object = |v: Option<&Value>| v.and_then(Value::as_object).cloned().unwrap_or_default();
+    for (name, b, a) in [
+        (
+            "properties",
+            before.properties.as_object().unwrap_or(&empty).clone(),
+            after.properties.as_object().unwrap_or(&empty).clone(),
+        ),
+        (
+            "$set",
+            object(before.set.as_ref()),
+            object(after.set.as_ref()),
+        ),
+        (
+            "$set_once",
+            object(before.set_once.as_ref()),
+            object(after.set_once.as_ref()),
+        ),
+    ] {
+        let mut keys: Vec<&String> = b.keys().chain(a.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        for key in keys {
+            if b.get(key) != a.get(key) {
+                changes.push(Change {
+                    key: format!("{name}.{key}"),
+                    before: b.get(key).cloned(),
+                    after: a.get(key).cloned(),
+                });
+            }
+        }
+    }
+    changes
+}
