@@ -5,7 +5,9 @@
 #    are installed (rustup installs them from the pin),
 # 2. builds every wasm plugin and test guest once (plugins/build.sh),
 # 3. installs the real PostHog SDKs the compatibility tests drive (posthog-python from PyPI,
-#    posthog-node, posthog-js and playwright-core from npm, Debian's chromium), pinned,
+#    posthog-node, posthog-js and playwright-core from npm, Debian's chromium), pinned, and the
+#    JavaScript plugin SDK's toolchain (componentize-js, TypeScript), with which it builds the
+#    example JS/TS plugins,
 # 4. builds the s3s-fs S3-compatible server (crates.io, pinned) the export tests run, and the
 #    Kafka-protocol broker helper (tests/broker: librdkafka's mock cluster) the Kafka tests run,
 #    and installs Debian's clickhouse-server and redis-server (the tests start their own, on
@@ -51,6 +53,27 @@ if ! cmp -s tests/sdk/package-lock.json "$sdk/node/package-lock.json" 2>/dev/nul
   (cd "$sdk/node" && npm ci --no-audit --no-fund --loglevel=error)
 fi
 export SLUICE_SDK_DIR="$sdk"
+
+# The JavaScript plugin SDK's toolchain (componentize-js and TypeScript from npm, pinned by
+# sdk/js/package-lock.json), installed outside the clone and linked in; then the example JS/TS
+# plugins built once (again only when the SDK, the examples or the contract change).
+js="$target/js-sdk"
+if ! cmp -s sdk/js/package-lock.json "$js/package-lock.json" 2>/dev/null || [ ! -d "$js/node_modules" ]; then
+  rm -rf "$js" && mkdir -p "$js"
+  cp sdk/js/package.json sdk/js/package-lock.json "$js/"
+  (cd "$js" && npm ci --no-audit --no-fund --loglevel=error)
+fi
+[ -e sdk/js/node_modules ] || ln -s "$js/node_modules" sdk/js/node_modules
+export SLUICE_JS_PLUGIN_DIR="$target/js-plugins"
+stamp=$(find sdk/js/src sdk/js/bin sdk/js/examples wit/v1 sdk/js/package-lock.json -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum)
+if [ "$stamp" != "$(cat "$SLUICE_JS_PLUGIN_DIR/.stamp" 2>/dev/null)" ]; then
+  rm -rf "$SLUICE_JS_PLUGIN_DIR" && mkdir -p "$SLUICE_JS_PLUGIN_DIR"
+  for example in sdk/js/examples/*/; do
+    name=$(basename "$example")
+    node sdk/js/bin/sluice-js.mjs build "$example" --out "$SLUICE_JS_PLUGIN_DIR/$name.wasm"
+  done
+  echo "$stamp" > "$SLUICE_JS_PLUGIN_DIR/.stamp"
+fi
 
 # A real S3-compatible server for the export tests (it verifies SigV4 signatures).
 tools=${SLUICE_TOOLS_DIR:-$HOME/.cache/sluice/tools}

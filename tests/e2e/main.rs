@@ -23,6 +23,7 @@ mod exports;
 mod fleet;
 mod housekeeping_fleet;
 mod isolation;
+mod js_plugins;
 mod kafka;
 mod plugin_tools;
 mod process;

@@ -19,13 +19,28 @@ pub fn sluice_bin() -> &'static str {
 ///
 /// Fails the test, never skips it, when the plugins were not built.
 pub fn plugin(name: &str) -> PathBuf {
-    let dir = std::env::var_os("SLUICE_PLUGIN_DIR").unwrap_or_else(|| {
-        panic!("SLUICE_PLUGIN_DIR is not set: run the tests with tests/run.sh, which builds the wasm plugins")
+    built("SLUICE_PLUGIN_DIR", name, "plugins/build.sh DIR")
+}
+
+/// Path of an example JS/TS plugin of `sdk/js/examples` built by `tests/run.sh` (e.g.
+/// `taxonomy`). Fails the test, never skips it, when they were not built.
+pub fn js_plugin(name: &str) -> PathBuf {
+    built(
+        "SLUICE_JS_PLUGIN_DIR",
+        name,
+        "node sdk/js/bin/sluice-js.mjs build sdk/js/examples/NAME --out DIR/NAME.wasm",
+    )
+}
+
+/// The component `name` in the folder the variable `var` names, which `how` builds.
+fn built(var: &str, name: &str, how: &str) -> PathBuf {
+    let dir = std::env::var_os(var).unwrap_or_else(|| {
+        panic!("{var} is not set: run the tests with tests/run.sh, which builds the components")
     });
     let path = Path::new(&dir).join(format!("{name}.wasm"));
     assert!(
         path.is_file(),
-        "{} is missing: run plugins/build.sh {}",
+        "{} is missing: build it with `{how}` (DIR = {})",
         path.display(),
         Path::new(&dir).display()
     );

@@ -1,0 +1,163 @@
+//! Plugins written in JavaScript and TypeScript with PostHog's plugin API (`sdk/js`), built
+//! into components by `sluice-js` with componentize-js, run by the real binary: the behaviour
+//! of three PostHog plugins (Property Filter, Taxonomy, Currency Normalization) on captured
+//! events in a server's chain, beside Rust plugins, and the JS property filter agreeing with the
+//! Rust one.
+
+use crate::support::{Sluice, js_plugin, plugin, sluice_bin};
+use serde_json::{Value, json};
+use std::process::Command;
+
+fn installation(id: &str, path: &std::path::Path, config: &str, grants: &str) -> String {
+    format!(
+        "[[teams.plugins]]\nid = \"{id}\"\nplugin = \"{}\"\nconfig = {config}\ngrants = [{grants}]\n",
+        path.display()
+    )
+}
+
+fn by_distinct_id(events: &[Value], id: &str) -> Value {
+    events
+        .iter()
+        .find(|e| e["distinct_id"] == id)
+        .unwrap_or_else(|| panic!("no stored event of {id}: {events:?}"))
+        .clone()
+}
+
+#[test]
+fn three_posthog_plugins_in_js_and_ts_run_in_a_chain_on_captured_events() {
+    let chain = [
+        installation(
+            "taxonomy",
+            &js_plugin("taxonomy"),
+            "{ defaultNamingConvention = \"snake_case\" }",
+            "\"metrics\"",
+        ),
+        installation(
+            "filter",
+            &js_plugin("property-filter"),
+            "{ properties = \"email,nested.secret,$ip\" }",
+            "",
+        ),
+        installation(
+            "currency",
+            &js_plugin("currency-normalization"),
+            "{ normalizedCurrency = \"EUR\", rates = { USD = 1.0, EUR = 0.5, GBP = 0.8 } }",
+            "\"cache\", \"log\"",
+        ),
+        installation(
+            "downsample",
+            &plugin("downsample"),
+            "{ percentage = 100 }",
+            "",
+        ),
+    ]
+    .concat();
+    let sluice = Sluice::start(&format!("[[teams]]\nid = 1\ntoken = \"phc_js\"\n{chain}"));
+    let (status, body) = sluice.post_json(
+        "/batch/",
+        &json!({"api_key": "phc_js", "batch": [
+            {"event": "Order Completed", "distinct_id": "u1", "properties": {
+                "amount": 10, "currency": "usd", "email": "a@example.com", "plan": "pro",
+                "nested": {"secret": 1, "kept": 2}, "$set": {"tier": "gold"}}},
+            {"event": "$pageview", "distinct_id": "u2", "properties": {"$ip": "10.1.2.3", "amount": 3, "currency": "XYZ"}},
+            {"event": "userSignedUp", "distinct_id": "u3", "$set": {"name": "Ann"}, "properties": {"amount": 8, "currency": "GBP"}},
+        ]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    sluice.drain();
+    let events = sluice.events(1);
+    assert_eq!(events.len(), 3, "{events:?}");
+
+    let order = by_distinct_id(&events, "u1");
+    assert_eq!(order["event"], "order_completed", "taxonomy: {order}");
+    let props = &order["properties"];
+    assert!(props.get("email").is_none(), "property filter: {props}");
+    assert_eq!(props["nested"], json!({"kept": 2}));
+    assert_eq!(props["plan"], "pro");
+    assert_eq!(
+        props["$set"],
+        json!({"tier": "gold"}),
+        "untouched keys stay as sent"
+    );
+    assert_eq!(props["amount_normalized"], json!(5), "currency: {props}");
+    assert_eq!(props["currency_normalized"], "EUR");
+
+    let pageview = by_distinct_id(&events, "u2");
+    assert_eq!(
+        pageview["event"], "$pageview",
+        "PostHog's own events keep their names"
+    );
+    assert!(pageview["properties"].get("$ip").is_none());
+    assert!(
+        pageview["ip"].is_null(),
+        "`$ip` clears the event's IP: {pageview}"
+    );
+    assert!(pageview["properties"].get("amount_normalized").is_none());
+
+    let signup = by_distinct_id(&events, "u3");
+    assert_eq!(signup["event"], "user_signed_up");
+    assert_eq!(
+        signup["$set"],
+        json!({"name": "Ann"}),
+        "top-level $set survives a rename"
+    );
+    assert_eq!(signup["properties"]["amount_normalized"], json!(5));
+
+    let logs = sluice.logs(&["--installation", "team-1/currency"]);
+    assert!(
+        logs.iter().any(|l| l["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no rate for XYZ"))),
+        "console.log reaches sluice logs: {logs:?}"
+    );
+}
+
+/// What `sluice plugin run --json` stores of `events` through `component` with `config`.
+fn stored(component: &std::path::Path, config: &str, events: &str) -> Vec<Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("events.jsonl");
+    std::fs::write(&file, events).unwrap();
+    let out = Command::new(sluice_bin())
+        .args(["plugin", "run"])
+        .arg(component)
+        .args(["--config", config, "--json", "--events"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    report["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            json!({"outcome": e["outcome"], "stored": {
+            "properties": e["stored"]["properties"], "ip": e["stored"]["ip"]}})
+        })
+        .collect()
+}
+
+#[test]
+fn the_js_property_filter_stores_what_the_rust_one_stores() {
+    let events = [
+        json!({"event": "a", "distinct_id": "u1", "ip": "10.0.0.1", "properties": {"$ip": "10.0.0.1", "email": "x", "keep": 1}}),
+        json!({"event": "b", "distinct_id": "u2", "properties": {"nested": {"email": "y", "deep": {"email": 1}}, "list": [1, 2.5, "3"]}}),
+        json!({"event": "c", "distinct_id": "u3", "properties": {"big": 12345678901234567890u64, "f": 0.1}}),
+    ]
+    .iter()
+    .map(|e| e.to_string() + "\n")
+    .collect::<String>();
+    let config = r#"{"properties": "email,nested.email,nested.deep.email,$ip"}"#;
+    let rust = stored(&plugin("property-filter"), config, &events);
+    let js = stored(&js_plugin("property-filter"), config, &events);
+    assert_eq!(rust, js);
+    assert_eq!(
+        js[2]["stored"]["properties"]["big"],
+        json!(12345678901234567890u64),
+        "a key the plugin leaves alone keeps its exact number, though JS cannot hold it"
+    );
+}
