@@ -19,6 +19,10 @@
 //!     process) into SQLite, and on Kafka into ClickHouse (capture -> broker -> worker -> stored
 //!     topic -> loader -> Debian's clickhouse-server), in the same run, and their ratios; plus
 //!     the worker's own cost per event of consuming the ingest topic and committing.
+//! (j) Plugins written in JavaScript/TypeScript with `sdk/js` (built into `SLUICE_JS_PLUGIN_DIR`
+//!     by tests/run.sh) against the same logic in Rust, one instance each: time per event and the
+//!     instance's memory; and the peer's chain `downsample50+filter` with the filter in Rust,
+//!     then in TypeScript, beside the peer's figure.
 //! (f) The chains of the peer model of PostHog's plugin server (`../shared/peers/posthog-vm`),
 //!     on the same events, beside the peer's own figures from the same run: sluice's wasm chain
 //!     runner plus what the sink does before storing, against node `vm` contexts with JSON in
@@ -126,6 +130,12 @@ fn main() {
             "\n(f) the peer's chains on the peer's events ({EVENTS} events, {USERS} users, 2 IPs in the test network), events/s in"
         );
         peer_chains(&runtime, &plugins);
+    }
+    if runs("j") {
+        println!(
+            "\n(j) JavaScript/TypeScript plugins (sdk/js, componentize-js) against the same logic in Rust and the peer, on the peer's events ({EVENTS}, batches of {BATCH})"
+        );
+        js_plugins(&runtime, &plugins);
     }
 }
 
@@ -1106,5 +1116,122 @@ fn peer_chains(runtime: &Runtime, plugins: &std::path::Path) {
     }
     if let Err(why) = peer {
         println!("  peer not run: {why}");
+    }
+}
+
+/// The example JS/TS plugins' folder (`SLUICE_JS_PLUGIN_DIR`).
+fn js_plugin_dir() -> Option<PathBuf> {
+    let dir = PathBuf::from(std::env::var_os("SLUICE_JS_PLUGIN_DIR")?);
+    dir.join("property-filter.wasm").is_file().then_some(dir)
+}
+
+/// What one instance of `name` (in `dir`) costs per event of `events`, and its memory.
+fn one_instance(
+    runtime: &Runtime,
+    dir: &std::path::Path,
+    name: &str,
+    config: Value,
+    events: &[Vec<u8>],
+) -> (f64, usize) {
+    let (plugin, settings) = instance(runtime, dir, name, config, &Services::detached());
+    let mut instance = Instance::start(&plugin, &settings).unwrap();
+    let batches = batches(events);
+    let ns = measure(|| {
+        for batch in &batches {
+            std::hint::black_box(instance.transform(batch).unwrap());
+        }
+    });
+    (ns, instance.memory_high_water())
+}
+
+fn js_plugins(runtime: &Runtime, plugins: &std::path::Path) {
+    let Some(js) = js_plugin_dir() else {
+        println!(
+            "  not run: SLUICE_JS_PLUGIN_DIR holds no built JS plugins (tests/run.sh builds them)"
+        );
+        return;
+    };
+    let events = peer_events(EVENTS);
+    let filter = json!({"properties": "$ip,password,email"});
+    let rates = json!({"rates": {"USD": 1.0, "EUR": 0.9}});
+    let rows = [
+        (
+            "rust property-filter",
+            plugins,
+            "property-filter",
+            filter.clone(),
+        ),
+        (
+            "ts property-filter",
+            js.as_path(),
+            "property-filter",
+            filter.clone(),
+        ),
+        (
+            "js taxonomy ($pageview: the JS glue alone)",
+            js.as_path(),
+            "taxonomy",
+            json!({}),
+        ),
+        (
+            "ts currency-normalization (no amount)",
+            js.as_path(),
+            "currency-normalization",
+            rates,
+        ),
+    ];
+    println!(
+        "  {:<44} {:>12} {:>12} {:>12}",
+        "one instance", "events/s", "ns/event", "memory"
+    );
+    for (label, dir, name, config) in rows {
+        let (ns, memory) = one_instance(runtime, dir, name, config, &events);
+        println!(
+            "  {label:<44} {:>12.0} {ns:>12.0} {:>9.1} MiB",
+            1e9 / ns,
+            memory as f64 / f64::from(1 << 20)
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("city.mmdb");
+    let (_, services) = geoip_services(&db);
+    let peer = run_peer(&db);
+    let down = [("downsample", json!({"percentage": 50}))];
+    let mut chain = chain_of(runtime, plugins, &down, &services);
+    let rust_filter = chain_of(
+        runtime,
+        plugins,
+        &[("property-filter", filter.clone())],
+        &services,
+    );
+    let js_filter = chain_of(runtime, &js, &[("property-filter", filter)], &services);
+    println!(
+        "  {:<44} {:>12}",
+        "chain downsample50+filter", "events/s in"
+    );
+    for (label, last) in [
+        ("sluice, filter in Rust", rust_filter),
+        ("sluice, filter in TypeScript", js_filter),
+    ] {
+        chain.truncate(1);
+        chain.extend(last);
+        let mut runner = ChainRunner::new(16);
+        let ns = measure(|| {
+            for chunk in events.chunks(BATCH) {
+                let mut out = Output::default();
+                runner.run(&chain, chunk.to_vec(), &mut out);
+                out.events.iter().for_each(|e| ready_to_store(e));
+            }
+        });
+        runner.teardown();
+        println!("  {label:<44} {:>12.0}", 1e9 / ns);
+    }
+    match peer
+        .as_ref()
+        .ok()
+        .and_then(|p| p.get("downsample50+filter"))
+    {
+        Some(rate) => println!("  {:<44} {rate:>12.0}", "peer (node vm, JSON in and out)"),
+        None => println!("  peer not run: {}", peer.err().unwrap_or_default()),
     }
 }

@@ -10,7 +10,7 @@ use std::process::Command;
 
 fn installation(id: &str, path: &std::path::Path, config: &str, grants: &str) -> String {
     format!(
-        "[[teams.plugins]]\nid = \"{id}\"\nplugin = \"{}\"\nconfig = {config}\ngrants = [{grants}]\n",
+        "[[teams.plugins]]\nid = \"{id}\"\nplugin = \"{}\"\nconfig = {config}\ngrants = [{grants}]\nmemory_mb = 128\n",
         path.display()
     )
 }

@@ -131,51 +131,74 @@ function jobsApi(queue, names) {
   return jobs;
 }
 
-/** The event `processEvent` sees (PostHog's shape), and what it needs to find the changes. */
+/**
+ * The event `processEvent` sees (PostHog's shape), and what finding its changes needs. Its
+ * properties are parsed when first read: a plugin that never reads them (a rename, a drop by
+ * name) costs neither the parse nor the comparison.
+ */
 function pluginEvent(raw) {
   const [event, distinctId, ip, properties, set, setOnce] = raw.texts;
-  const props = JSON.parse(properties);
   const topSet = set === null ? undefined : JSON.parse(set);
   const topSetOnce = setOnce === null ? undefined : JSON.parse(setOnce);
-  let currentIp = ip;
-  if (raw.patch) currentIp = applyPatch(props, ip, topSet, topSetOnce, raw.patch);
   const seen = {
-    event, distinctId, ip: currentIp, timestamp: new Date(raw.timestampMs).toISOString(),
-    properties: new Map(Object.entries(props).map(([k, v]) => [k, JSON.stringify(v)])),
-    set: JSON.stringify(topSet), setOnce: JSON.stringify(topSetOnce),
+    uuid: undefined, event, distinctId, ip, timestamp: undefined, set, setOnce, properties: undefined,
+    text: properties, assigned: false,
   };
-  const given = {
-    uuid: uuidText(raw.uuid),
-    event,
-    distinct_id: distinctId,
-    team_id: raw.teamId,
-    ip: currentIp,
-    timestamp: seen.timestamp,
-    properties: props,
-  };
+  if (raw.patch) {
+    // Earlier plugins' edits, applied as the host will: the plugin sees the event as it is now.
+    const props = JSON.parse(properties);
+    seen.ip = applyPatch(props, ip, topSet, topSetOnce, raw.patch);
+    seen.text = JSON.stringify(props);
+    seen.properties = props;
+  }
+  const given = { event, distinct_id: distinctId, team_id: raw.teamId, ip: seen.ip };
+  // Read when first asked for; an assignment is noted, so an event returned as it was given
+  // needs no comparison of these.
+  lazy(given, seen, 'uuid', () => uuidText(raw.uuid));
+  lazy(given, seen, 'timestamp', () => new Date(raw.timestampMs).toISOString());
+  lazy(given, seen, 'properties', () => JSON.parse(seen.text));
   if (topSet !== undefined) given.$set = topSet;
   if (topSetOnce !== undefined) given.$set_once = topSetOnce;
   return { given, seen };
 }
 
-/** What becomes of an event `processEvent` returned `result` for. */
-function outcome(out, raw, seen, result) {
+/** Makes `object[name]` computed by `read` when first read, the value kept in `seen[name]`. */
+function lazy(object, seen, name, read) {
+  Object.defineProperty(object, name, {
+    get() {
+      if (seen[name] === undefined) seen[name] = read();
+      return seen[name];
+    },
+    set(value) {
+      seen[name] = value;
+      if (name !== 'properties') seen.assigned = true;
+    },
+    enumerable: true,
+    configurable: true,
+  });
+}
+
+/** What becomes of an event `processEvent` was `given` and returned `result` for. */
+function outcome(out, raw, given, seen, result) {
   if (result === null || result === undefined || result === false) {
     out.drop('processEvent returned no event');
     return;
   }
-  const properties = result.properties ?? {};
+  const same = result === given && !seen.assigned;
   const envelopeChanged = result.event !== seen.event || result.distinct_id !== seen.distinctId
-    || (result.timestamp ?? seen.timestamp) !== seen.timestamp
-    || JSON.stringify(result.$set) !== seen.set || JSON.stringify(result.$set_once) !== seen.setOnce
-    || uuidText(raw.uuid) !== result.uuid;
+    || (!same && (result.timestamp !== given.timestamp || result.uuid !== given.uuid))
+    || (result.$set === undefined ? null : JSON.stringify(result.$set)) !== seen.set
+    || (result.$set_once === undefined ? null : JSON.stringify(result.$set_once)) !== seen.setOnce;
+  // Never read, never changed.
+  const properties = seen.properties === undefined ? undefined : (result.properties ?? {});
   if (envelopeChanged) {
     out.replace(encodeEvent({
-      uuid: uuidBytes(result.uuid ?? uuidText(raw.uuid)),
+      uuid: uuidBytes(result.uuid ?? given.uuid),
       teamId: raw.teamId,
       timestampMs: result.timestamp === undefined ? raw.timestampMs : new Date(result.timestamp).getTime(),
       texts: [
-        String(result.event), String(result.distinct_id), result.ip ?? null, JSON.stringify(properties),
+        String(result.event), String(result.distinct_id), result.ip ?? null,
+        properties === undefined ? seen.text : JSON.stringify(properties),
         result.$set === undefined ? null : JSON.stringify(result.$set),
         result.$set_once === undefined ? null : JSON.stringify(result.$set_once),
       ],
@@ -183,12 +206,18 @@ function outcome(out, raw, seen, result) {
     return;
   }
   const patch = new PatchWriter();
-  for (const [key, value] of Object.entries(properties)) {
-    if (value === undefined) continue;
-    if (seen.properties.get(key) !== JSON.stringify(value)) patch.push(Target.properties, Mode.set, key, value);
-  }
-  for (const key of seen.properties.keys()) {
-    if (!(key in properties) || properties[key] === undefined) patch.push(Target.properties, Mode.remove, key);
+  if (properties !== undefined) {
+    const before = JSON.parse(seen.text);
+    for (const key in properties) {
+      const value = properties[key];
+      if (value === undefined || value === before[key]) continue;
+      if (typeof value !== 'object' || JSON.stringify(value) !== JSON.stringify(before[key])) {
+        patch.push(Target.properties, Mode.set, key, value);
+      }
+    }
+    for (const key in before) {
+      if (properties[key] === undefined) patch.push(Target.properties, Mode.remove, key);
+    }
   }
   const ip = result.ip ?? null;
   if (ip !== (seen.ip ?? null)) {
@@ -266,7 +295,11 @@ export function makeExports(plugin, manifest, host) {
         for (const raw of readBatch(batch)) {
           try {
             const { given, seen } = pluginEvent(raw);
-            outcome(out, raw, seen, await plugin.processEvent(given, meta));
+            let result = plugin.processEvent(given, meta);
+            // Awaiting only a promise: a turn of the engine's job queue per event costs more
+            // than the rest of the work on it.
+            if (result instanceof Promise) result = await result;
+            outcome(out, raw, given, seen, result);
           } catch (e) {
             const error = pluginError(e);
             out.error(error.message, error.retryable);

@@ -50,11 +50,13 @@ function readEvent(body) {
   };
 }
 
+const HEX = Array.from({ length: 256 }, (_, b) => b.toString(16).padStart(2, '0'));
+
 /** `bytes` (16) as a uuid's text. */
-export function uuidText(bytes) {
-  let hex = '';
-  for (const b of bytes) hex += b.toString(16).padStart(2, '0');
-  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+export function uuidText(b) {
+  const h = (i) => HEX[b[i]];
+  return h(0) + h(1) + h(2) + h(3) + '-' + h(4) + h(5) + '-' + h(6) + h(7) + '-' + h(8) + h(9) + '-'
+    + h(10) + h(11) + h(12) + h(13) + h(14) + h(15);
 }
 
 /** A uuid's text as its 16 bytes. */
