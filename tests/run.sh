@@ -56,7 +56,8 @@ export SLUICE_SDK_DIR="$sdk"
 
 # The JavaScript plugin SDK's toolchain (componentize-js and TypeScript from npm, pinned by
 # sdk/js/package-lock.json), installed outside the clone and linked in; then the example JS/TS
-# plugins built once (again only when the SDK, the examples or the contract change).
+# plugins and the JS test guests built once (again only when they, the SDK or the contract
+# change).
 js="$target/js-sdk"
 if ! cmp -s sdk/js/package-lock.json "$js/package-lock.json" 2>/dev/null || [ ! -d "$js/node_modules" ]; then
   rm -rf "$js" && mkdir -p "$js"
@@ -65,10 +66,10 @@ if ! cmp -s sdk/js/package-lock.json "$js/package-lock.json" 2>/dev/null || [ ! 
 fi
 [ -e sdk/js/node_modules ] || ln -s "$js/node_modules" sdk/js/node_modules
 export SLUICE_JS_PLUGIN_DIR="$target/js-plugins"
-stamp=$(find sdk/js/src sdk/js/bin sdk/js/examples wit/v1 sdk/js/package-lock.json -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum)
+stamp=$(find sdk/js/src sdk/js/bin sdk/js/examples tests/js-guests wit/v1 sdk/js/package-lock.json -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum)
 if [ "$stamp" != "$(cat "$SLUICE_JS_PLUGIN_DIR/.stamp" 2>/dev/null)" ]; then
   rm -rf "$SLUICE_JS_PLUGIN_DIR" && mkdir -p "$SLUICE_JS_PLUGIN_DIR"
-  for example in sdk/js/examples/*/; do
+  for example in sdk/js/examples/*/ tests/js-guests/*/; do
     name=$(basename "$example")
     node sdk/js/bin/sluice-js.mjs build "$example" --out "$SLUICE_JS_PLUGIN_DIR/$name.wasm"
   done

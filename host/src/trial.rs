@@ -11,8 +11,8 @@
 use crate::capture::normalize::{self, NewEvent, RequestContext};
 use crate::config::Config;
 use crate::deployment::Deployment;
-use crate::runtime::{CallError, Instance, Plugin, Runtime, RuntimeSettings};
-use crate::schedule::TaskInstallation;
+use crate::runtime::hooks::exporter::Batch;
+use crate::runtime::{CallError, Instance, InstanceSettings, Plugin, Runtime, RuntimeSettings};
 use crate::sink::Output;
 use crate::store::logs::LogLine;
 use crate::store::read::StoredEvent;
@@ -36,7 +36,9 @@ pub struct TrialSettings {
     pub plugin: PathBuf,
     /// Its config (a JSON object), if not the installation's of `with`.
     pub config: Option<Value>,
-    /// The capabilities granted; default: every one the plugin needs (or the installation's).
+    /// The capabilities granted; default: the installation's, or every one no section
+    /// configures (`log`, `metrics`, `storage`, `cache`, `jobs`, `recordings`; `geoip` too when
+    /// `with` has `[geoip]`).
     pub grants: Option<Vec<String>>,
     /// A sluice.toml whose capability sections (`[geoip]`, `[object_stores]`) the run uses, and
     /// whose installation `installation` it runs as, if given.
@@ -129,6 +131,7 @@ impl Trial {
         if !plugin.is_file() {
             bail!("{}: no such file", settings.plugin.display());
         }
+        keep_compiled(scratch.path());
         let (table, base, path) = trial_config(settings, &plugin, scratch.path())?;
         let config = Config::from_table(&path, &base, &table, &|_| None)?;
         let (_, _, deployment, background, _) = server::load(config)?;
@@ -159,29 +162,7 @@ impl Trial {
         if chain.is_empty() {
             bail!("the plugin does not export `transform`: run a --task or a --job");
         }
-        let context = RequestContext {
-            now_ms: crate::store::now_ms(),
-            ..RequestContext::default()
-        };
-        let inputs = events
-            .into_iter()
-            .enumerate()
-            .map(|(i, item)| {
-                let Value::Object(mut item) = item else {
-                    bail!("event {}: not a JSON object", i + 1);
-                };
-                // The client's address, which capture takes from the request.
-                let ip = match item.remove("ip") {
-                    Some(Value::String(ip)) => Some(ip),
-                    None | Some(Value::Null) => None,
-                    Some(_) => bail!("event {}: `ip` must be text", i + 1),
-                };
-                let mut event = normalize::event(i, item, &context, None)
-                    .map_err(|e| anyhow::anyhow!("event {}: {e}", i + 1))?;
-                event.ip = ip;
-                Ok(event)
-            })
-            .collect::<anyhow::Result<Vec<NewEvent>>>()?;
+        let inputs = captured(events)?;
         let payload = normalize::encode(&inputs, TEAM)?;
         let framed = BatchReader::new(&payload)
             .and_then(|reader| reader.collect::<Result<Vec<_>, _>>())?
@@ -265,15 +246,15 @@ impl Trial {
 
     /// Runs task `task` of the plugin once, for a tick of now.
     pub fn task(self, task: &str) -> anyhow::Result<CallReport> {
-        let installation = self
+        // Owned copies: only the call may hold the capability services.
+        let (plugin, settings) = self
             .deployment()?
             .tasks
-            .first()
-            .filter(|t| t.plugin.runs_tasks())
-            .context("the plugin does not export `scheduled`")?
-            .clone();
-        let names: Vec<&str> = installation
-            .plugin
+            .iter()
+            .find(|t| t.plugin.runs_tasks())
+            .map(|t| (t.plugin.clone(), t.settings.clone()))
+            .context("the plugin does not export `scheduled`")?;
+        let names: Vec<&str> = plugin
             .manifest
             .tasks
             .iter()
@@ -285,20 +266,21 @@ impl Trial {
                 names.join(", ")
             );
         }
-        self.call(installation, |instance| {
+        self.call(&plugin, settings, |instance| {
             instance.run_task(task, crate::store::now_ms())
         })
     }
 
     /// Runs job `name` with `payload` (JSON text) once, as its first attempt.
     pub fn job(self, name: &str, payload: &str) -> anyhow::Result<CallReport> {
-        let installation = self
+        // Owned copies: only the call may hold the capability services.
+        let (plugin, settings) = self
             .deployment()?
             .tasks
-            .first()
-            .filter(|t| t.plugin.runs_jobs())
-            .context("the plugin does not export `jobs`")?
-            .clone();
+            .iter()
+            .find(|t| t.plugin.runs_jobs())
+            .map(|t| (t.plugin.clone(), t.settings.clone()))
+            .context("the plugin does not export `jobs`")?;
         let job = crate::runtime::hooks::jobs::Job {
             id: uuid::Uuid::now_v7().to_string(),
             name: name.to_owned(),
@@ -306,18 +288,43 @@ impl Trial {
             attempt: 1,
             run_at: crate::store::now_ms(),
         };
-        self.call(installation, |instance| instance.run_job(&job))
+        self.call(&plugin, settings, |instance| instance.run_job(&job))
     }
 
-    /// Calls `f` on a new instance of `installation`.
+    /// Sends `events` (objects as sent to `/capture`) to the plugin's exporter as one batch, its
+    /// first attempt.
+    pub fn export(self, events: Vec<Value>) -> anyhow::Result<CallReport> {
+        // Owned copies: only the call may hold the capability services.
+        let (plugin, settings) = self
+            .deployment()?
+            .exports
+            .first()
+            .map(|e| (e.plugin.clone(), e.settings.clone()))
+            .context("the plugin does not export `exporter`")?;
+        let payload = normalize::encode(&captured(events)?, TEAM)?;
+        let now = crate::store::now_ms();
+        let batch = Batch {
+            id: format!("plugin-run-{now}"),
+            team_id: TEAM,
+            attempt: 1,
+            created_at_ms: now,
+            positions: (1, 1),
+        };
+        self.call(&plugin, settings, |instance| {
+            instance.export(&batch, &payload)
+        })
+    }
+
+    /// Calls `f` on a new instance of `plugin` with `settings`.
     fn call(
         mut self,
-        installation: Arc<TaskInstallation>,
+        plugin: &Plugin,
+        settings: InstanceSettings,
         f: impl FnOnce(&mut Instance) -> Result<(), CallError>,
     ) -> anyhow::Result<CallReport> {
         let logs = crate::capabilities::log::live().watch();
         let started = Instant::now();
-        let outcome = Instance::start(&installation.plugin, &installation.settings)
+        let outcome = Instance::start(plugin, &settings)
             .and_then(|mut instance| {
                 let called = f(&mut instance);
                 instance.teardown();
@@ -325,8 +332,8 @@ impl Trial {
             })
             .map_err(|e| e.to_string());
         let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
-        // It holds the capability services; the log writer ends once they are gone.
-        drop(installation);
+        // They hold the capability services; the log writer ends once they are gone.
+        drop(settings);
         Ok(CallReport {
             outcome,
             logs: self.finish(logs),
@@ -350,6 +357,54 @@ impl Trial {
             .into_iter()
             .map(|l| (*l).clone())
             .collect::<Vec<_>>()
+    }
+}
+
+/// `events` (objects as sent to `/capture`) as capture makes them.
+fn captured(events: Vec<Value>) -> anyhow::Result<Vec<NewEvent>> {
+    let context = RequestContext {
+        now_ms: crate::store::now_ms(),
+        ..RequestContext::default()
+    };
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let Value::Object(mut item) = item else {
+                bail!("event {}: not a JSON object", i + 1);
+            };
+            // The client's address, which capture takes from the request.
+            let ip = match item.remove("ip") {
+                Some(Value::String(ip)) => Some(ip),
+                None | Some(Value::Null) => None,
+                Some(_) => bail!("event {}: `ip` must be text", i + 1),
+            };
+            let mut event = normalize::event(i, item, &context, None)
+                .map_err(|e| anyhow::anyhow!("event {}: {e}", i + 1))?;
+            event.ip = ip;
+            Ok(event)
+        })
+        .collect()
+}
+
+/// Lets compiled components outlive the scratch folder: its `data/compiled` (where the engine
+/// caches them) is the user's `~/.cache/sluice/compiled`, so running the same component again
+/// skips compiling it (seconds for a JS plugin). Without a home, each run compiles.
+fn keep_compiled(scratch: &Path) {
+    let Some(cache) = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
+    else {
+        return;
+    };
+    let compiled = cache.join("sluice").join("compiled");
+    let linked = std::fs::create_dir_all(&compiled)
+        .and_then(|()| std::fs::create_dir_all(scratch.join("data")))
+        .and_then(|()| {
+            std::os::unix::fs::symlink(&compiled, scratch.join("data").join("compiled"))
+        });
+    if let Err(error) = linked {
+        tracing::debug!(%error, "compiled components are not kept between runs");
     }
 }
 
@@ -409,23 +464,27 @@ fn trial_config(
         }
         None => (std::env::current_dir()?, PathBuf::from("sluice plugin run")),
     };
-    if !installation.contains_key("id")
-        || (settings.grants.is_none() && !installation.contains_key("grants"))
-    {
-        let loaded = load(plugin)?;
-        installation
-            .entry("id")
-            .or_insert_with(|| toml::Value::String(loaded.manifest.name.clone()));
-        installation.entry("grants").or_insert_with(|| {
-            toml::Value::Array(
-                loaded
-                    .needs()
-                    .into_iter()
-                    .map(|n| toml::Value::String(n.to_owned()))
-                    .collect(),
-            )
-        });
+    let stem = plugin
+        .file_stem()
+        .map_or("plugin".into(), |s| s.to_string_lossy());
+    installation
+        .entry("id")
+        .or_insert_with(|| toml::Value::String(stem.into_owned()));
+    // Without `--grant`, every capability a section does not configure (and GeoIP when
+    // `--with` has it): a component can only call what it imports and declares, so what it
+    // needs is granted and nothing more is reachable.
+    let mut grants = vec!["log", "metrics", "storage", "cache", "jobs", "recordings"];
+    if table.contains_key("geoip") {
+        grants.push("geoip");
     }
+    installation.entry("grants").or_insert_with(|| {
+        toml::Value::Array(
+            grants
+                .iter()
+                .map(|g| toml::Value::String((*g).into()))
+                .collect(),
+        )
+    });
     installation.insert(
         "plugin".into(),
         toml::Value::String(plugin.display().to_string()),

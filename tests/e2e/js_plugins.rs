@@ -161,3 +161,93 @@ fn the_js_property_filter_stores_what_the_rust_one_stores() {
         "a key the plugin leaves alone keeps its exact number, though JS cannot hold it"
     );
 }
+
+/// `sluice plugin run COMPONENT args...`: whether it succeeded, and its report.
+fn run_js(component: &std::path::Path, args: &[&str], stdin: &str) -> (bool, Value) {
+    use std::io::Write;
+    let mut child = Command::new(sluice_bin())
+        .args(["plugin", "run"])
+        .arg(component)
+        .args(args)
+        .arg("--json")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("no report: {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.success(), report)
+}
+
+fn logged(report: &Value) -> Vec<String> {
+    report["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["message"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn a_js_plugin_exports_runs_its_task_and_its_jobs_and_says_what_it_did_not_declare() {
+    let hooks = js_plugin("hooks");
+    let (ok, report) = run_js(
+        &hooks,
+        &["--events", "-"],
+        "{\"event\": \"a\", \"distinct_id\": \"u\"}\n{\"event\": \"b\", \"distinct_id\": \"v\"}\n",
+    );
+    assert!(ok, "{report}");
+    assert!(
+        logged(&report)[0].starts_with("exported 2 events of batch plugin-run-"),
+        "{report}"
+    );
+    let (ok, report) = run_js(&hooks, &["--task", "runEveryMinute"], "");
+    assert!(ok, "{report}");
+    assert_eq!(logged(&report), ["tick 1; last batch none"]);
+    let (ok, report) = run_js(
+        &hooks,
+        &["--job", "greet", "--payload", "{\"name\": \"Ann\"}"],
+        "",
+    );
+    assert!(ok, "{report}");
+    assert_eq!(logged(&report), ["hello Ann"]);
+    let (ok, report) = run_js(
+        &hooks,
+        &[
+            "--job",
+            "greet",
+            "--payload",
+            "{\"name\": \"Bo\", \"fail\": true}",
+        ],
+        "",
+    );
+    assert!(!ok);
+    assert_eq!(
+        report["outcome"]["Err"],
+        "plugin error: cannot greet Bo yet"
+    );
+    let (ok, report) = run_js(
+        &hooks,
+        &["--job", "chain", "--payload", "{\"name\": \"Cy\"}"],
+        "",
+    );
+    assert!(ok, "{report}");
+    assert!(
+        logged(&report)[0].starts_with("queued greet as "),
+        "{report}"
+    );
+    let (ok, report) = run_js(&hooks, &["--job", "locate"], "");
+    assert!(!ok);
+    assert_eq!(
+        report["outcome"]["Err"],
+        "plugin error: the `geoip` capability is not declared: add \"geoip\" to \"capabilities\" in plugin.json"
+    );
+}

@@ -27,9 +27,10 @@ pub enum Action {
         /// The plugin's `.wasm` component.
         file: PathBuf,
     },
-    /// Run a plugin in the real host on sample events (or one task, or one job) and print, per
-    /// event, what it did and the event as it would be stored (its changes from the input),
-    /// then what it logged and how long it took.
+    /// Run a plugin in the real host on sample events (through its transform, or its exporter
+    /// as one batch), or one task, or one job, and print, per event, what it did and the event
+    /// as it would be stored (its changes from the input), then what it logged and how long it
+    /// took.
     Run(Run),
     /// Write a new plugin crate (outside this repository) that builds and tests at once.
     New(crate::cli::scaffold::New),
@@ -47,6 +48,9 @@ pub struct Run {
     /// standard input.
     #[arg(long, conflicts_with_all = ["task", "job"])]
     events: Option<PathBuf>,
+    /// Send the events to the plugin's exporter as one batch (instead of its transform).
+    #[arg(long, requires = "events")]
+    export: bool,
     /// Run this task of the plugin once, instead of events.
     #[arg(long, conflicts_with = "job")]
     task: Option<String>,
@@ -56,8 +60,9 @@ pub struct Run {
     /// The job's payload (JSON text).
     #[arg(long, default_value = "{}", requires = "job")]
     payload: String,
-    /// Grant these capabilities (comma-separated or repeated); default: every one the plugin
-    /// needs. Capabilities run on a scratch data folder, so nothing real is touched.
+    /// Grant these capabilities (comma-separated or repeated); default: every one no section
+    /// configures (and `geoip` when `--with` has it). They run on a scratch data folder, so
+    /// nothing real is touched.
     #[arg(long, value_delimiter = ',')]
     grant: Option<Vec<String>>,
     /// A sluice.toml whose `[geoip]` and `[object_stores]` the run uses (real), and whose
@@ -186,6 +191,10 @@ fn run_plugin(run: Run) -> anyhow::Result<()> {
         );
     };
     let events = read_events(source)?;
+    let exporter_only = trial.plugin()?.exports_events() && !trial.plugin()?.transforms();
+    if run.export || exporter_only {
+        return print_call(&trial.export(events)?, run.json);
+    }
     let report = trial.events(events)?;
     if run.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
