@@ -64,7 +64,10 @@ if ! cmp -s sdk/js/package-lock.json "$js/package-lock.json" 2>/dev/null || [ ! 
   cp sdk/js/package.json sdk/js/package-lock.json "$js/"
   (cd "$js" && npm ci --no-audit --no-fund --loglevel=error)
 fi
-[ -e sdk/js/node_modules ] || ln -s "$js/node_modules" sdk/js/node_modules
+# (A node_modules an author installed in sdk/js stays; a link from an earlier run is renewed.)
+if [ -L sdk/js/node_modules ] || [ ! -e sdk/js/node_modules ]; then
+  ln -sfn "$js/node_modules" sdk/js/node_modules
+fi
 export SLUICE_JS_PLUGIN_DIR="$target/js-plugins"
 stamp=$(find sdk/js/src sdk/js/bin sdk/js/examples tests/js-guests wit/v1 sdk/js/package-lock.json -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum)
 if [ "$stamp" != "$(cat "$SLUICE_JS_PLUGIN_DIR/.stamp" 2>/dev/null)" ]; then

@@ -29,6 +29,9 @@ use std::time::Instant;
 /// The team every run is for.
 const TEAM: u64 = 1;
 
+/// Most events in one call of the transform.
+const BATCH: usize = 1_000;
+
 /// What to run and with what.
 #[derive(Debug, Clone, Default)]
 pub struct TrialSettings {
@@ -155,8 +158,8 @@ impl Trial {
             .context("nothing is installed")
     }
 
-    /// Runs `events` (objects as sent to `/capture`) through the plugin's transform, in one
-    /// batch, in order.
+    /// Runs `events` (objects as sent to `/capture`) through the plugin's transform, in order,
+    /// in batches of up to [`BATCH`].
     pub fn events(mut self, events: Vec<Value>) -> anyhow::Result<EventsReport> {
         let chain = self.deployment()?.chains.of(TEAM).to_vec();
         if chain.is_empty() {
@@ -164,23 +167,29 @@ impl Trial {
         }
         let inputs = captured(events)?;
         let payload = normalize::encode(&inputs, TEAM)?;
-        let framed = BatchReader::new(&payload)
+        let framed: Vec<Vec<u8>> = BatchReader::new(&payload)
             .and_then(|reader| reader.collect::<Result<Vec<_>, _>>())?
             .iter()
             .map(|raw| crate::worker::framed(raw.body()))
             .collect();
-        let tap = tap::hub().watch();
+        let mut tap = tap::hub().watch();
         let logs = crate::capabilities::log::live().watch();
         let mut runner = chain::ChainRunner::new(2);
         let mut out = Output::default();
-        let started = Instant::now();
-        runner.run(&chain, framed, &mut out);
-        let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+        let mut records = Vec::new();
+        let mut elapsed_ms = 0.0;
+        // Batches of the size a worker's round holds, the tap's records taken after each, so a
+        // long file never outruns the tap's buffer.
+        for batch in framed.chunks(BATCH) {
+            let started = Instant::now();
+            runner.run(&chain, batch.to_vec(), &mut out);
+            elapsed_ms += started.elapsed().as_secs_f64() * 1e3;
+            records.extend(drain(&mut tap));
+        }
         runner.teardown();
         // The chain holds the capability services; the log writer ends once they are gone.
         drop(chain);
         let logs = self.finish(logs);
-        let records = drain(tap);
         let stored = out
             .events
             .iter()
@@ -346,14 +355,14 @@ impl Trial {
     }
 
     /// Stops everything and returns the log lines stored meanwhile.
-    fn finish(&mut self, logs: tap::Watcher<LogLine>) -> Vec<LogLine> {
+    fn finish(&mut self, mut logs: tap::Watcher<LogLine>) -> Vec<LogLine> {
         if let Some(deployment) = self.deployment.take() {
             deployment.stop_runners();
         }
         if let Some(background) = self.background.take() {
             background.join();
         }
-        drain(logs)
+        drain(&mut logs)
             .into_iter()
             .map(|l| (*l).clone())
             .collect::<Vec<_>>()
@@ -419,7 +428,7 @@ pub fn load(file: &Path) -> anyhow::Result<Arc<Plugin>> {
 }
 
 /// Every record a watcher has now.
-fn drain<T: Clone>(mut watcher: tap::Watcher<T>) -> Vec<Arc<T>> {
+fn drain<T: Clone>(watcher: &mut tap::Watcher<T>) -> Vec<Arc<T>> {
     let mut records = Vec::new();
     loop {
         match watcher.records.try_recv() {

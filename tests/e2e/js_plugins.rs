@@ -197,11 +197,27 @@ fn logged(report: &Value) -> Vec<String> {
 }
 
 #[test]
-fn a_js_plugin_exports_runs_its_task_and_its_jobs_and_says_what_it_did_not_declare() {
+fn a_js_plugin_changes_events_exports_runs_its_task_and_jobs_and_says_what_it_did_not_declare() {
     let hooks = js_plugin("hooks");
     let (ok, report) = run_js(
         &hooks,
         &["--events", "-"],
+        "{\"event\": \"rebuild\", \"distinct_id\": \"u\", \"properties\": {\"a\": 1}}\n\
+         {\"event\": \"retime\", \"distinct_id\": \"u\"}\n{\"event\": \"same\", \"distinct_id\": \"u\"}\n",
+    );
+    assert!(ok, "{report}");
+    let events = report["events"].as_array().unwrap();
+    assert_eq!(events[0]["stored"]["event"], "rebuilt", "{report}");
+    assert_eq!(events[0]["stored"]["properties"], json!({"only": 1}));
+    assert_eq!(
+        events[1]["timestamp_ms"],
+        json!(1_577_836_800_000i64),
+        "{report}"
+    );
+    assert_eq!(events[2]["steps"][0]["outcome"], "kept", "{report}");
+    let (ok, report) = run_js(
+        &hooks,
+        &["--export", "--events", "-"],
         "{\"event\": \"a\", \"distinct_id\": \"u\"}\n{\"event\": \"b\", \"distinct_id\": \"v\"}\n",
     );
     assert!(ok, "{report}");

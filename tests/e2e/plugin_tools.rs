@@ -124,6 +124,32 @@ fn run_shows_each_events_outcome_as_stored_and_the_wasm_harness_agrees_with_the_
     );
     assert!(shown.contains("2 events: "), "{shown}");
 
+    // As installed in a sluice.toml: that installation's config (everything sampled out).
+    let toml = dir.path().join("sluice.toml");
+    std::fs::write(
+        &toml,
+        "[[teams]]\nid = 1\ntoken = \"phc_x\"\n[[teams.plugins]]\nid = \"ds\"\nplugin = \"ds.wasm\"\nconfig = { percentage = 0 }\n",
+    )
+    .unwrap();
+    let out = sluice(&[
+        "plugin",
+        "run",
+        plugin("downsample").to_str().unwrap(),
+        "--with",
+        toml.to_str().unwrap(),
+        "--installation",
+        "team-1/ds",
+        "--events",
+        events.to_str().unwrap(),
+    ]);
+    let shown = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(shown.contains("2 events: 0 stored, 2 not"), "{shown}");
+    assert!(
+        shown.contains("team-1/ds: dropped (sampled out)"),
+        "{shown}"
+    );
+
     // A bad config is refused with the key and the reason.
     let out = sluice(&[
         "plugin",

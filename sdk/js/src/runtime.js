@@ -184,16 +184,19 @@ function outcome(out, raw, given, seen, result) {
     out.drop('processEvent returned no event');
     return;
   }
+  // The event given back with no uuid or time assigned: those cannot have changed.
   const same = result === given && !seen.assigned;
   const envelopeChanged = result.event !== seen.event || result.distinct_id !== seen.distinctId
-    || (!same && (result.timestamp !== given.timestamp || result.uuid !== given.uuid))
+    || (!same && (result.timestamp !== new Date(raw.timestampMs).toISOString()
+      || result.uuid !== uuidText(raw.uuid)))
     || (result.$set === undefined ? null : JSON.stringify(result.$set)) !== seen.set
     || (result.$set_once === undefined ? null : JSON.stringify(result.$set_once)) !== seen.setOnce;
-  // Never read, never changed.
-  const properties = seen.properties === undefined ? undefined : (result.properties ?? {});
+  // The given event's properties, never read, are unchanged; another object's are its own.
+  const untouched = result === given && seen.properties === undefined;
+  const properties = untouched ? undefined : (result.properties ?? {});
   if (envelopeChanged) {
     out.replace(encodeEvent({
-      uuid: uuidBytes(result.uuid ?? given.uuid),
+      uuid: uuidBytes(result.uuid ?? uuidText(raw.uuid)),
       teamId: raw.teamId,
       timestampMs: result.timestamp === undefined ? raw.timestampMs : new Date(result.timestamp).getTime(),
       texts: [

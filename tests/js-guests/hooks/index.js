@@ -1,5 +1,14 @@
-// A JS plugin with the hooks besides `processEvent`, for tests/e2e/js_plugins.rs.
+// A JS plugin with every hook, for tests/e2e/js_plugins.rs; its `processEvent` returns events
+// changed the ways the runtime must notice.
 import { RetryError } from '@sluice/plugin-sdk';
+
+export function processEvent(event) {
+  if (event.event === 'rebuild') {
+    return { uuid: event.uuid, event: 'rebuilt', distinct_id: event.distinct_id, timestamp: event.timestamp, properties: { only: 1 } };
+  }
+  if (event.event === 'retime') event.timestamp = '2020-01-01T00:00:00.000Z';
+  return event;
+}
 
 export async function exportEvents(events, { storage, batch }) {
   await storage.set('last-batch', { id: batch.id, names: events.map((e) => e.event) });
