@@ -1027,6 +1027,21 @@ fn ready_to_store(encoded: &[u8]) {
     .unwrap();
 }
 
+/// Nanoseconds per input event of `chain` on `events`, in batches of [`BATCH`], including what
+/// the sink does before storing what it keeps.
+fn chain_ns(chain: &[Arc<Installation>], events: &[Vec<u8>]) -> f64 {
+    let mut runner = ChainRunner::new(16);
+    let ns = measure(|| {
+        for chunk in events.chunks(BATCH) {
+            let mut out = Output::default();
+            runner.run(chain, chunk.to_vec(), &mut out);
+            out.events.iter().for_each(|e| ready_to_store(e));
+        }
+    });
+    runner.teardown();
+    ns
+}
+
 /// Runs the peer's `bench.js` on the database at `db`; its events/s in, by chain name.
 fn run_peer(db: &std::path::Path) -> Result<std::collections::HashMap<String, f64>, String> {
     let script = std::env::var_os("SLUICE_PEER_BENCH")
@@ -1096,16 +1111,7 @@ fn peer_chains(runtime: &Runtime, plugins: &std::path::Path) {
     );
     for (name, installations) in chains {
         let chain = chain_of(runtime, plugins, &installations, &services);
-        let mut runner = ChainRunner::new(16);
-        let ns = measure(|| {
-            for chunk in events.chunks(BATCH) {
-                let mut out = Output::default();
-                runner.run(&chain, chunk.to_vec(), &mut out);
-                out.events.iter().for_each(|e| ready_to_store(e));
-            }
-        });
-        runner.teardown();
-        let rate = 1e9 / ns;
+        let rate = 1e9 / chain_ns(&chain, &events);
         match peer.as_ref().ok().and_then(|peer| peer.get(name)) {
             Some(peer_rate) => println!(
                 "  {name:<22} {rate:>16.0} {peer_rate:>16.0} {:>7.2}x",
@@ -1215,16 +1221,7 @@ fn js_plugins(runtime: &Runtime, plugins: &std::path::Path) {
     ] {
         chain.truncate(1);
         chain.extend(last);
-        let mut runner = ChainRunner::new(16);
-        let ns = measure(|| {
-            for chunk in events.chunks(BATCH) {
-                let mut out = Output::default();
-                runner.run(&chain, chunk.to_vec(), &mut out);
-                out.events.iter().for_each(|e| ready_to_store(e));
-            }
-        });
-        runner.teardown();
-        println!("  {label:<44} {:>12.0}", 1e9 / ns);
+        println!("  {label:<44} {:>12.0}", 1e9 / chain_ns(&chain, &events));
     }
     match peer
         .as_ref()

@@ -121,31 +121,17 @@ export function applyPatch(properties, ip, topSet, topSetOnce, patch) {
   return ip;
 }
 
-/** Builds a patch. */
-export class PatchWriter {
+/** Bytes that start with a count of their items (`u32`), gathered in parts and joined once. */
+class CountedList {
   constructor() {
     this.parts = [];
     this.count = 0;
     this.size = 4;
   }
 
-  push(target, mode, key, value) {
-    const keyBytes = encoder.encode(key);
-    const valueBytes = mode === Mode.remove ? null : encoder.encode(JSON.stringify(value));
-    const head = new Uint8Array(6);
-    const view = new DataView(head.buffer);
-    head[0] = target;
-    head[1] = mode;
-    view.setUint32(2, keyBytes.length, true);
-    const len = new Uint8Array(4);
-    new DataView(len.buffer).setUint32(0, valueBytes ? valueBytes.length : ABSENT, true);
-    this.parts.push(head, keyBytes, len);
-    this.size += 10 + keyBytes.length;
-    if (valueBytes) {
-      this.parts.push(valueBytes);
-      this.size += valueBytes.length;
-    }
-    this.count++;
+  add(bytes) {
+    this.parts.push(bytes);
+    this.size += bytes.length;
   }
 
   finish() {
@@ -160,19 +146,29 @@ export class PatchWriter {
   }
 }
 
+/** Builds a patch. */
+export class PatchWriter extends CountedList {
+  push(target, mode, key, value) {
+    const keyBytes = encoder.encode(key);
+    const head = new Uint8Array(6);
+    head[0] = target;
+    head[1] = mode;
+    new DataView(head.buffer).setUint32(2, keyBytes.length, true);
+    this.add(head);
+    this.add(keyBytes);
+    if (mode === Mode.remove) {
+      const absent = new Uint8Array(4);
+      new DataView(absent.buffer).setUint32(0, ABSENT, true);
+      this.add(absent);
+    } else {
+      this.add(lengthPrefixed(encoder.encode(JSON.stringify(value))));
+    }
+    this.count++;
+  }
+}
+
 /** Builds an outcome list, one outcome per event in order. */
-export class OutcomeWriter {
-  constructor() {
-    this.parts = [];
-    this.count = 0;
-    this.size = 4;
-  }
-
-  add(bytes) {
-    this.parts.push(bytes);
-    this.size += bytes.length;
-  }
-
+export class OutcomeWriter extends CountedList {
   tagged(tag, bytes) {
     this.add(Uint8Array.of(tag));
     if (bytes) this.add(lengthPrefixed(bytes));
@@ -201,17 +197,6 @@ export class OutcomeWriter {
 
   patch(patch) {
     this.tagged(4, patch);
-  }
-
-  finish() {
-    const out = new Uint8Array(this.size);
-    new DataView(out.buffer).setUint32(0, this.count, true);
-    let at = 4;
-    for (const part of this.parts) {
-      out.set(part, at);
-      at += part.length;
-    }
-    return out;
   }
 }
 
