@@ -16,6 +16,11 @@ done
 cargo build --release --locked --target wasm32-wasip2 "${packages[@]}"
 target=${CARGO_TARGET_DIR:-$root/target}
 mkdir -p "$out"
+# The fix of the guest with a bug, for failure bundles: built apart (only that crate rebuilds),
+# kept under its own name before the main build's copy is taken.
+cargo build --release --locked --target wasm32-wasip2 -p sluice-guest-wobbly --features fixed
+cp "$target/wasm32-wasip2/release/sluice_guest_wobbly.wasm" "$out/wobbly-fixed.wasm"
+cargo build --release --locked --target wasm32-wasip2 -p sluice-guest-wobbly
 for wasm in "$target"/wasm32-wasip2/release/sluice_plugin_*.wasm "$target"/wasm32-wasip2/release/sluice_guest_*.wasm; do
   name=$(basename "$wasm" .wasm)
   name=${name#sluice_plugin_}

@@ -13,17 +13,16 @@
 
 #![allow(clippy::unwrap_used)]
 
-use flate2::Compression;
-use flate2::write::GzEncoder;
 use serde_json::{Value, json};
 use sluice::config::Config;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 mod common;
 #[path = "common/events.rs"]
 mod events;
+#[path = "common/load.rs"]
+mod load;
 use events::properties;
 // The e2e tests' S3 server, of which the bench needs only part.
 #[allow(dead_code)]
@@ -38,7 +37,7 @@ const STORED: usize = 200_000;
 fn main() {
     sluice::telemetry::init_logging();
     sluice::telemetry::prometheus();
-    let plugins = plugin_dir();
+    let plugins = load::plugin_dir(&["s3-export.wasm"]);
     println!(
         "sluice export benchmark ({} cores), S3 export plugin -> s3s-fs on loopback\n",
         std::thread::available_parallelism().map_or(1, usize::from)
@@ -80,19 +79,6 @@ fn thread_cpu_seconds(prefix: &str) -> f64 {
     nanos as f64 / 1e9
 }
 
-fn plugin_dir() -> PathBuf {
-    let dir = std::env::var_os("SLUICE_PLUGIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins"));
-    assert!(
-        dir.join("s3-export.wasm").is_file(),
-        "no plugins in {}: run `plugins/build.sh {}` first",
-        dir.display(),
-        dir.display()
-    );
-    dir
-}
-
 /// A config of one team, with the S3 export writing `format` if `export` is set.
 fn config(dir: &Path, s3: &s3::S3Server, plugins: &Path, format: Option<&str>) -> Config {
     let mut text = format!(
@@ -123,55 +109,9 @@ fn bodies(start: usize, requests: usize) -> Vec<Vec<u8>> {
                     json!({"event": "$pageview", "distinct_id": format!("user-{}", n % 10_000), "properties": properties(n)})
                 })
                 .collect();
-            let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
-            gz.write_all(
-                json!({"api_key": "phc_bench", "batch": batch})
-                    .to_string()
-                    .as_bytes(),
-            )
-            .unwrap();
-            gz.finish().unwrap()
+            events::gzip_batch(batch)
         })
         .collect()
-}
-
-/// Sends `bodies` with `concurrency` clients; at most `per_second` requests each second if set.
-fn send(
-    served: &common::Served,
-    bodies: Vec<Vec<u8>>,
-    concurrency: usize,
-    per_second: Option<usize>,
-) {
-    let url = format!("http://{}/batch", served.addr);
-    let started = Instant::now();
-    served.runtime.block_on(async {
-        let client = reqwest::Client::new();
-        let bodies = std::sync::Arc::new(bodies);
-        let tasks: Vec<_> = (0..concurrency)
-            .map(|t| {
-                let (client, url, bodies) = (client.clone(), url.clone(), bodies.clone());
-                tokio::spawn(async move {
-                    for r in (t..bodies.len()).step_by(concurrency) {
-                        if let Some(rate) = per_second {
-                            let due = started + Duration::from_secs_f64(r as f64 / rate as f64);
-                            tokio::time::sleep_until(due.into()).await;
-                        }
-                        let response = client
-                            .post(&url)
-                            .header("content-encoding", "gzip")
-                            .body(bodies[r].clone())
-                            .send()
-                            .await
-                            .unwrap();
-                        assert_eq!(response.status(), 200);
-                    }
-                })
-            })
-            .collect();
-        for task in tasks {
-            task.await.unwrap();
-        }
-    });
 }
 
 fn status(data_dir: &Path) -> Value {
@@ -187,7 +127,7 @@ fn throughput(plugins: &Path, format: &str) {
     let dir = tempfile::tempdir().unwrap();
     // Store the events first, without the export.
     let served = common::Served::start(config(dir.path(), &s3, plugins, None));
-    send(&served, bodies(0, STORED / 100), 16, None);
+    load::send(&served, bodies(0, STORED / 100), 16, None);
     let data_dir = dir.path().join("data");
     let conn = sluice::store::open(&data_dir).unwrap();
     while sluice::ingest::sqlite::depth(&conn).unwrap() > 0 {
@@ -242,7 +182,7 @@ fn lag(plugins: &Path) {
     let bodies = bodies(0, SECONDS * RATE);
     let (export_cpu, process_cpu) = (thread_cpu_seconds("sluice-export"), thread_cpu_seconds(""));
     let started = Instant::now();
-    send(&served, bodies, 32, Some(RATE));
+    load::send(&served, bodies, 32, Some(RATE));
     let sent_in = started.elapsed().as_secs_f64();
     let export_cpu = thread_cpu_seconds("sluice-export") - export_cpu;
     let process_cpu = thread_cpu_seconds("") - process_cpu;

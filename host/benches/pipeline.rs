@@ -67,7 +67,7 @@ fn main() {
         .filter(|a| !a.starts_with('-'))
         .collect();
     let runs = |section: &str| chosen.is_empty() || chosen.iter().any(|c| c == section);
-    let plugins = plugin_dir();
+    let plugins = load::plugin_dir(&["downsample.wasm", "passthrough.wasm"]);
     println!(
         "sluice pipeline benchmark ({} cores)",
         std::thread::available_parallelism().map_or(1, usize::from)
@@ -194,6 +194,8 @@ fn isolation(runtime: &Runtime, plugins: &std::path::Path) {
 mod common;
 #[path = "common/events.rs"]
 mod events;
+#[path = "common/load.rs"]
+mod load;
 use events::properties;
 
 /// The host's location record as the SDK's, to answer the native plugin from the same reader.
@@ -234,6 +236,7 @@ fn geoip_services(path: &std::path::Path) -> (Arc<Database>, Arc<Services>) {
         object_stores: None,
         jobs: None,
         recordings: None,
+        sandbox: None,
     });
     (database, services)
 }
@@ -455,26 +458,6 @@ fn decoder() {
     }
 }
 
-fn plugin_dir() -> PathBuf {
-    let dir = std::env::var_os("SLUICE_PLUGIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target"))
-                });
-            target.join("plugins")
-        });
-    assert!(
-        dir.join("downsample.wasm").is_file() && dir.join("passthrough.wasm").is_file(),
-        "no plugins in {}: run `plugins/build.sh {}` first",
-        dir.display(),
-        dir.display()
-    );
-    dir
-}
-
 fn encoded_events(count: usize, users: usize) -> Vec<Vec<u8>> {
     (0..count)
         .map(|i| {
@@ -583,6 +566,7 @@ fn instance(
             grants: Grants::of(&plugin.needs()),
             timeout: Duration::from_secs(10),
             services: services.clone(),
+            bundles: None,
         }),
         config: Value::Object(resolved),
         memory_bytes: 256 << 20,
@@ -754,11 +738,9 @@ fn end_to_end(plugins: &std::path::Path, geoip: bool, backend: &Backend) -> (i64
     let data_dir = config.server.data_dir.clone();
 
     let served = common::Served::start(config);
-    let addr = served.addr;
-
     const REQUESTS: usize = 2_000;
     const CONCURRENCY: usize = 32;
-    let bodies: Arc<Vec<Vec<u8>>> = Arc::new(
+    let bodies: Vec<Vec<u8>> =
         (0..20)
             .map(|b| {
                 let batch: Vec<Value> = (0..100)
@@ -770,38 +752,18 @@ fn end_to_end(plugins: &std::path::Path, geoip: bool, backend: &Backend) -> (i64
                         json!({"event": "$pageview", "distinct_id": format!("user-{b}-{i}"), "properties": properties})
                     })
                     .collect();
-                let mut gz = GzEncoder::new(Vec::new(), Compression::default());
-                gz.write_all(json!({"api_key": "phc_bench", "batch": batch}).to_string().as_bytes()).unwrap();
-                gz.finish().unwrap()
-            })
-            .collect(),
-    );
-    let url = format!("http://{addr}/batch");
-    let started = Instant::now();
-    served.runtime.block_on(async {
-        let client = reqwest::Client::new();
-        let tasks: Vec<_> = (0..CONCURRENCY)
-            .map(|t| {
-                let (client, url, bodies) = (client.clone(), url.clone(), bodies.clone());
-                tokio::spawn(async move {
-                    for r in (t..REQUESTS).step_by(CONCURRENCY) {
-                        let response = client
-                            .post(&url)
-                            .header("content-encoding", "gzip")
-                            .body(bodies[r % bodies.len()].clone())
-                            .send()
-                            .await
-                            .unwrap();
-                        let status = response.status();
-                        assert_eq!(status, 200, "{}", response.text().await.unwrap_or_default());
-                    }
-                })
+                events::gzip_batch(batch)
             })
             .collect();
-        for task in tasks {
-            task.await.unwrap();
-        }
-    });
+    let started = Instant::now();
+    load::send(
+        &served,
+        (0..REQUESTS)
+            .map(|r| bodies[r % bodies.len()].clone())
+            .collect(),
+        CONCURRENCY,
+        None,
+    );
     let accepted = started.elapsed();
     let conn = sluice::store::open(&data_dir).unwrap();
     let count = |located: bool| -> i64 {

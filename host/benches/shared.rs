@@ -90,6 +90,7 @@ fn cache_calls(plugins: &std::path::Path, backend: &str, cache: Arc<dyn Backend>
         object_stores: None,
         jobs: None,
         recordings: None,
+        sandbox: None,
     });
     let settings = InstanceSettings {
         context: Arc::new(Context {
@@ -99,6 +100,7 @@ fn cache_calls(plugins: &std::path::Path, backend: &str, cache: Arc<dyn Backend>
             grants: Grants::of(&plugin.needs()),
             timeout: Duration::from_secs(10),
             services,
+            bundles: None,
         }),
         config: Value::Object(resolved),
         memory_bytes: 64 << 20,

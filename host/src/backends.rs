@@ -102,6 +102,31 @@ impl Backends {
         })
     }
 
+    /// The live `storage` and `cache` a sandboxed run reads through to: Redis's, or the
+    /// embedded storage of the data folder if a server made one (the embedded cache lives in
+    /// the server's memory, out of reach). Blocking.
+    pub fn live(&self) -> Result<crate::capabilities::sandbox::Live, StoreError> {
+        Ok(match &self.redis {
+            Some(redis) => crate::capabilities::sandbox::Live {
+                storage: Some(Arc::new(RedisStorage::new(redis.clone()))),
+                cache: Some(Arc::new(RedisCache::new(redis.clone()))),
+                data_dir: Some(self.data_dir.clone()),
+            },
+            // A server that never ran has no state to read.
+            None if !self.data_dir.join(crate::store::DB_FILE).is_file() => {
+                crate::capabilities::sandbox::Live {
+                    data_dir: Some(self.data_dir.clone()),
+                    ..Default::default()
+                }
+            }
+            None => crate::capabilities::sandbox::Live {
+                storage: Some(Arc::new(SqliteStorage::open(&self.data_dir)?)),
+                cache: None,
+                data_dir: Some(self.data_dir.clone()),
+            },
+        })
+    }
+
     /// The job queue.
     pub fn job_queue(&self) -> Result<Arc<dyn JobQueue>, StoreError> {
         Ok(match &self.redis {

@@ -13,6 +13,7 @@ wasmtime::component::bindgen!({
     world: "plugin",
     path: "../wit/v1",
     imports: { default: tracing },
+    additional_derives: [serde::Serialize, serde::Deserialize],
 });
 
 pub use self::exports::sluice::plugin::{exporter, jobs, lifecycle, scheduled, transform};

@@ -81,6 +81,8 @@ pub struct Deployment {
     pub tasks: Vec<Arc<TaskInstallation>>,
     /// The capability services its installations use.
     pub services: Arc<Services>,
+    /// Its shadow installations, running, if it has any.
+    pub shadows: Option<Arc<crate::shadow::Shadows>>,
     runners: Mutex<Vec<RunnerHandle>>,
 }
 
@@ -93,6 +95,7 @@ impl Deployment {
             exports: installed.exports,
             tasks: installed.tasks,
             services,
+            shadows: None,
             runners: Mutex::default(),
         }
     }

@@ -22,7 +22,20 @@ pub fn effective(config: &Config, deployment: &Deployment) -> Value {
                 .iter()
                 .filter_map(|i| installation(deployment, team.id, &i.id.qualified(team.id), i))
                 .collect();
-            json!({ "id": team.id, "name": team.name, "token": team.token.as_str(), "installations": installations })
+            let shadows: Vec<Value> = team
+                .plugins
+                .iter()
+                .filter_map(|i| {
+                    let shadow = i.shadow.as_ref()?;
+                    Some(json!({
+                        "id": i.id.qualified(team.id),
+                        "path": i.plugin,
+                        "sample": shadow.sample,
+                        "replaces": shadow.replaces.as_ref().map(|r| r.qualified(team.id)),
+                    }))
+                })
+                .collect();
+            json!({ "id": team.id, "name": team.name, "token": team.token.as_str(), "installations": installations, "shadows": shadows })
         })
         .collect();
     json!({
@@ -70,6 +83,8 @@ fn installation(
         "timeout_ms": settings.context.timeout.as_millis() as u64,
         "memory_mb": settings.memory_bytes >> 20,
         "on_error": transform.map(|t| json!(t.on_error)),
+        "bundles": written.bundles,
+        "auto_rollback": written.auto_rollback,
         "breaker": transform.map(|t| json!(t.breaker_config)),
         "export": export.map(|e| json!(e.config)),
         "tasks": tasks.map(|t| t.tasks.iter().map(|task| json!({

@@ -124,6 +124,11 @@ pub fn pass(
         ),
         before(retention.dead_letters_days),
     )?;
+    run(
+        "captured",
+        bounded("captured", "id", "received_ms < ?1"),
+        now_ms - retention.captured_hours as i64 * 3_600_000,
+    )?;
     if let Some(days) = retention.events_days {
         // Only what every export of the team has passed (cursors are sequence numbers here).
         run(

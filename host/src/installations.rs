@@ -4,6 +4,7 @@
 //! `transform` joins its team's chain, an `exporter` gets an export runner, `scheduled` and
 //! `jobs` get a task runner; a plugin may do several.
 
+use crate::bundle::{BundleSettings, Bundles};
 use crate::capabilities::{self, Context, Grants, Services};
 use crate::chain::{Chains, Installation, InstanceKey, SharingKey};
 use crate::config::{Config, InstallationConfig, OnError, Problem};
@@ -39,8 +40,10 @@ pub fn load(
     // Instances of stateless plugins already started once, by sharing key.
     let mut shared: HashMap<SharingKey, InstanceKey> = HashMap::new();
     let mut installed = Installed::default();
+    let config_data_dir = config.server.data_dir.clone();
     for team in &config.teams {
-        for installation in &team.plugins {
+        // Shadows run apart, on their own services (see `crate::shadow`).
+        for installation in team.plugins.iter().filter(|i| i.shadow.is_none()) {
             let mut problem = |suffix: &str, reason: String| {
                 problems.push(Problem {
                     key: format!("{}{suffix}", installation.key),
@@ -137,7 +140,9 @@ pub fn load(
                 continue;
             }
             let config = Value::Object(resolved);
-            let settings = |timeout_ms: u64| InstanceSettings {
+            let memory_bytes = (installation.memory_mb as usize) << 20;
+            let on_error = OnError::effective(installation.on_error, plugin.manifest.on_error);
+            let with_bundles = |timeout_ms: u64, bundles: Option<Arc<Bundles>>| InstanceSettings {
                 context: Arc::new(Context {
                     installation: id.clone(),
                     team_id: team.id,
@@ -145,10 +150,12 @@ pub fn load(
                     grants: installation.grants.clone(),
                     timeout: Duration::from_millis(timeout_ms),
                     services: services.clone(),
+                    bundles,
                 }),
                 config: config.clone(),
-                memory_bytes: (installation.memory_mb as usize) << 20,
+                memory_bytes,
             };
+            let settings = |timeout_ms: u64| with_bundles(timeout_ms, None);
             let mut started = |settings: &InstanceSettings| match Instance::start(&plugin, settings)
             {
                 Ok(instance) => {
@@ -161,7 +168,21 @@ pub fn load(
                 }
             };
             if plugin.transforms() {
-                let settings = settings(installation.transform_timeout_ms());
+                let timeout_ms = installation.transform_timeout_ms();
+                let bundles =
+                    (installation.bundles || on_error == OnError::DeadLetter).then(|| {
+                        Arc::new(Bundles::new(BundleSettings {
+                            data_dir: &config_data_dir,
+                            installation: &id,
+                            plugin: &plugin,
+                            config: &config,
+                            grants: installation.grants.names().map(str::to_owned).collect(),
+                            timeout_ms,
+                            memory_bytes,
+                            always: installation.bundles,
+                        }))
+                    });
+                let settings = with_bundles(timeout_ms, bundles);
                 let sharing = plugin
                     .manifest
                     .stateless
@@ -183,7 +204,7 @@ pub fn load(
                         instance_key,
                         plugin.clone(),
                         settings,
-                        OnError::effective(installation.on_error, plugin.manifest.on_error),
+                        on_error,
                         installation.breaker.clone(),
                     ),
                 );

@@ -136,6 +136,26 @@ pub enum ReloadError {
     /// The new runners could not start.
     #[error("cannot start the new runners: {0}")]
     Runners(String),
+    /// A promotion or a rollback cannot be made as asked.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// A rollback that was made.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rollback {
+    /// When, epoch ms.
+    pub at_ms: i64,
+    /// `team-N/id`.
+    pub installation: String,
+    /// The version left (SHA-256).
+    pub from: String,
+    /// The version returned to.
+    pub to: crate::versions::Version,
+    /// Why: the operator's command, or the breaker.
+    pub reason: String,
+    /// What the reload changed.
+    pub changes: Changes,
 }
 
 /// Reloads the config of a running server.
@@ -145,6 +165,8 @@ pub struct Reloader {
     launcher: Launcher,
     /// The config in force; held while a reload runs, so reloads run one at a time.
     config: Mutex<Config>,
+    /// The rollbacks made since the start, newest last.
+    rollbacks: Mutex<Vec<Rollback>>,
 }
 
 impl Reloader {
@@ -160,6 +182,160 @@ impl Reloader {
             current,
             launcher,
             config: Mutex::new(config),
+            rollbacks: Mutex::default(),
+        }
+    }
+
+    /// The rollbacks made since the start, newest last.
+    pub fn rollbacks(&self) -> Vec<Rollback> {
+        self.rollbacks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// `problem` of the file `new`; when it is an installation's missing grants, with what the
+    /// version in force needed and was granted beside what the new one needs and is granted.
+    fn with_grants_compared(&self, new: &Config, old: &Deployment, problem: Problem) -> Problem {
+        let Some(prefix) = problem.key.strip_suffix(".grants") else {
+            return problem;
+        };
+        let Some((team, installation)) = new.teams.iter().find_map(|team| {
+            let found = team.plugins.iter().find(|p| p.key == prefix)?;
+            Some((team.id, found))
+        }) else {
+            return problem;
+        };
+        let Ok(plugin) = self.runtime.load(&installation.plugin) else {
+            return problem;
+        };
+        let id = installation.id.qualified(team);
+        let in_force = old
+            .chains
+            .all()
+            .map(|i| (&i.id, &i.plugin, &i.settings))
+            .chain(old.exports.iter().map(|e| (&e.id, &e.plugin, &e.settings)))
+            .chain(old.tasks.iter().map(|t| (&t.id, &t.plugin, &t.settings)))
+            .find(|(i, ..)| ***i == *id);
+        let list = |names: Vec<&str>| match names.is_empty() {
+            true => "(none)".to_owned(),
+            false => names.join(", "),
+        };
+        let granted: Vec<&str> = installation.grants.names().collect();
+        let needs = plugin.needs();
+        let missing: Vec<&str> = needs
+            .iter()
+            .copied()
+            .filter(|n| !installation.grants.allows(n))
+            .collect();
+        let (old_needs, old_granted, old_sha) = match in_force {
+            Some((_, plugin, settings)) => (
+                list(plugin.needs()),
+                list(settings.context.grants.names().collect()),
+                short(&plugin.hash),
+            ),
+            None => ("(not installed)".into(), "-".into(), "-".into()),
+        };
+        let in_force_title = format!("in force ({old_sha})");
+        let new_title = format!("new ({})", short(&plugin.hash));
+        let rows = [
+            ("", in_force_title, new_title),
+            ("needs", old_needs, list(needs.clone())),
+            ("granted", old_granted, list(granted)),
+            ("missing", String::new(), list(missing)),
+        ];
+        let mut reason = format!(
+            "{} — {id}: the new version asks for capabilities it is not granted",
+            problem.reason
+        );
+        for (label, before, after) in rows {
+            reason.push_str(&format!("\n{label:<10} {before:<36} {after}"));
+        }
+        Problem {
+            key: problem.key,
+            reason,
+        }
+    }
+
+    /// Makes shadow installation `installation` (`team-N/id`) live: edits the config file in
+    /// force and reloads it (a failed reload puts the file back). Blocking.
+    pub fn promote(&self, installation: &str) -> Result<(String, Changes), ReloadError> {
+        let (team, id) = split_installation(installation)?;
+        let path = self.config().path;
+        self.edit_and_reload(&path, |path| crate::config::edit::promote(path, team, id))
+    }
+
+    /// Returns `installation` to its last good plugin version (or `to`, a SHA-256 it ran),
+    /// marking the version it leaves as bad for `reason`. Blocking.
+    pub fn rollback(
+        &self,
+        installation: &str,
+        to: Option<&str>,
+        reason: &str,
+    ) -> Result<Rollback, ReloadError> {
+        let (team, id) = split_installation(installation)?;
+        let config = self.config();
+        let deployment = self.current.get();
+        let current = deployment
+            .chains
+            .all()
+            .map(|i| (&i.id, &i.plugin))
+            .chain(deployment.exports.iter().map(|e| (&e.id, &e.plugin)))
+            .chain(deployment.tasks.iter().map(|t| (&t.id, &t.plugin)))
+            .find(|(i, _)| &***i == installation)
+            .map(|(_, p)| p.hash.clone())
+            .ok_or_else(|| ReloadError::Refused(format!("no live installation {installation}")))?;
+        let store = |e: crate::store::StoreError| ReloadError::Refused(e.to_string());
+        let conn = crate::store::open(&config.server.data_dir).map_err(store)?;
+        let target = match to {
+            Some(sha) => crate::versions::find(&conn, installation, sha).map_err(store)?,
+            None => crate::versions::previous(&conn, installation, &current).map_err(store)?,
+        }
+        .ok_or_else(|| {
+            ReloadError::Refused(format!(
+                "{installation} has no earlier good version to return to (see `sluice versions`)"
+            ))
+        })?;
+        let (_, changes) = self.edit_and_reload(&config.path, |path| {
+            crate::config::edit::set_plugin(path, team, id, &target.file)
+        })?;
+        crate::versions::mark_bad(&conn, installation, &current, reason).map_err(store)?;
+        let rollback = Rollback {
+            at_ms: crate::store::now_ms(),
+            installation: installation.to_owned(),
+            from: current,
+            to: target,
+            reason: reason.to_owned(),
+            changes,
+        };
+        tracing::warn!(installation, from = %rollback.from, to = %rollback.to.sha256, reason, "rolled back");
+        metrics::counter!("sluice_rollbacks_total", "installation" => installation.to_owned())
+            .increment(1);
+        self.rollbacks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(rollback.clone());
+        Ok(rollback)
+    }
+
+    /// Edits the file at `path` with `edit`, then reloads it; puts the file back if the reload
+    /// fails.
+    fn edit_and_reload(
+        &self,
+        path: &Path,
+        edit: impl FnOnce(&Path) -> Result<String, String>,
+    ) -> Result<(String, Changes), ReloadError> {
+        let before = std::fs::read(path)
+            .map_err(|e| ReloadError::Refused(format!("cannot read {}: {e}", path.display())))?;
+        let said = edit(path).map_err(ReloadError::Refused)?;
+        match self.reload(None) {
+            Ok(changes) => Ok((said, changes)),
+            Err(error) => {
+                if let Err(e) = std::fs::write(path, &before) {
+                    tracing::error!(path = %path.display(), error = %e, "cannot put the config file back");
+                }
+                Err(error)
+            }
         }
     }
 
@@ -197,7 +373,10 @@ impl Reloader {
             installations::load(&self.runtime, &new, &old.services).map_err(|problems| {
                 ConfigError {
                     path: path.clone(),
-                    problems,
+                    problems: problems
+                        .into_iter()
+                        .map(|p| self.with_grants_compared(&new, &old, p))
+                        .collect(),
                 }
             })?;
         check_exports(&new, &self.launcher.roles, &installed.exports).map_err(refused)?;
@@ -222,7 +401,9 @@ impl Reloader {
         let teams: HashMap<Token, u64> =
             new.teams.iter().map(|t| (t.token.clone(), t.id)).collect();
         let merged = merge(&old, installed);
-        let deployment = Deployment::new(teams, merged.installed, old.services.clone());
+        let mut deployment = Deployment::new(teams, merged.installed, old.services.clone());
+        deployment.shadows = crate::shadow::Shadows::start(&new, &self.runtime, &old.services)
+            .map_err(|e| ReloadError::Runners(format!("the shadows cannot start: {e:#}")))?;
         // The new runners first (they wait for the leases the old ones hold), then the old ones
         // of what changed stop, then the kept ones move over.
         let started = self
@@ -239,6 +420,11 @@ impl Reloader {
         let mut changes = merged.changes;
         changes.teams = new.teams.len();
         self.current.replace(deployment);
+        if let Err(error) =
+            crate::versions::record_deployment(&new.server.data_dir, &self.current.get())
+        {
+            tracing::warn!(%error, "the plugin versions in force are not recorded");
+        }
         tracing::info!(
             path = %path.display(),
             added = ?changes.added,
@@ -250,6 +436,86 @@ impl Reloader {
         metrics::counter!("sluice_reloads_total", "outcome" => "ok").increment(1);
         *config = new;
         Ok(changes)
+    }
+}
+
+/// The first 12 digits of a SHA-256.
+fn short(sha: &str) -> String {
+    sha.chars().take(12).collect()
+}
+
+/// `team-N/id` as the team and the id.
+fn split_installation(installation: &str) -> Result<(u64, &str), ReloadError> {
+    installation
+        .strip_prefix("team-")
+        .and_then(|rest| rest.split_once('/'))
+        .and_then(|(team, id)| Some((team.parse().ok()?, id)))
+        .ok_or_else(|| {
+            ReloadError::Refused(format!(
+                "`{installation}` is not an installation (team-N/id)"
+            ))
+        })
+}
+
+/// How long after a version is first put in force its breaker opening rolls it back, for
+/// installations with `auto_rollback = true`.
+pub const AUTO_ROLLBACK_WINDOW_MS: i64 = 10 * 60 * 1000;
+
+/// Rolls back each installation with `auto_rollback` whose breaker is open within
+/// [`AUTO_ROLLBACK_WINDOW_MS`] of its version's first time in force. Blocking; run it now and
+/// then.
+pub fn auto_rollback(reloader: &Reloader) {
+    let config = reloader.config();
+    let watched: Vec<String> = config
+        .teams
+        .iter()
+        .flat_map(|team| {
+            team.plugins
+                .iter()
+                .filter(|p| p.auto_rollback)
+                .map(move |p| p.id.qualified(team.id))
+        })
+        .collect();
+    if watched.is_empty() {
+        return;
+    }
+    let deployment = reloader.current.get();
+    let Ok(conn) = crate::store::open(&config.server.data_dir) else {
+        return;
+    };
+    for id in watched {
+        let Some(installation) = deployment.chains.all().find(|i| *i.id == *id) else {
+            continue;
+        };
+        let health = installation.health();
+        if health.state != "breaker_open" {
+            continue;
+        }
+        let since = crate::versions::first_in_force(&conn, &id, &installation.plugin.hash)
+            .ok()
+            .flatten();
+        let age = since.map(|at| crate::store::now_ms() - at);
+        if age.is_none_or(|age| age > AUTO_ROLLBACK_WINDOW_MS) {
+            continue;
+        }
+        let reason = format!(
+            "auto_rollback: its breaker opened {} s after this version was put in force ({})",
+            age.unwrap_or(0) / 1000,
+            health.reason.unwrap_or_default()
+        );
+        match reloader.rollback(&id, None, &reason) {
+            Ok(rollback) => crate::capabilities::log::record(
+                &installation.settings.context,
+                crate::capabilities::log::Level::Error,
+                &format!(
+                    "rolled back from {} to {}: {reason}",
+                    rollback.from, rollback.to.sha256
+                ),
+            ),
+            Err(error) => {
+                tracing::error!(installation = %id, %error, "auto_rollback could not roll back")
+            }
+        }
     }
 }
 

@@ -101,8 +101,11 @@ pub async fn serve(
     };
     let (writer, worker) = match &config.kafka {
         None if roles.has(Role::Capture) => {
-            let (queue, writer, reader) =
-                Queue::start(&config.server.data_dir, config.queue.max_depth_events)?;
+            let (queue, writer, reader) = Queue::start(
+                &config.server.data_dir,
+                config.queue.max_depth_events,
+                config.retention.captured_hours > 0,
+            )?;
             let sink = SqliteSink::open(&config.server.data_dir)?;
             let worker = worker::start(settings(), reader, sink)?;
             readiness.append = Some(Arc::new(queue));
@@ -199,7 +202,15 @@ pub async fn serve(
         },
     )
     .await?;
-    let hangups = reload_on_hangup(reloader)?;
+    let hangups = reload_on_hangup(reloader.clone())?;
+    let watcher = tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            ticks.tick().await;
+            let reloader = reloader.clone();
+            let _ = tokio::task::spawn_blocking(move || reload::auto_rollback(&reloader)).await;
+        }
+    });
 
     let listen = config.server.listen;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -217,7 +228,9 @@ pub async fn serve(
 
     tracing::info!("shutting down: committing the queue and finishing the current round");
     hangups.abort();
+    watcher.abort();
     let _ = hangups.await;
+    let _ = watcher.await;
     admin.stop().await;
     // The router (and with it every queue handle) is gone once serve returns.
     if let Some(writer) = writer {
@@ -325,12 +338,14 @@ pub(crate) fn load(
         other => other.into(),
     })?;
     let installed = installations::load(&runtime, &config, &services).map_err(config_error)?;
+    crate::versions::record(&config.server.data_dir, &installed)?;
     let teams = config
         .teams
         .iter()
         .map(|t| (t.token.clone(), t.id))
         .collect();
-    let deployment = Deployment::new(teams, installed, services);
+    let mut deployment = Deployment::new(teams, installed, services);
+    deployment.shadows = crate::shadow::Shadows::start(&config, &runtime, &deployment.services)?;
     Ok((config, runtime, deployment, background, backends))
 }
 

@@ -247,6 +247,21 @@ const METRICS: &[(&str, Kind, &str)] = &[
         "Config reloads, by outcome (ok or refused).",
     ),
     (
+        "sluice_failure_bundles_total",
+        Counter,
+        "Failure bundles written, by installation.",
+    ),
+    (
+        "sluice_rollbacks_total",
+        Counter,
+        "Installations returned to an earlier plugin version (by the operator or auto_rollback), by installation.",
+    ),
+    (
+        "sluice_shadow_rounds_skipped_total",
+        Counter,
+        "Sampled rounds the shadow installations skipped because they were behind.",
+    ),
+    (
         "sluice_sink_delivery_failures_total",
         Counter,
         "Stored rows the Kafka sink could not deliver.",

@@ -92,7 +92,7 @@ pub struct Step {
 }
 
 /// One changed field: `properties.x`, `$set.y`, `event`, `timestamp`...
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct Change {
     /// Where.
     pub key: String,
@@ -370,7 +370,7 @@ impl Trial {
 }
 
 /// `events` (objects as sent to `/capture`) as capture makes them.
-fn captured(events: Vec<Value>) -> anyhow::Result<Vec<NewEvent>> {
+pub fn captured(events: Vec<Value>) -> anyhow::Result<Vec<NewEvent>> {
     let context = RequestContext {
         now_ms: crate::store::now_ms(),
         ..RequestContext::default()
@@ -396,22 +396,27 @@ fn captured(events: Vec<Value>) -> anyhow::Result<Vec<NewEvent>> {
         .collect()
 }
 
-/// Lets compiled components outlive the scratch folder: its `data/compiled` (where the engine
-/// caches them) is the user's `~/.cache/sluice/compiled`, so running the same component again
-/// skips compiling it (seconds for a JS plugin). Without a home, each run compiles.
-fn keep_compiled(scratch: &Path) {
-    let Some(cache) = std::env::var_os("XDG_CACHE_HOME")
+/// Where commands keep compiled components between runs: `~/.cache/sluice/compiled` (or
+/// under `XDG_CACHE_HOME`), created; `None` without a home.
+pub fn compiled_cache() -> Option<PathBuf> {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
-    else {
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))?;
+    let compiled = cache.join("sluice").join("compiled");
+    std::fs::create_dir_all(&compiled).ok()?;
+    Some(compiled)
+}
+
+/// Lets compiled components outlive the scratch folder: its `data/compiled` (where the engine
+/// caches them) is [`compiled_cache`], so running the same component again skips compiling it
+/// (seconds for a JS plugin). Without a home, each run compiles.
+fn keep_compiled(scratch: &Path) {
+    let Some(compiled) = compiled_cache() else {
         return;
     };
-    let compiled = cache.join("sluice").join("compiled");
-    let linked = std::fs::create_dir_all(&compiled)
-        .and_then(|()| std::fs::create_dir_all(scratch.join("data")))
-        .and_then(|()| {
-            std::os::unix::fs::symlink(&compiled, scratch.join("data").join("compiled"))
-        });
+    let linked = std::fs::create_dir_all(scratch.join("data")).and_then(|()| {
+        std::os::unix::fs::symlink(&compiled, scratch.join("data").join("compiled"))
+    });
     if let Err(error) = linked {
         tracing::debug!(%error, "compiled components are not kept between runs");
     }

@@ -15,7 +15,9 @@
 
 use crate::chain::{ChainRunner, Chains};
 use crate::deployment::Current;
+use crate::deployment::Deployment;
 use crate::ingest::{Ingest, Ingested, Receipt};
+use crate::shadow::Sampled;
 use crate::signal::Signal;
 use crate::sink::{DeadLetter, Output, Quarantined, Sink, Stored};
 use crate::store::SNAPSHOT_EVENT;
@@ -104,7 +106,7 @@ fn run<I: Ingest, S: Sink>(settings: WorkerSettings, mut ingest: I, mut sink: S)
             }
             last = deployment.clone();
         }
-        let output = process(&settings, &deployment.chains, &mut lanes, &polled.batches);
+        let output = process(&settings, &deployment, &mut lanes, &polled.batches);
         let mut receipt = polled.receipt;
         let Some(stored) = store(&mut sink, output, &mut receipt, &settings.stop) else {
             // Stopping while the sink is down: the round stays in the ingest for the next start.
@@ -191,11 +193,16 @@ pub fn framed(body: &[u8]) -> Vec<u8> {
 /// panics on are found; those are dead-lettered and the rest of the round goes on.
 fn process(
     settings: &WorkerSettings,
-    chains: &Chains,
+    deployment: &Deployment,
     lanes: &mut [ChainRunner],
     batches: &[Ingested],
 ) -> Output {
+    let chains = &deployment.chains;
     let work = split(batches, lanes.len());
+    let sampled: Vec<Sampled> = match &deployment.shadows {
+        Some(shadows) => work.lanes.iter().flat_map(|g| shadows.sample(g)).collect(),
+        None => Vec::new(),
+    };
     let mut merged = Output {
         recordings: work.recordings,
         quarantined: work.quarantined,
@@ -246,6 +253,9 @@ fn process(
         });
         merged.events.extend(out.events);
         merged.dead_letters.extend(out.dead_letters);
+    }
+    if let Some(shadows) = &deployment.shadows {
+        shadows.submit(sampled, &merged);
     }
     merged
 }

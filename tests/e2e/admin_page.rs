@@ -6,11 +6,15 @@ use crate::support::{Sluice, plugin};
 use serde_json::{Value, json};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Team 1's chain: `first` (an installation table) then a passthrough.
+/// Team 1's chain: `first` (an installation table) then a passthrough, and a shadow that would
+/// replace the passthrough with a stamper.
 fn chain(first: &str) -> String {
     format!(
-        "[[teams]]\nid = 1\ntoken = \"phc_one\"\n{first}[[teams.plugins]]\nid = \"keep\"\nplugin = \"{}\"\n",
-        plugin("passthrough").display()
+        "[[teams]]\nid = 1\ntoken = \"phc_one\"\n{first}[[teams.plugins]]\nid = \"keep\"\nplugin = \"{}\"\n\
+         [[teams.plugins]]\nid = \"keep-v2\"\nplugin = \"{}\"\nconfig = {{ key = \"shadowed\", value = \"yes\" }}\n\
+         shadow = true\nreplaces = \"keep\"\n",
+        plugin("passthrough").display(),
+        plugin("stamper").display()
     )
 }
 
@@ -75,6 +79,20 @@ fn the_operator_page_flags_a_failing_installation_taps_and_reloads_a_new_chain_i
         "{report}"
     );
     assert_eq!(report["failingGone"], true, "{report}");
+    assert!(
+        report["shadowed"]
+            .as_str()
+            .unwrap()
+            .contains("properties.shadowed (+"),
+        "{report}"
+    );
+    assert!(
+        report["promoted"]
+            .as_str()
+            .unwrap()
+            .contains("team-1/keep-v2 is live in place of team-1/keep"),
+        "{report}"
+    );
     assert_eq!(
         report["installations"],
         json!(["team-1/new", "team-1/keep"]),
@@ -97,7 +115,11 @@ fn the_operator_page_flags_a_failing_installation_taps_and_reloads_a_new_chain_i
     sluice.drain();
     let last = sluice.events(1).pop().unwrap();
     assert_eq!(
-        (&last["event"], &last["properties"]["chain"]),
-        (&json!("after"), &json!("new"))
+        (
+            &last["event"],
+            &last["properties"]["chain"],
+            &last["properties"]["shadowed"]
+        ),
+        (&json!("after"), &json!("new"), &json!("yes"))
     );
 }

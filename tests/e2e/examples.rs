@@ -160,3 +160,56 @@ fn the_full_example_locates_exports_and_retains_recordings() {
     assert_eq!(sessions, BTreeSet::from(["new".to_owned()]));
     assert_eq!(sluice.recordings(1, Some("old")), before);
 }
+
+#[test]
+fn the_examples_tests_pass_and_the_candidate_replays_against_the_quickstart() {
+    let dir = example(
+        "quickstart.toml",
+        &["downsample", "s3-export", "property-filter"],
+    );
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    std::fs::copy(
+        examples.join("candidate.toml"),
+        dir.path().join("candidate.toml"),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("tests")).unwrap();
+    std::fs::copy(
+        examples.join("tests/candidate.toml"),
+        dir.path().join("tests/candidate.toml"),
+    )
+    .unwrap();
+    let sluice = Sluice::start_in(dir);
+    let (ok, out, err) = sluice.run(&["test"]);
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("test result: ok. 2 passed"), "{out}");
+    let candidate = sluice.dir.path().join("candidate.toml");
+    let scenarios = sluice.dir.path().join("tests/candidate.toml");
+    let output = std::process::Command::new(crate::support::sluice_bin())
+        .args(["test", "--config"])
+        .args([&candidate, &scenarios])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{out}");
+    assert!(out.contains("test result: ok. 3 passed"), "{out}");
+
+    let batch: Vec<Value> = (0..100)
+        .map(|i| json!({"event": "$pageview", "distinct_id": format!("user-{i}")}))
+        .collect();
+    let (status, _) = sluice.post_json(
+        "/batch",
+        &json!({"api_key": "phc_quickstart", "batch": batch}),
+    );
+    assert_eq!(status, 200);
+    sluice.drain();
+    let kept = sluice.events(1).len();
+    let candidate_arg = candidate.to_str().unwrap();
+    let (ok, out, err) = sluice.run(&["replay", "--format", "json", "--candidate", candidate_arg]);
+    assert!(ok, "{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["events"], 100);
+    // Events sent over HTTP carry the client's address; the candidate stores none of them.
+    assert_eq!(report["diff"]["keys"]["ip"]["changed"], kept);
+    assert_eq!(report["side_effects"]["current"], json!([]));
+}

@@ -198,6 +198,32 @@ fn every_stored_event_arrives_once_in_the_bucket_and_the_table_and_ignored_ones_
         expected.len()
     );
     assert!(metrics.contains(&line), "{metrics}");
+    // What was exported replays: each Parquet and JSON lines object read back as events.
+    for prefix in ["parquet/", "events/"] {
+        let (key, body) = s3
+            .objects()
+            .into_iter()
+            .find(|(key, _)| key.starts_with(prefix))
+            .unwrap();
+        let file = sluice.dir.path().join(key.rsplit('/').next().unwrap());
+        std::fs::write(&file, &body).unwrap();
+        let config = sluice.config_path();
+        let (ok, out, err) = sluice.run(&[
+            "replay",
+            "--format",
+            "json",
+            "--candidate",
+            config.to_str().unwrap(),
+            "--from",
+            file.to_str().unwrap(),
+        ]);
+        assert!(ok, "{key}: {err}");
+        let report: Value = serde_json::from_str(&out).unwrap();
+        let events = report["events"].as_u64().unwrap();
+        assert!(events > 0, "{key}: {report}");
+        assert_eq!(report["diff"]["first"]["stored"], events, "{key}");
+        assert_eq!(report["diff"]["same"], events, "{key}");
+    }
 }
 
 #[test]

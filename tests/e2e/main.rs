@@ -12,6 +12,7 @@ mod broker;
 mod capabilities;
 mod capture;
 mod chain;
+mod change;
 mod cli;
 mod clickhouse_server;
 mod compat;

@@ -54,6 +54,14 @@ async function main() {
   await replay.click()
   await tab.waitForFunction((u) => document.getElementById('dead-letters-result').textContent === `replayed ${u}`, uuid, { timeout: 30000 })
   report.replayed = uuid
+
+  // The shadow's difference from the live chain, then its promotion.
+  await tab.waitForFunction(() => (document.querySelector('#shadows [data-team="1"]') || {}).textContent?.includes('properties.shadowed'), null, { timeout: 30000 })
+  report.shadowed = await tab.textContent('#shadows [data-team="1"]')
+  await shot('shadows')
+  await tab.click('#shadows button[data-promote]')
+  await tab.waitForFunction(() => document.getElementById('shadows-result').textContent.length > 0, null, { timeout: 60000 })
+  report.promoted = await tab.textContent('#shadows-result')
   await browser.close()
   console.log(JSON.stringify(report))
 }

@@ -179,6 +179,11 @@ pub fn routes(state: Arc<AdminState>) -> Router {
         .route("/admin/v1/jobs/retry", post(retry_jobs))
         .route("/admin/v1/installations/disable", post(disable))
         .route("/admin/v1/installations/enable", post(enable))
+        .route("/admin/v1/shadow", get(shadow_report))
+        .route("/admin/v1/shadow/promote", post(promote))
+        .route("/admin/v1/versions", get(versions))
+        .route("/admin/v1/rollback", post(rollback))
+        .route("/admin/v1/rollbacks", get(rollbacks))
         .route("/metrics", get(metrics_text))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .route("/admin/", get(page))
@@ -348,6 +353,12 @@ pub fn reload_failed(failure: &ReloadError) -> Response {
         ReloadError::Runners(_) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "runners_failed",
+            failure.to_string(),
+            json!({}),
+        ),
+        ReloadError::Refused(_) => error(
+            StatusCode::CONFLICT,
+            "refused",
             failure.to_string(),
             json!({}),
         ),
@@ -694,6 +705,94 @@ fn set_disabled(state: &AdminState, id: &str, disabled: bool) -> Response {
         None => not_found(format!(
             "no transform installation {id} in the config in force"
         )),
+    }
+}
+
+/// `GET /admin/v1/shadow`: what the shadow installations did so far, beside the live chains.
+async fn shadow_report(State(state): State<Arc<AdminState>>) -> Response {
+    match &state.current.get().shadows {
+        Some(shadows) => Json(shadows.report()).into_response(),
+        None => not_found("the config in force has no shadow installations".into()),
+    }
+}
+
+/// `POST /admin/v1/shadow/promote` `{"installation": "team-N/id"}`: the shadow goes live (in
+/// place of what it replaces), by an edit of the config file and a reload.
+async fn promote(
+    State(state): State<Arc<AdminState>>,
+    Json(target): Json<Installation>,
+) -> Response {
+    let reloader = state.reloader.clone();
+    match tokio::task::spawn_blocking(move || reloader.promote(&target.installation)).await {
+        Ok(Ok((said, changes))) => {
+            Json(json!({ "status": "promoted", "detail": said, "changes": changes }))
+                .into_response()
+        }
+        Ok(Err(failure)) => reload_failed(&failure),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the promotion panicked",
+            json!({}),
+        ),
+    }
+}
+
+/// `GET /admin/v1/versions?installation=team-N/id`: the plugin versions it ran, and the
+/// rollbacks made since the start.
+async fn versions(
+    State(state): State<Arc<AdminState>>,
+    Query(target): Query<Installation>,
+) -> Response {
+    let data_dir = state.reloader.config().server.data_dir;
+    let rollbacks = state.reloader.rollbacks();
+    blocking(move || {
+        let conn = crate::store::open(&data_dir)?;
+        let versions = crate::versions::list(&conn, &target.installation)?;
+        Ok(json!({ "versions": versions, "rollbacks": rollbacks }))
+    })
+    .await
+}
+
+/// `GET /admin/v1/rollbacks`: the rollbacks made since the start (by hand or by
+/// `auto_rollback`), newest last.
+async fn rollbacks(State(state): State<Arc<AdminState>>) -> Response {
+    Json(state.reloader.rollbacks()).into_response()
+}
+
+/// What `POST /admin/v1/rollback` takes.
+#[derive(Deserialize)]
+struct RollbackRequest {
+    installation: String,
+    /// A version it ran (SHA-256); default: the last good one.
+    to: Option<String>,
+}
+
+/// `POST /admin/v1/rollback`: the installation returns to its last good plugin version (or
+/// `to`), by an edit of the config file and a reload; the version left is marked bad.
+async fn rollback(
+    State(state): State<Arc<AdminState>>,
+    Json(request): Json<RollbackRequest>,
+) -> Response {
+    let reloader = state.reloader.clone();
+    let work = move || {
+        reloader.rollback(
+            &request.installation,
+            request.to.as_deref(),
+            "rolled back by the operator",
+        )
+    };
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(rollback)) => {
+            Json(json!({ "status": "rolled_back", "rollback": rollback })).into_response()
+        }
+        Ok(Err(failure)) => reload_failed(&failure),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the rollback panicked",
+            json!({}),
+        ),
     }
 }
 

@@ -137,7 +137,7 @@ impl View<'_, ()> {
 
 impl Host for View<'_, ()> {
     fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, types::HostError> {
-        self.cache(|b, ns| b.get(ns, &key))
+        self.journaled("cache.get", &key, || self.cache(|b, ns| b.get(ns, &key)))
     }
     fn set(
         &mut self,
@@ -145,19 +145,29 @@ impl Host for View<'_, ()> {
         value: Vec<u8>,
         ttl: Option<u32>,
     ) -> Result<(), types::HostError> {
-        self.cache(|b, ns| b.set(ns, &key, value, ttl))
+        self.journaled("cache.set", (&key, &value, ttl), || {
+            self.cache(|b, ns| b.set(ns, &key, value.clone(), ttl))
+        })
     }
     fn delete(&mut self, key: String) -> Result<bool, types::HostError> {
-        self.cache(|b, ns| b.delete(ns, &key))
+        self.journaled("cache.delete", &key, || {
+            self.cache(|b, ns| b.delete(ns, &key))
+        })
     }
     fn increment(&mut self, key: String, by: i64) -> Result<i64, types::HostError> {
-        self.cache(|b, ns| b.increment(ns, &key, by))
+        self.journaled("cache.increment", (&key, by), || {
+            self.cache(|b, ns| b.increment(ns, &key, by))
+        })
     }
     fn expire(&mut self, key: String, ttl: u32) -> Result<bool, types::HostError> {
-        self.cache(|b, ns| b.expire(ns, &key, ttl))
+        self.journaled("cache.expire", (&key, ttl), || {
+            self.cache(|b, ns| b.expire(ns, &key, ttl))
+        })
     }
     fn list_push(&mut self, key: String, values: Vec<Vec<u8>>) -> Result<u32, types::HostError> {
-        self.cache(|b, ns| b.list_push(ns, &key, values))
+        self.journaled("cache.list-push", (&key, &values), || {
+            self.cache(|b, ns| b.list_push(ns, &key, values.clone()))
+        })
     }
     fn list_range(
         &mut self,
@@ -165,10 +175,14 @@ impl Host for View<'_, ()> {
         start: i64,
         stop: i64,
     ) -> Result<Vec<Vec<u8>>, types::HostError> {
-        self.cache(|b, ns| b.list_range(ns, &key, start, stop))
+        self.journaled("cache.list-range", (&key, start, stop), || {
+            self.cache(|b, ns| b.list_range(ns, &key, start, stop))
+        })
     }
     fn list_length(&mut self, key: String) -> Result<u32, types::HostError> {
-        self.cache(|b, ns| b.list_length(ns, &key))
+        self.journaled("cache.list-length", &key, || {
+            self.cache(|b, ns| b.list_length(ns, &key))
+        })
     }
     fn list_remove(
         &mut self,
@@ -176,10 +190,14 @@ impl Host for View<'_, ()> {
         count: i64,
         value: Vec<u8>,
     ) -> Result<u32, types::HostError> {
-        self.cache(|b, ns| b.list_remove(ns, &key, count, &value))
+        self.journaled("cache.list-remove", (&key, count, &value), || {
+            self.cache(|b, ns| b.list_remove(ns, &key, count, &value))
+        })
     }
     fn list_pop(&mut self, key: String, count: u32) -> Result<Vec<Vec<u8>>, types::HostError> {
-        self.cache(|b, ns| b.list_pop(ns, &key, count))
+        self.journaled("cache.list-pop", (&key, count), || {
+            self.cache(|b, ns| b.list_pop(ns, &key, count))
+        })
     }
 }
 

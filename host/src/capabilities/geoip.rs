@@ -255,11 +255,23 @@ impl View<'_, ()> {
 
 impl Host for View<'_, ()> {
     fn locate(&mut self, ip: String) -> Result<Option<Location>, types::HostError> {
-        self.database()?.locate(&ip).map_err(to_wit)
+        self.journaled("geoip.locate", &ip, || {
+            self.ctx.check(&CAPABILITY).map_err(to_wit)?;
+            if let Some(faked) = self
+                .ctx
+                .services
+                .sandbox
+                .as_ref()
+                .and_then(|s| s.locate(&ip))
+            {
+                return Ok(faked);
+            }
+            self.database()?.locate(&ip).map_err(to_wit)
+        })
     }
 
     fn version(&mut self) -> Result<u64, types::HostError> {
-        Ok(self.database()?.version())
+        self.journaled("geoip.version", (), || Ok(self.database()?.version()))
     }
 }
 

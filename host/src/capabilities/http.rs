@@ -296,8 +296,18 @@ fn fetch(state: &mut HttpState, ctx: &Context, request: Request) -> Result<Respo
 
 impl Host for View<'_, &mut HttpState> {
     fn fetch(&mut self, request: Request) -> Result<Response, types::HostError> {
-        let (state, ctx) = (&mut *self.state, self.ctx);
-        super::blocking(move || fetch(state, ctx, request)).map_err(to_wit)
+        let (state, ctx, journal) = (&mut *self.state, self.ctx, self.journal);
+        super::note(ctx, "http.fetch", &request);
+        let args = serde_json::to_value(&request).unwrap_or_default();
+        journal.call("http.fetch", args, move || {
+            if let Some(sandbox) = super::sandbox::intercepts_http(&ctx.services) {
+                return ctx
+                    .check(&CAPABILITY)
+                    .and_then(|()| sandbox.fetch(&request))
+                    .map_err(to_wit);
+            }
+            super::blocking(move || fetch(state, ctx, request)).map_err(to_wit)
+        })
     }
 }
 

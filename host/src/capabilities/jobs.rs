@@ -52,8 +52,10 @@ impl Host for View<'_, ()> {
         payload: String,
         delay_ms: u64,
     ) -> Result<String, types::HostError> {
-        let at = now_ms().saturating_add(i64::try_from(delay_ms).unwrap_or(i64::MAX));
-        self.queue(&name, &payload, at).map_err(to_wit)
+        self.journaled("job-queue.enqueue", (&name, &payload, delay_ms), || {
+            let at = now_ms().saturating_add(i64::try_from(delay_ms).unwrap_or(i64::MAX));
+            self.queue(&name, &payload, at).map_err(to_wit)
+        })
     }
 
     fn enqueue_at(
@@ -62,7 +64,9 @@ impl Host for View<'_, ()> {
         payload: String,
         at: i64,
     ) -> Result<String, types::HostError> {
-        self.queue(&name, &payload, at).map_err(to_wit)
+        self.journaled("job-queue.enqueue-at", (&name, &payload, at), || {
+            self.queue(&name, &payload, at).map_err(to_wit)
+        })
     }
 }
 

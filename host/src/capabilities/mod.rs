@@ -17,10 +17,12 @@ pub mod cache;
 pub mod geoip;
 pub mod http;
 pub mod jobs;
+pub mod journal;
 pub mod log;
 pub mod metrics;
 pub mod object_store;
 pub mod recordings;
+pub mod sandbox;
 pub mod storage;
 mod v0_5;
 
@@ -105,17 +107,20 @@ pub struct InstanceState {
     /// `recordings` of 0.5.0 plugins: what the plugin listed or read, which bounds what it may
     /// delete.
     pub recordings: recordings::RecordingsState,
+    /// The journal of host calls (off unless failure bundles are asked for).
+    pub journal: journal::Journal,
 }
 
 impl InstanceState {
     /// Fresh state for an instance serving `ctx`.
-    pub fn new(ctx: Arc<Context>) -> Self {
+    pub fn new(ctx: Arc<Context>, journal: journal::Journal) -> Self {
         Self {
             ctx,
             log: log::LogState::default(),
             metrics: metrics::MetricsState::default(),
             http: http::HttpState::default(),
             recordings: recordings::RecordingsState::default(),
+            journal,
         }
     }
 
@@ -124,6 +129,7 @@ impl InstanceState {
         View {
             ctx: &self.ctx,
             state: (),
+            journal: &self.journal,
         }
     }
 
@@ -132,6 +138,7 @@ impl InstanceState {
         View {
             ctx: &self.ctx,
             state: &mut self.log,
+            journal: &self.journal,
         }
     }
 
@@ -140,6 +147,7 @@ impl InstanceState {
         View {
             ctx: &self.ctx,
             state: &mut self.metrics,
+            journal: &self.journal,
         }
     }
 
@@ -148,6 +156,7 @@ impl InstanceState {
         View {
             ctx: &self.ctx,
             state: &mut self.http,
+            journal: &self.journal,
         }
     }
 
@@ -156,6 +165,7 @@ impl InstanceState {
         View {
             ctx: &self.ctx,
             state: &mut self.recordings,
+            journal: &self.journal,
         }
     }
 }
@@ -167,6 +177,29 @@ pub struct View<'a, S> {
     pub ctx: &'a Context,
     /// The capability's per-instance state.
     pub state: S,
+    /// The instance's journal of host calls.
+    pub journal: &'a journal::Journal,
+}
+
+impl<S> View<'_, S> {
+    /// Answers host call `op` with `args` through the instance's journal, counting it as a
+    /// side effect when it writes in a sandbox.
+    fn journaled<A: serde::Serialize, T: serde::Serialize + DeserializeOwned>(
+        &self,
+        op: &str,
+        args: A,
+        host: impl FnOnce() -> T,
+    ) -> T {
+        note(self.ctx, op, &args);
+        self.journal.call(op, args, host)
+    }
+}
+
+/// Counts host call `op` of `ctx`'s installation as a side effect, in a sandbox.
+fn note(ctx: &Context, op: &str, args: &impl serde::Serialize) {
+    if let Some(sandbox) = &ctx.services.sandbox {
+        sandbox.note(&ctx.installation, op, args);
+    }
 }
 
 /// The [`HasData`] that hands host functions a [`View`] with state `S`.
@@ -341,6 +374,8 @@ pub struct Services {
     pub jobs: Option<Arc<dyn crate::schedule::jobs::JobQueue>>,
     /// The session recordings, if there is a data directory.
     pub recordings: Option<Arc<dyn recordings::RecordingStore>>,
+    /// Set when nothing may leave the run: its fakes and the side effects counted.
+    pub sandbox: Option<Arc<sandbox::Sandbox>>,
 }
 
 /// Why a capability backend could not start.
@@ -411,6 +446,7 @@ impl Services {
             object_stores: settings.object_stores.open(data_dir)?,
             jobs: Some(shared.jobs),
             recordings: Some(shared.recordings),
+            sandbox: None,
         };
         Ok((Arc::new(services), Background { log_writer }))
     }
@@ -426,6 +462,7 @@ impl Services {
             object_stores: None,
             jobs: None,
             recordings: None,
+            sandbox: None,
         })
     }
 }
@@ -446,6 +483,9 @@ pub struct Context {
     pub timeout: Duration,
     /// The capability backends.
     pub services: Arc<Services>,
+    /// Where failure bundles go, when the installation leaves them (its instances then record
+    /// their host calls).
+    pub bundles: Option<Arc<crate::bundle::Bundles>>,
 }
 
 impl Context {
@@ -458,6 +498,7 @@ impl Context {
             grants: Grants::default(),
             timeout: Duration::from_secs(10),
             services,
+            bundles: None,
         })
     }
 

@@ -214,6 +214,31 @@ impl Settings {
         }
     }
 
+    /// The same stores, each a local folder `dir/<name>` (for runs that must not write to the
+    /// real ones).
+    pub fn scratch(&self, dir: &Path) -> Self {
+        let stores = self
+            .stores
+            .iter()
+            .map(|(name, settings)| {
+                let local = StoreSettings {
+                    kind: Kind::Local,
+                    path: Some(dir.join(name)),
+                    bucket: None,
+                    region: None,
+                    endpoint: None,
+                    path_style: false,
+                    access_key_id: None,
+                    secret_access_key: None,
+                    session_token: None,
+                    max_object_bytes: settings.max_object_bytes,
+                };
+                (name.clone(), local)
+            })
+            .collect();
+        Self { stores }
+    }
+
     /// Opens every store; local folders default to `data_dir/objects/<name>`.
     pub fn open(&self, data_dir: &Path) -> Result<Option<Arc<Stores>>, StartError> {
         if self.stores.is_empty() {
@@ -707,21 +732,27 @@ impl View<'_, ()> {
 
 impl Host for View<'_, ()> {
     fn put(&mut self, store: String, key: String, body: Vec<u8>) -> Result<(), types::HostError> {
-        self.stores()
-            .and_then(|(s, grant, deadline)| s.put(grant, deadline, &store, &key, body))
-            .map_err(to_wit)
+        self.journaled("object-store.put", (&store, &key, body.len()), || {
+            self.stores()
+                .and_then(|(s, grant, deadline)| s.put(grant, deadline, &store, &key, body))
+                .map_err(to_wit)
+        })
     }
 
     fn get(&mut self, store: String, key: String) -> Result<Option<Vec<u8>>, types::HostError> {
-        self.stores()
-            .and_then(|(s, grant, deadline)| s.get(grant, deadline, &store, &key))
-            .map_err(to_wit)
+        self.journaled("object-store.get", (&store, &key), || {
+            self.stores()
+                .and_then(|(s, grant, deadline)| s.get(grant, deadline, &store, &key))
+                .map_err(to_wit)
+        })
     }
 
     fn head(&mut self, store: String, key: String) -> Result<Option<ObjectInfo>, types::HostError> {
-        self.stores()
-            .and_then(|(s, grant, deadline)| s.head(grant, deadline, &store, &key))
-            .map_err(to_wit)
+        self.journaled("object-store.head", (&store, &key), || {
+            self.stores()
+                .and_then(|(s, grant, deadline)| s.head(grant, deadline, &store, &key))
+                .map_err(to_wit)
+        })
     }
 
     fn list(
@@ -731,17 +762,25 @@ impl Host for View<'_, ()> {
         after: Option<String>,
         limit: u32,
     ) -> Result<ObjectPage, types::HostError> {
-        self.stores()
-            .and_then(|(s, grant, deadline)| {
-                s.list(grant, deadline, &store, &prefix, after.as_deref(), limit)
-            })
-            .map_err(to_wit)
+        self.journaled(
+            "object-store.list",
+            (&store, &prefix, &after, limit),
+            || {
+                self.stores()
+                    .and_then(|(s, grant, deadline)| {
+                        s.list(grant, deadline, &store, &prefix, after.as_deref(), limit)
+                    })
+                    .map_err(to_wit)
+            },
+        )
     }
 
     fn delete(&mut self, store: String, key: String) -> Result<bool, types::HostError> {
-        self.stores()
-            .and_then(|(s, grant, deadline)| s.delete(grant, deadline, &store, &key))
-            .map_err(to_wit)
+        self.journaled("object-store.delete", (&store, &key), || {
+            self.stores()
+                .and_then(|(s, grant, deadline)| s.delete(grant, deadline, &store, &key))
+                .map_err(to_wit)
+        })
     }
 }
 

@@ -520,6 +520,7 @@ pub(crate) mod tests {
             View {
                 ctx: &ctx,
                 state: &mut state,
+                journal: &crate::capabilities::journal::Journal::off(),
             }
             .check_fence()
         };

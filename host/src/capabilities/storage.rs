@@ -214,28 +214,36 @@ impl View<'_, ()> {
 
 impl Host for View<'_, ()> {
     fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, types::HostError> {
-        limits::check_key(&key)
-            .and_then(|()| self.storage()?.get(&self.ctx.installation, &key))
-            .map_err(to_wit)
+        self.journaled("storage.get", &key, || {
+            limits::check_key(&key)
+                .and_then(|()| self.storage()?.get(&self.ctx.installation, &key))
+                .map_err(to_wit)
+        })
     }
 
     fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), types::HostError> {
-        limits::check_key(&key)
-            .and_then(|()| limits::check_value(&value, MAX_STORAGE_VALUE_BYTES))
-            .and_then(|()| self.storage()?.set(&self.ctx.installation, &key, &value))
-            .map_err(to_wit)
+        self.journaled("storage.set", (&key, &value), || {
+            limits::check_key(&key)
+                .and_then(|()| limits::check_value(&value, MAX_STORAGE_VALUE_BYTES))
+                .and_then(|()| self.storage()?.set(&self.ctx.installation, &key, &value))
+                .map_err(to_wit)
+        })
     }
 
     fn delete(&mut self, key: String) -> Result<bool, types::HostError> {
-        limits::check_key(&key)
-            .and_then(|()| self.storage()?.delete(&self.ctx.installation, &key))
-            .map_err(to_wit)
+        self.journaled("storage.delete", &key, || {
+            limits::check_key(&key)
+                .and_then(|()| self.storage()?.delete(&self.ctx.installation, &key))
+                .map_err(to_wit)
+        })
     }
 
     fn increment(&mut self, key: String, by: i64) -> Result<i64, types::HostError> {
-        limits::check_key(&key)
-            .and_then(|()| self.storage()?.increment(&self.ctx.installation, &key, by))
-            .map_err(to_wit)
+        self.journaled("storage.increment", (&key, by), || {
+            limits::check_key(&key)
+                .and_then(|()| self.storage()?.increment(&self.ctx.installation, &key, by))
+                .map_err(to_wit)
+        })
     }
 
     fn list_keys(
@@ -244,9 +252,11 @@ impl Host for View<'_, ()> {
         after: Option<String>,
         limit: u32,
     ) -> Result<Vec<String>, types::HostError> {
-        self.storage()
-            .and_then(|s| s.list_keys(&self.ctx.installation, &prefix, after.as_deref(), limit))
-            .map_err(to_wit)
+        self.journaled("storage.list-keys", (&prefix, &after, limit), || {
+            self.storage()
+                .and_then(|s| s.list_keys(&self.ctx.installation, &prefix, after.as_deref(), limit))
+                .map_err(to_wit)
+        })
     }
 }
 

@@ -313,6 +313,7 @@ impl legacy::recordings::Host for View<'_, &mut RecordingsState> {
         let mut view = View {
             ctx: self.ctx,
             state: &mut *self.state,
+            journal: self.journal,
         };
         current::recordings::Host::record_archive(
             &mut view,

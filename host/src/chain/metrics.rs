@@ -39,6 +39,10 @@ pub struct LastError {
 /// What the admin API shows of an installation's work since it was installed.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Stats {
+    /// Events that reached it.
+    pub events: u64,
+    /// Events it changed (patched or replaced).
+    pub changed: u64,
     /// Calls into the plugin.
     pub calls: u64,
     /// Events it failed on.
@@ -54,6 +58,10 @@ pub struct Stats {
     pub last_errors: Vec<LastError>,
     /// Events the plugin dropped, by reason (at most [`DROP_REASONS`], then `other`).
     pub drop_reasons: Vec<(String, u64)>,
+    /// The largest linear memory an instance of it reached, in bytes.
+    pub memory_peak_bytes: u64,
+    /// Of `dropped`, those dropped by the `drop` policy after a failure (also in `failed`).
+    pub dropped_on_error: u64,
 }
 
 /// Every `kind` label of `sluice_plugin_failures_total`.
@@ -78,7 +86,7 @@ pub(super) struct InstallationMetrics {
     dropped: OnceLock<metrics::Counter>,
     isolations: OnceLock<metrics::Counter>,
     failures: [OnceLock<metrics::Counter>; FAILURE_KINDS.len()],
-    counts: [AtomicU64; 3],
+    counts: [AtomicU64; 7],
     latency: [AtomicU64; LATENCY_BOUNDS_US.len()],
     last_errors: Mutex<VecDeque<LastError>>,
     drop_reasons: Mutex<Vec<(String, u64, metrics::Counter)>>,
@@ -88,6 +96,10 @@ pub(super) struct InstallationMetrics {
 const CALLS: usize = 0;
 const FAILED: usize = 1;
 const DROPPED: usize = 2;
+const EVENTS: usize = 3;
+const CHANGED: usize = 4;
+const MEMORY_PEAK: usize = 5;
+const DROPPED_ON_ERROR: usize = 6;
 
 impl InstallationMetrics {
     pub(super) fn new(installation: &Arc<str>) -> Self {
@@ -126,6 +138,10 @@ impl InstallationMetrics {
                 })
         };
         Stats {
+            events: count(EVENTS),
+            changed: count(CHANGED),
+            memory_peak_bytes: count(MEMORY_PEAK),
+            dropped_on_error: count(DROPPED_ON_ERROR),
             calls: count(CALLS),
             failed: count(FAILED),
             dropped: count(DROPPED),
@@ -171,12 +187,33 @@ impl InstallationMetrics {
             .increment(1);
     }
 
+    /// `count` events reached the installation.
+    pub(super) fn events(&self, count: usize) {
+        self.counts[EVENTS].fetch_add(count as u64, Ordering::Relaxed);
+    }
+
+    /// `count` events changed by the plugin.
+    pub(super) fn changed(&self, count: u64) {
+        self.counts[CHANGED].fetch_add(count, Ordering::Relaxed);
+    }
+
+    /// An instance's linear memory reached `bytes`.
+    pub(super) fn memory(&self, bytes: usize) {
+        self.counts[MEMORY_PEAK].fetch_max(bytes as u64, Ordering::Relaxed);
+    }
+
     /// `count` events dropped, by the plugin or by the `drop` policy.
     pub(super) fn dropped(&self, count: u64) {
         self.counts[DROPPED].fetch_add(count, Ordering::Relaxed);
         self.dropped
             .get_or_init(|| metrics::counter!("sluice_plugin_events_dropped_total", "installation" => self.label()))
             .increment(count);
+    }
+
+    /// One event dropped by the `drop` policy after a failure.
+    pub(super) fn dropped_on_error(&self) {
+        self.counts[DROPPED_ON_ERROR].fetch_add(1, Ordering::Relaxed);
+        self.dropped(1);
     }
 
     /// One event the plugin dropped for `reason`; whether this is the first drop counted under

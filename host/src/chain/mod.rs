@@ -36,6 +36,8 @@ use std::time::Instant;
 pub struct Installation {
     /// `team-<team id>/<installation id>`.
     pub id: Arc<str>,
+    /// What metrics and the tap call it: its id, or `<id>~shadow` for a shadow run's copy.
+    pub label: Arc<str>,
     /// Which live instance serves it: its own, or one shared by every installation of a
     /// stateless plugin with the same [`SharingKey`].
     pub instance_key: InstanceKey,
@@ -63,8 +65,13 @@ impl Installation {
         breaker: BreakerConfig,
     ) -> Self {
         let id = settings.context.installation.clone();
+        let label: Arc<str> = match &settings.context.services.sandbox {
+            Some(sandbox) if sandbox.shadow => Arc::from(format!("{id}~shadow")),
+            _ => id.clone(),
+        };
         Self {
-            metrics: InstallationMetrics::new(&id),
+            metrics: InstallationMetrics::new(&label),
+            label,
             breaker: Breaker::new(breaker.clone(), settings.context.clone()),
             breaker_config: breaker,
             id,
@@ -139,6 +146,8 @@ impl Chains {
 pub struct ChainRunner {
     pool: InstancePool,
     checked: outcome::CheckedPatches,
+    /// The host calls of the last call that failed, for its failure bundle.
+    recorded: Option<crate::capabilities::journal::Recorded>,
 }
 
 impl ChainRunner {
@@ -147,6 +156,7 @@ impl ChainRunner {
         Self {
             pool: InstancePool::new(capacity),
             checked: outcome::CheckedPatches::default(),
+            recorded: None,
         }
     }
 
@@ -207,6 +217,7 @@ impl ChainRunner {
         out: &mut Output,
     ) -> Vec<Vec<u8>> {
         let mut next = Vec::with_capacity(events.len());
+        installation.metrics.events(events.len());
         match installation.breaker.admit(Instant::now()) {
             Admission::Call => self.resolve(installation, events, &mut next, out),
             Admission::Trial => {
@@ -246,6 +257,11 @@ impl ChainRunner {
             let failure = Failure::circuit_open(reason);
             return outcome::fail_all(installation, events, &failure, next, out);
         }
+        // A copy for the failure bundle of an event the plugin reports failing on in a call
+        // that returns (`bundles = true` only: the copy costs on every call).
+        let bundled = bundles(installation)
+            .filter(|b| b.always)
+            .map(|_| events.clone());
         let error = match self.call(installation, &events) {
             Ok(outcomes) => match outcome::apply(
                 installation,
@@ -256,6 +272,16 @@ impl ChainRunner {
                 out,
             ) {
                 Ok(applied) => {
+                    if let (Some(bundles), Some(batch), Some(message)) =
+                        (bundles(installation), bundled, applied.first_error)
+                        && let Some(recorded) = self.pool.recorded(installation)
+                    {
+                        let error = CallError::Plugin {
+                            message,
+                            retryable: false,
+                        };
+                        bundles.write(&batch, &error, recorded);
+                    }
                     self.pool.recycle_if_bloated(installation);
                     if applied.all_failed {
                         installation
@@ -280,6 +306,9 @@ impl ChainRunner {
             installation
                 .breaker
                 .failure(&error.to_string(), Instant::now());
+            if let (Some(bundles), Some(recorded)) = (bundles(installation), self.recorded.take()) {
+                bundles.write(&events, &error, recorded);
+            }
             return outcome::fail_all(installation, events, &Failure::of(&error), next, out);
         }
         tracing::debug!(installation = %installation.id, events = events.len(), %error, "a batch call failed; isolating the events responsible");
@@ -300,13 +329,29 @@ impl ChainRunner {
             batch.push_encoded(event);
         }
         let started = Instant::now();
-        let result = self
-            .pool
-            .instance(installation)
-            .and_then(|instance| instance.transform(&batch.finish()));
+        let result = self.pool.instance(installation).and_then(|instance| {
+            let result = instance.transform(&batch.finish());
+            installation.metrics.memory(instance.memory_high_water());
+            if result.is_err() {
+                // Taken now: a trap discards the instance.
+                self.recorded = instance.recorded();
+            }
+            result
+        });
         let elapsed = started.elapsed();
         installation.metrics.call(elapsed);
         installation.breaker.spend(elapsed, 0, started + elapsed);
         result
     }
+}
+
+/// Where `installation` leaves failure bundles, if it leaves one for its failures: always with
+/// `bundles = true`, else when they end in the dead letters (see [`crate::bundle`]).
+fn bundles(installation: &Installation) -> Option<&crate::bundle::Bundles> {
+    installation
+        .settings
+        .context
+        .bundles
+        .as_deref()
+        .filter(|b| b.always || installation.on_error == crate::config::OnError::DeadLetter)
 }

@@ -76,6 +76,8 @@ impl CheckedPatches {
 pub(super) struct Applied {
     /// Whether the plugin failed every event of the call.
     pub(super) all_failed: bool,
+    /// The first error the plugin reported for an event, if it reported any.
+    pub(super) first_error: Option<String>,
 }
 
 /// Applies the encoded `outcomes` of one call to `events`, appending the events that continue to
@@ -103,6 +105,8 @@ pub(super) fn apply(
     let count = events.len();
     let mut dropped = 0u64;
     let mut failed = 0;
+    let mut changes = 0u64;
+    let mut first_error = None;
     let tap = tap::hub();
     let tapped = tap.active();
     for (event, outcome) in events.into_iter().zip(outcomes) {
@@ -130,6 +134,7 @@ pub(super) fn apply(
             }
             Outcome::Error { message, .. } => {
                 failed += 1;
+                first_error.get_or_insert_with(|| message.to_owned());
                 let failure = Failure {
                     kind: "plugin_error",
                     message: format!("plugin error: {message}"),
@@ -142,7 +147,10 @@ pub(super) fn apply(
             Outcome::Patch(patch) => checked.check(patch).and_then(|()| patched(&event, patch)),
         };
         match changed {
-            Ok(changed) => next.push(changed),
+            Ok(changed) => {
+                changes += 1;
+                next.push(changed);
+            }
             Err(message) => {
                 failed += 1;
                 let failure = Failure {
@@ -157,8 +165,12 @@ pub(super) fn apply(
     if dropped > 0 {
         installation.metrics.dropped(dropped);
     }
+    if changes > 0 {
+        installation.metrics.changed(changes);
+    }
     Ok(Applied {
         all_failed: count > 0 && failed == count,
+        first_error,
     })
 }
 
@@ -177,7 +189,7 @@ fn record(
         Outcome::Replace(_) => ("replaced", None),
         Outcome::Error { .. } => return,
     };
-    tap.record(&installation.id, event, name, detail);
+    tap.record(&installation.label, event, name, detail);
 }
 
 /// The event with the edits of `patch` added to it (applied when it is stored), once the patch
@@ -294,7 +306,7 @@ fn fail(
             OnError::DeadLetter => "dead-lettered",
         };
         let detail = format!("{} ({policy}): {}", failure.kind, failure.message);
-        tap.record(&installation.id, &event, "failed", Some(detail));
+        tap.record(&installation.label, &event, "failed", Some(detail));
     }
     if failure.kind != "circuit_open" {
         let uuid = wire::parse_encoded(&event)
@@ -327,7 +339,7 @@ fn fail(
     }
     match installation.on_error {
         OnError::Skip => next.push(event),
-        OnError::Drop => installation.metrics.dropped(1),
+        OnError::Drop => installation.metrics.dropped_on_error(),
         OnError::DeadLetter => out.dead_letters.push(DeadLetter {
             installation: installation.id.to_string(),
             encoded: event,

@@ -119,6 +119,17 @@ impl InstancePool {
         }
     }
 
+    /// The host calls the live instance of `installation` recorded, if it has one that records.
+    pub(super) fn recorded(
+        &self,
+        installation: &Installation,
+    ) -> Option<crate::capabilities::journal::Recorded> {
+        self.instances
+            .get(&installation.instance_key)?
+            .instance
+            .recorded()
+    }
+
     /// Drops the instance of `installation` after `error` made it unusable.
     pub(super) fn discard(&mut self, installation: &Installation, error: &CallError) {
         tracing::debug!(installation = %installation.id, %error, "plugin instance trapped; it will be rebuilt");
@@ -184,6 +195,9 @@ mod tests {
             schedule: None,
             jobs: None,
             grants: Grants::of(grants),
+            bundles: false,
+            shadow: None,
+            auto_rollback: false,
         }
     }
 

@@ -1,11 +1,13 @@
 //! The `sluice` command line: one file per command family; this file parses and dispatches.
 
+mod change;
 mod exports;
 mod jobs;
 mod logs;
 mod plugin;
 mod recordings;
 mod reload;
+mod replay;
 mod scaffold;
 mod tap;
 mod tasks;
@@ -66,6 +68,52 @@ enum Command {
     /// dropped and why, patched and which keys, replaced, failed), as JSON lines, until
     /// interrupted; it goes on across reloads.
     Tap(#[command(flatten)] tap::Tap),
+    /// Run recorded traffic (the events captured, before the chain, or a file) through the
+    /// current chains and a candidate config side by side, with no side effects, and report
+    /// what would change: per installation kept / dropped / changed / failed, latency and
+    /// memory; which property keys the candidate adds, removes or changes, with samples; the
+    /// side effects each chain would have had.
+    Replay(#[command(flatten)] replay::Replay),
+    /// Run the tests written in the config (`[[tests]]`) and in scenario files: input events
+    /// through a team's chain (or one installation), host capabilities faked, assertions on
+    /// what is stored. Prints one line per test and what failed; exit code 1 if any failed.
+    Test {
+        /// The sluice.toml whose chains to test (and whose `[[tests]]` to run).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Scenario files (TOML with `[[tests]]`).
+        scenarios: Vec<PathBuf>,
+    },
+    /// Work with shadow installations (`shadow = true`): see what they would change on live
+    /// traffic; make one live.
+    #[command(subcommand)]
+    Shadow(change::Shadow),
+    /// Return an installation to its last good plugin version (or `--to` a version it ran):
+    /// the config file is edited and reloaded, without loss; the version left is marked bad.
+    Rollback {
+        /// The sluice.toml of the running server (the file that is edited).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The installation, e.g. `team-1/geoip`.
+        #[arg(long)]
+        installation: String,
+        /// A version it ran (SHA-256, see `sluice versions`).
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Print the plugin versions an installation ran (kept by content in the data folder),
+    /// newest first, with those rolled back from marked bad.
+    Versions {
+        /// The sluice.toml whose data folder to read.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The installation, e.g. `team-1/geoip`.
+        #[arg(long)]
+        installation: String,
+    },
+    /// Failure bundles: list them, run one again.
+    #[command(subcommand)]
+    Debug(change::Debug),
     /// Print stored events as JSON lines, oldest first.
     Events(#[command(flatten)] Read),
     /// Print stored session-recording events (`$snapshot`), oldest first; with `--session`,
@@ -234,6 +282,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Tap(watch) => tap::run(&watch),
+        Command::Replay(args) => replay::run(&args),
+        Command::Shadow(action) => change::shadow(action),
+        Command::Rollback {
+            config,
+            installation,
+            to,
+        } => change::rollback(&config, &installation, to.as_deref()),
+        Command::Versions {
+            config,
+            installation,
+        } => change::versions(&config, &installation),
+        Command::Debug(action) => {
+            if !change::debug(action)? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Test { config, scenarios } => {
+            let passed = crate::scenario::run(&config, &scenarios, &mut std::io::stdout())?;
+            if !passed {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Events(read) => print_lines(read.stored()?.events(read.team, read.limit)?),
         Command::Recordings { read, session } => recordings::print(&read, session.as_deref()),
         Command::Logs {

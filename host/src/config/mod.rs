@@ -13,6 +13,7 @@ mod admin;
 mod breaker;
 mod capture;
 mod clickhouse;
+pub mod edit;
 mod export;
 mod ids;
 mod kafka;
@@ -37,7 +38,7 @@ pub use schedule::{JobsConfig, ScheduleConfig};
 pub use server::ServerConfig;
 pub use teams::{
     DEFAULT_EXPORT_TIMEOUT_MS, DEFAULT_TASK_TIMEOUT_MS, DEFAULT_TRANSFORM_TIMEOUT_MS,
-    InstallationConfig, OnError, TeamConfig,
+    InstallationConfig, OnError, Shadow, TeamConfig,
 };
 
 use crate::capabilities;
@@ -190,6 +191,9 @@ impl Collector {
 }
 
 /// The sections sluice itself reads; capabilities add theirs.
+/// The section of config tests (`[[tests]]`), which only `sluice test` reads.
+pub const TESTS: &str = "tests";
+
 const OWN_SECTIONS: [&str; 8] = [
     "server",
     "admin",
@@ -237,10 +241,13 @@ impl Config {
             .chain(capabilities::Settings::SECTIONS.iter().copied())
             .collect();
         for key in table.keys() {
-            if !known.contains(&key.as_str()) && key != "teams" {
+            if !known.contains(&key.as_str()) && key != "teams" && key != TESTS {
                 c.add(
                     key,
-                    format!("unknown section (expected {} or teams)", known.join(", ")),
+                    format!(
+                        "unknown section (expected {}, teams or tests)",
+                        known.join(", ")
+                    ),
                 );
             }
         }

@@ -21,6 +21,9 @@ pub struct RetentionConfig {
     /// Days stored events are kept; unset (the default): for ever. Events an export has not
     /// passed yet are kept whatever their age.
     pub events_days: Option<u64>,
+    /// Hours events are kept as they were captured, before the chain, for `sluice replay`
+    /// (embedded queue only); 0 keeps none.
+    pub captured_hours: u64,
     /// Seconds between two passes; each pass deletes at most [`crate::housekeeping::BATCH`] rows
     /// per table, so it never holds the database for long.
     pub interval_seconds: u64,
@@ -35,6 +38,7 @@ impl Default for RetentionConfig {
             failed_jobs_days: 30,
             dead_letters_days: 30,
             events_days: None,
+            captured_hours: 24,
             interval_seconds: 60,
         }
     }
@@ -53,6 +57,9 @@ pub(super) fn load(c: &mut Collector, table: &toml::Table) -> RetentionConfig {
         if days.is_some_and(|d| !(1..=36_500).contains(&d)) {
             c.add(format!("retention.{key}"), "must be between 1 and 36500");
         }
+    }
+    if retention.captured_hours > 24 * 365 {
+        c.add("retention.captured_hours", "must be at most 8760");
     }
     if retention.plugin_logs_max_lines == 0 {
         c.add("retention.plugin_logs_max_lines", "must be at least 1");

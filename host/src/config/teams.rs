@@ -64,6 +64,23 @@ pub struct InstallationConfig {
     pub jobs: Option<JobsConfig>,
     /// Host capabilities granted to this installation, with their settings.
     pub grants: Grants,
+    /// Whether every failure leaves a failure bundle (dead-lettered ones always do).
+    pub bundles: bool,
+    /// Set when it runs as a shadow: beside the live chain, on a sample of live events, with
+    /// no effect on what is stored.
+    pub shadow: Option<Shadow>,
+    /// Whether a version that trips the breaker soon after a reload is rolled back by itself.
+    pub auto_rollback: bool,
+}
+
+/// How a shadow installation runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shadow {
+    /// The share of live events it sees, in (0, 1].
+    pub sample: f64,
+    /// The live installation of the team it would take the place of, if any (else it would
+    /// join the chain where it is written).
+    pub replaces: Option<InstallationId>,
 }
 
 /// `[[teams.plugins]]` as written, without the tables capabilities own.
@@ -101,6 +118,21 @@ struct RawInstallation {
     /// Host capabilities granted to this installation (none by default).
     #[serde(default)]
     grants: Vec<String>,
+    /// Whether every failure leaves a failure bundle.
+    #[serde(default)]
+    bundles: bool,
+    /// Whether it runs as a shadow.
+    #[serde(default)]
+    shadow: bool,
+    /// A shadow's share of live events.
+    #[serde(default)]
+    sample: Option<f64>,
+    /// The installation a shadow would replace.
+    #[serde(default)]
+    replaces: Option<String>,
+    /// Whether a version that trips the breaker soon after a reload is rolled back.
+    #[serde(default)]
+    auto_rollback: bool,
 }
 
 /// Deadline of a `transform` call when the operator sets none: events wait for it.
@@ -270,6 +302,7 @@ fn installations(
             jobs.check(c, &format!("{key}.jobs"));
         }
         let grants = Grants::load(c, &key, &raw.grants, owned);
+        let shadow = shadow(c, &key, &raw);
         if let Ok(id) = id {
             installations.push(InstallationConfig {
                 key,
@@ -284,8 +317,73 @@ fn installations(
                 schedule: raw.schedule,
                 jobs: raw.jobs,
                 grants,
+                bundles: raw.bundles,
+                shadow,
+                auto_rollback: raw.auto_rollback,
             });
         }
     }
+    check_replaced(c, team_key, &installations);
     installations
+}
+
+/// The shadow settings of the installation at `key`, checked.
+fn shadow(c: &mut Collector, key: &str, raw: &RawInstallation) -> Option<Shadow> {
+    if !raw.shadow {
+        for (name, set) in [
+            ("sample", raw.sample.is_some()),
+            ("replaces", raw.replaces.is_some()),
+        ] {
+            if set {
+                c.add(
+                    format!("{key}.{name}"),
+                    "is for shadow installations (`shadow = true`)",
+                );
+            }
+        }
+        return None;
+    }
+    let sample = raw.sample.unwrap_or(1.0);
+    if !(sample > 0.0 && sample <= 1.0) {
+        c.add(format!("{key}.sample"), "must be above 0 and at most 1");
+    }
+    let replaces = raw.replaces.as_deref().and_then(|r| {
+        InstallationId::parse(r)
+            .map_err(|reason| c.add(format!("{key}.replaces"), reason))
+            .ok()
+    });
+    if raw.auto_rollback {
+        c.add(
+            format!("{key}.auto_rollback"),
+            "is for live installations, not shadows",
+        );
+    }
+    Some(Shadow { sample, replaces })
+}
+
+/// Checks that what each shadow of a team replaces is a live installation of the team, replaced
+/// by one shadow only.
+fn check_replaced(c: &mut Collector, team_key: &str, installations: &[InstallationConfig]) {
+    let mut replaced = HashSet::new();
+    for installation in installations {
+        let Some(target) = installation
+            .shadow
+            .as_ref()
+            .and_then(|s| s.replaces.as_ref())
+        else {
+            continue;
+        };
+        let key = format!("{}.replaces", installation.key);
+        let live = installations
+            .iter()
+            .any(|i| &i.id == target && i.shadow.is_none());
+        if !live {
+            c.add(
+                key,
+                format!("`{target}` is not a live installation of this team ({team_key})"),
+            );
+        } else if !replaced.insert(target.clone()) {
+            c.add(key, format!("`{target}` is replaced by two shadows"));
+        }
+    }
 }

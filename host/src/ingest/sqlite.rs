@@ -81,9 +81,12 @@ impl QueueWriter {
 impl Queue {
     /// Opens the queue in `data_dir` and starts its writer thread; returns the capture side, the
     /// writer, and the worker side.
+    /// Processed payloads are kept in the `captured` table (for `sluice replay`) if
+    /// `keep_captured`.
     pub fn start(
         data_dir: &Path,
         max_depth: u64,
+        keep_captured: bool,
     ) -> Result<(Self, QueueWriter, QueueReader), StoreError> {
         let conn = store::open(data_dir)?;
         let shared = Arc::new(Shared {
@@ -102,6 +105,7 @@ impl Queue {
             // As SQLite names the file, so that a sink's transaction on it is recognised.
             path: PathBuf::from(reader_conn.path().unwrap_or_default()),
             conn: reader_conn,
+            keep_captured,
             seen: shared.signal.generation(),
             shared: shared.clone(),
         };
@@ -217,6 +221,7 @@ pub fn depth(conn: &Connection) -> Result<u64, StoreError> {
 pub struct QueueReader {
     conn: Connection,
     path: PathBuf,
+    keep_captured: bool,
     shared: Arc<Shared>,
     seen: u64,
 }
@@ -225,6 +230,7 @@ pub struct QueueReader {
 #[derive(Debug)]
 pub struct QueueReceipt {
     path: PathBuf,
+    keep_captured: bool,
     last_id: i64,
     events: u64,
     settled: bool,
@@ -246,10 +252,23 @@ impl QueueReceipt {
         {
             return Ok(false);
         }
-        tx.execute("DELETE FROM queue WHERE id <= ?1", [self.last_id])?;
+        remove(tx, self.last_id, self.keep_captured)?;
         self.settled = true;
         Ok(true)
     }
+}
+
+/// Removes the rows up to `last_id` from the queue, copied to `captured` first if `keep`.
+fn remove(conn: &Connection, last_id: i64, keep: bool) -> rusqlite::Result<()> {
+    if keep {
+        conn.execute(
+            "INSERT INTO captured (team_id, events, received_ms, payload)
+             SELECT team_id, events, ?2, payload FROM queue WHERE id <= ?1 ORDER BY id",
+            params![last_id, store::now_ms()],
+        )?;
+    }
+    conn.execute("DELETE FROM queue WHERE id <= ?1", [last_id])
+        .map(drop)
 }
 
 impl QueueReader {
@@ -301,6 +320,7 @@ impl Ingest for QueueReader {
             events,
             receipt: QueueReceipt {
                 path: self.path.clone(),
+                keep_captured: self.keep_captured,
                 last_id,
                 events,
                 settled: false,
@@ -310,9 +330,7 @@ impl Ingest for QueueReader {
 
     fn ack(&mut self, receipt: QueueReceipt) -> Result<(), IngestError> {
         if !receipt.settled {
-            self.conn
-                .execute("DELETE FROM queue WHERE id <= ?1", [receipt.last_id])
-                .map_err(StoreError::from)?;
+            remove(&self.conn, receipt.last_id, self.keep_captured).map_err(StoreError::from)?;
         }
         let before = self
             .shared

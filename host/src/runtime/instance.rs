@@ -7,6 +7,7 @@ use super::plugin::Plugin;
 use super::state::HostState;
 use super::stdio::panic_message;
 use crate::bindings::types;
+use crate::capabilities::journal::{Journal, Recorded};
 use crate::capabilities::{Context, HasCapabilities};
 use crate::schedule::lock::Fence;
 use serde_json::Value;
@@ -114,17 +115,37 @@ pub struct Instance {
     store: Store<HostState>,
     guests: Guests,
     timeout: Duration,
+    /// Whether `setup` ran: later calls are what a journal records as "the call".
+    set_up: bool,
 }
 
 impl Instance {
     /// Instantiates `plugin` serving `ctx`, with the hooks it exports loaded, before `setup`.
+    /// Host calls are recorded when `ctx` asks for failure bundles.
     pub(super) fn instantiate(
         plugin: &Plugin,
         ctx: Arc<Context>,
         memory_bytes: usize,
     ) -> Result<Self, CallError> {
+        let journal = if ctx.bundles.is_some() {
+            Journal::recording()
+        } else {
+            Journal::off()
+        };
+        Self::instantiate_with(plugin, ctx, memory_bytes, journal)
+    }
+
+    fn instantiate_with(
+        plugin: &Plugin,
+        ctx: Arc<Context>,
+        memory_bytes: usize,
+        journal: Journal,
+    ) -> Result<Self, CallError> {
         let timeout = Duration::from_secs(10);
-        let mut store = Store::new(plugin.pre.engine(), HostState::new(ctx, memory_bytes));
+        let mut store = Store::new(
+            plugin.pre.engine(),
+            HostState::new(ctx, memory_bytes, journal),
+        );
         store.limiter(|state| &mut state.limiter);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(deadline_ticks(timeout));
@@ -138,16 +159,49 @@ impl Instance {
             store,
             guests,
             timeout,
+            set_up: false,
         })
     }
 
     /// Instantiates `plugin` and runs its `setup` with the installation's config.
     pub fn start(plugin: &Plugin, settings: &InstanceSettings) -> Result<Self, CallError> {
-        let mut instance =
-            Self::instantiate(plugin, settings.context.clone(), settings.memory_bytes)?;
-        instance.timeout = settings.context.timeout;
-        instance.setup(&settings.config.to_string())?;
-        Ok(instance)
+        let instance = Self::instantiate(plugin, settings.context.clone(), settings.memory_bytes)?;
+        instance.set_up(settings)
+    }
+
+    /// Instantiates `plugin` whose host calls are answered from `recorded` (a failure bundle's),
+    /// and runs its `setup`; an error is `setup`'s.
+    pub fn replaying(
+        plugin: &Plugin,
+        settings: &InstanceSettings,
+        recorded: &Recorded,
+    ) -> Result<Self, CallError> {
+        let journal = Journal::replaying(recorded);
+        let instance = Self::instantiate_with(
+            plugin,
+            settings.context.clone(),
+            settings.memory_bytes,
+            journal,
+        )?;
+        instance.set_up(settings)
+    }
+
+    fn set_up(mut self, settings: &InstanceSettings) -> Result<Self, CallError> {
+        self.timeout = settings.context.timeout;
+        self.setup(&settings.config.to_string())?;
+        self.set_up = true;
+        Ok(self)
+    }
+
+    /// The host calls recorded since `setup` began, if the instance records them.
+    pub fn recorded(&self) -> Option<Recorded> {
+        self.store.data().journal().recorded()
+    }
+
+    /// When playing back a record: where the run first asked the host something the record
+    /// does not have, if it did.
+    pub fn divergence(&self) -> Option<String> {
+        self.store.data().journal().divergence()
     }
 
     /// Makes the instance serve `ctx` from the next call on (shared instances of stateless
@@ -182,6 +236,9 @@ impl Instance {
         ) -> wasmtime::Result<Result<T, types::PluginError>>,
     ) -> Result<T, CallError> {
         self.store.set_epoch_deadline(deadline_ticks(self.timeout));
+        if self.set_up {
+            self.store.data().journal().begin_call();
+        }
         let result = f(&self.guests, &mut self.store);
         let stderr = self.store.data_mut().end_call();
         match result {

@@ -20,7 +20,7 @@ mod state;
 mod stdio;
 
 pub use instance::{CallError, Instance, InstanceSettings, TrapKind};
-pub use plugin::{LoadError, Plugin};
+pub use plugin::{LoadError, Plugin, sha256_hex};
 pub use stdio::OUTPUT_CAP_BYTES;
 
 use crate::capabilities;

@@ -18,6 +18,11 @@ const TYPES_INTERFACE: &str = "sluice:plugin/types";
 /// The interface every plugin exports; its version is the contract the plugin was built against.
 const LIFECYCLE_INTERFACE: &str = "sluice:plugin/lifecycle";
 
+/// The SHA-256 of `bytes`, in lowercase hex (how plugins are named by content).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
 /// `bytes` in lowercase hex.
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -155,7 +160,7 @@ pub(super) fn load(
         reason,
     };
     let bytes = std::fs::read(path).map_err(|e| compile_error(e.to_string()))?;
-    let hash = hex(&Sha256::digest(&bytes));
+    let hash = sha256_hex(&bytes);
     let component = Component::new(engine, &bytes).map_err(|e| compile_error(format!("{e:#}")))?;
     let ty = component.component_type();
     let exported: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_owned()).collect();

@@ -3,6 +3,7 @@
 
 use super::limits::MemoryLimiter;
 use super::stdio::{CapturedOutput, OUTPUT_CAP_BYTES};
+use crate::capabilities::journal::Journal;
 use crate::capabilities::log::Level;
 use crate::capabilities::{Context, HasCapabilities, InstanceState};
 use std::sync::Arc;
@@ -35,21 +36,28 @@ impl HasCapabilities for HostState {
 
 impl HostState {
     /// State for an instance serving `ctx` with at most `memory_bytes` of linear memory.
-    pub(super) fn new(ctx: Arc<Context>, memory_bytes: usize) -> Self {
+    /// Its host calls go through `journal`.
+    pub(super) fn new(ctx: Arc<Context>, memory_bytes: usize, journal: Journal) -> Self {
         let output = CapturedOutput::default();
         // No preopened directories, no environment, no sockets: only captured stdout/stderr.
-        let wasi = WasiCtx::builder()
-            .stdout(output.stream(false))
+        let mut wasi = WasiCtx::builder();
+        wasi.stdout(output.stream(false))
             .stderr(output.stream(true))
-            .allow_blocking_current_thread(true)
-            .build();
+            .allow_blocking_current_thread(true);
+        journal.wasi(&mut wasi);
+        let wasi = wasi.build();
         Self {
             wasi,
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(memory_bytes),
             output,
-            capabilities: InstanceState::new(ctx),
+            capabilities: InstanceState::new(ctx, journal),
         }
+    }
+
+    /// The instance's journal of host calls.
+    pub(super) fn journal(&self) -> &Journal {
+        &self.capabilities.journal
     }
 
     /// The installation the instance serves in the current call.

@@ -196,7 +196,7 @@ mod tests {
     #[test]
     fn appended_is_durable_polled_in_order_until_acknowledged_and_stored_once_per_team() {
         let dir = tempfile::tempdir().unwrap();
-        let (queue, writer, _) = Queue::start(dir.path(), 3).unwrap();
+        let (queue, writer, _) = Queue::start(dir.path(), 3, false).unwrap();
         block_on(queue.append(appended(1, 1, payload(&[event(1, 1, "a")])))).unwrap();
         block_on(queue.append(appended(
             2,
@@ -214,7 +214,7 @@ mod tests {
         writer.join();
 
         // Durable before acknowledged: a new process finds what was appended, in order.
-        let (_queue, _writer, mut reader) = Queue::start(dir.path(), 10).unwrap();
+        let (_queue, _writer, mut reader) = Queue::start(dir.path(), 10, true).unwrap();
         let polled = reader.poll(10, Duration::ZERO).unwrap().unwrap();
         assert_eq!(polled.events, 3);
         assert_eq!(

@@ -28,6 +28,23 @@ CREATE TABLE IF NOT EXISTS queue (
     events INTEGER NOT NULL,
     payload BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS plugin_versions (
+    installation TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    file TEXT NOT NULL,
+    first_at_ms INTEGER NOT NULL,
+    last_at_ms INTEGER NOT NULL,
+    bad TEXT,
+    PRIMARY KEY (installation, sha256)
+);
+CREATE TABLE IF NOT EXISTS captured (
+    id INTEGER PRIMARY KEY,
+    team_id INTEGER NOT NULL,
+    events INTEGER NOT NULL,
+    received_ms INTEGER NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS captured_received ON captured (received_ms);
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY,
     uuid BLOB NOT NULL,

@@ -9,7 +9,7 @@ use serde_json::Value;
 use sluice_abi::wire::{self, EventFields};
 
 /// A stored event as `sluice events` prints it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct StoredEvent {
     /// Event UUID.
     pub uuid: String,
