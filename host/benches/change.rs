@@ -1,6 +1,6 @@
-//! What changing a chain safely costs, printed as a table.
+//! What changing a chain safely and moving history cost, printed as a table.
 //!
-//! Run: `plugins/build.sh target/plugins && cargo bench -p sluice --bench change [-- s r]`.
+//! Run: `plugins/build.sh target/plugins && cargo bench -p sluice --bench change [-- s r d i]`.
 //!
 //! (s) Shadow overhead on the live path: HTTP `/batch` of 100 gzip events → durable queue →
 //!     chain [downsample 50%, property filter] → SQLite, end to end in this process, without a
@@ -9,6 +9,11 @@
 //! (r) `sluice replay` of 1,000,000 captured events (kept before the chain) of the peer's
 //!     `$pageview`s through that chain and a candidate that also removes `$browser`: events/s,
 //!     seconds, and the peak memory of the process.
+//! (d) Reading files of events alone: 1,000,000 `$pageview`s (`SLUICE_BENCH_IMPORT_EVENTS`) as
+//!     gzip JSON lines and as Parquet in the S3 export's shape, events/s and MB/s.
+//! (i) `sluice import` of the gzip file through the chain of (s) into SQLite, beside the
+//!     end-to-end capture rate of (s) without a shadow, same run; and the time 10,000,000
+//!     events take at that rate.
 
 #![allow(clippy::unwrap_used)]
 
@@ -56,6 +61,147 @@ fn main() {
         println!("\n(r) replay of {REPLAYED} captured events through the chain and a candidate");
         replay(&plugins);
     }
+    if runs("d") || runs("i") {
+        let count: usize = std::env::var("SLUICE_BENCH_IMPORT_EVENTS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1_000_000);
+        let dir = tempfile::tempdir().unwrap();
+        let (gzip, parquet) = history_files(dir.path(), count);
+        if runs("d") {
+            println!("\n(d) reading {count} events from files alone");
+            decode("gzip JSON lines", &gzip, count);
+            decode("Parquet (the export's shape)", &parquet, count);
+        }
+        if runs("i") {
+            println!("\n(i) sluice import of {count} events, and capture end to end, same chain");
+            let capture = end_to_end(&plugins, None);
+            let import = import(&plugins, &gzip, count);
+            println!(
+                "  import: {:.0}% of the capture rate; 10,000,000 events take {:.0} s at its rate",
+                import / capture * 100.0,
+                10_000_000.0 / import
+            );
+        }
+    }
+}
+
+/// `count` `$pageview`s in `dir` as a gzip JSON lines file and as Parquet in the S3 export's
+/// shape.
+fn history_files(dir: &Path, count: usize) -> (std::path::PathBuf, std::path::PathBuf) {
+    use parquet::data_type::{ByteArray, ByteArrayType, Int64Type};
+    let event = |n: usize| {
+        json!({"uuid": format!("01900000-0000-7000-8000-{n:012}"), "event": "$pageview",
+               "distinct_id": format!("user-{}", n % 10_000), "timestamp": "2026-01-01T00:00:00.000Z",
+               "properties": properties(n)})
+    };
+    let gzip = dir.join("history.jsonl.gz");
+    let mut gz = flate2::write::GzEncoder::new(
+        std::fs::File::create(&gzip).unwrap(),
+        flate2::Compression::fast(),
+    );
+    for n in 0..count {
+        std::io::Write::write_all(&mut gz, format!("{}\n", event(n)).as_bytes()).unwrap();
+    }
+    gz.finish().unwrap();
+    let parquet = dir.join("history.parquet");
+    let schema = std::sync::Arc::new(
+        parquet::schema::parser::parse_message_type(
+            "message event { REQUIRED BYTE_ARRAY uuid (STRING); REQUIRED BYTE_ARRAY event (STRING);
+             REQUIRED BYTE_ARRAY properties (JSON); REQUIRED BYTE_ARRAY distinct_id (STRING);
+             REQUIRED INT64 timestamp (TIMESTAMP(MILLIS, true)); }",
+        )
+        .unwrap(),
+    );
+    let mut writer = parquet::file::writer::SerializedFileWriter::new(
+        std::fs::File::create(&parquet).unwrap(),
+        schema,
+        Default::default(),
+    )
+    .unwrap();
+    for start in (0..count).step_by(100_000) {
+        let rows: Vec<usize> = (start..(start + 100_000).min(count)).collect();
+        let text = |f: &dyn Fn(usize) -> String| -> Vec<ByteArray> {
+            rows.iter()
+                .map(|n| ByteArray::from(f(*n).into_bytes()))
+                .collect()
+        };
+        let columns = [
+            text(&|n| event(n)["uuid"].as_str().unwrap().to_owned()),
+            text(&|_| "$pageview".to_owned()),
+            text(&|n| properties(n).to_string()),
+            text(&|n| format!("user-{}", n % 10_000)),
+        ];
+        let mut group = writer.next_row_group().unwrap();
+        let mut column = 0;
+        while let Some(mut out) = group.next_column().unwrap() {
+            if column < 4 {
+                out.typed::<ByteArrayType>()
+                    .write_batch(&columns[column], None, None)
+                    .unwrap();
+            } else {
+                let times = vec![1_767_225_600_000i64; rows.len()];
+                out.typed::<Int64Type>()
+                    .write_batch(&times, None, None)
+                    .unwrap();
+            }
+            out.close().unwrap();
+            column += 1;
+        }
+        group.close().unwrap();
+    }
+    writer.close().unwrap();
+    (gzip, parquet)
+}
+
+/// Reads `file` through `sluice import`'s reader alone.
+fn decode(label: &str, file: &Path, count: usize) {
+    let started = Instant::now();
+    let read = sluice::event_file::EventFile::open(file)
+        .unwrap()
+        .filter(Result::is_ok)
+        .count();
+    assert_eq!(read, count);
+    let seconds = started.elapsed().as_secs_f64();
+    let mb = std::fs::metadata(file).unwrap().len() as f64 / 1e6;
+    println!(
+        "  {label:<30} {:>10.0} events/s  {:>7.1} MB/s of file ({mb:.0} MB)",
+        count as f64 / seconds,
+        mb / seconds
+    );
+}
+
+/// `sluice import` of `file` (its own code) through the chain of (s); events/s.
+fn import(plugins: &Path, file: &Path, count: usize) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!("[server]\ndata_dir = \"data\"\n{}", chain(plugins)),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let progress = sluice::import::run(
+        &sluice::import::ImportSettings {
+            config,
+            team: 1,
+            files: vec![file.to_owned()],
+            skip_chain: false,
+            rate: None,
+            strict: false,
+            rejects: None,
+        },
+        &mut |_| {},
+    )
+    .unwrap();
+    let seconds = started.elapsed().as_secs_f64();
+    assert_eq!(progress.read, count as u64);
+    let rate = count as f64 / seconds;
+    println!(
+        "  import, through the chain:   {rate:>10.0} events/s  ({seconds:.1} s, {} stored)",
+        progress.stored
+    );
+    rate
 }
 
 /// The chain of both sections: downsampling, then a filter of `secret`.

@@ -5,11 +5,38 @@
 //! that is not an event is reported with its number, and the file goes on.
 
 use anyhow::Context as _;
-use parquet::file::reader::SerializedFileReader;
+use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::{Field, Row};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A place in a file of events: the next line (or row) and, for lines, its byte offset in the
+/// (decompressed) text.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    /// Lines (or rows) before it.
+    pub line: usize,
+    /// Bytes of text before it.
+    pub offset: u64,
+}
+
+/// Counts the bytes read from a file, for progress.
+struct Counted<R> {
+    inner: R,
+    count: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
 
 /// One item of a file: an event object, or why line `n` is not one.
 pub type Item = Result<(usize, Value), (usize, String)>;
@@ -19,41 +46,83 @@ pub struct EventFile {
     path: PathBuf,
     rows: Rows,
     number: usize,
+    offset: u64,
 }
 
 enum Rows {
     Lines(Box<dyn BufRead + Send>),
-    Parquet(parquet::record::reader::RowIter<'static>),
+    /// The rows, and the file's size and counter: a Parquet file counts as read when its rows
+    /// are.
+    Parquet(
+        Box<dyn Iterator<Item = parquet::errors::Result<Row>> + Send>,
+        u64,
+        Arc<AtomicU64>,
+    ),
 }
 
 impl EventFile {
     /// Opens `path`: Parquet if it starts with `PAR1`, else JSON lines (gzip or zstd if
     /// compressed).
     pub fn open(path: &Path) -> anyhow::Result<Self> {
+        Self::open_at(path, &Position::default(), Arc::default())
+    }
+
+    /// Opens `path` at `position` (a plain file by seeking to it, a Parquet file by skipping
+    /// whole row groups, a compressed one by decompressing up to it); `bytes` counts the bytes
+    /// of the file read so far, from its start.
+    pub fn open_at(
+        path: &Path,
+        position: &Position,
+        bytes: Arc<AtomicU64>,
+    ) -> anyhow::Result<Self> {
         let cannot = || format!("cannot read {}", path.display());
         let mut file = std::fs::File::open(path).with_context(cannot)?;
         let mut magic = [0u8; 4];
         let read = file.read(&mut magic).with_context(cannot)?;
-        let file = std::fs::File::open(path).with_context(cannot)?;
-        let rows = match &magic[..read] {
-            b"PAR1" => Rows::Parquet(
-                SerializedFileReader::new(file)
-                    .with_context(|| format!("{}: not a readable Parquet file", path.display()))?
-                    .into_iter(),
-            ),
-            [0x1f, 0x8b, ..] => Rows::Lines(Box::new(BufReader::new(
-                flate2::read::MultiGzDecoder::new(file),
-            ))),
-            [0x28, 0xb5, 0x2f, 0xfd] => Rows::Lines(Box::new(BufReader::new(
-                zstd::Decoder::new(file).with_context(cannot)?,
-            ))),
-            _ => Rows::Lines(Box::new(BufReader::new(file))),
+        file.seek(SeekFrom::Start(0)).with_context(cannot)?;
+        let counted = |file| Counted {
+            inner: file,
+            count: bytes.clone(),
         };
-        Ok(Self {
+        let mut opened = Self {
             path: path.to_owned(),
-            rows,
-            number: 0,
-        })
+            rows: Rows::Lines(Box::new(std::io::empty())),
+            number: position.line,
+            offset: position.offset,
+        };
+        opened.rows = match &magic[..read] {
+            b"PAR1" => {
+                let reader = SerializedFileReader::new(file)
+                    .with_context(|| format!("{}: not a readable Parquet file", path.display()))?;
+                let size = std::fs::metadata(path).with_context(cannot)?.len();
+                Rows::Parquet(rows_from(reader, position.line)?, size, bytes.clone())
+            }
+            [0x1f, 0x8b, ..] => {
+                let mut lines = BufReader::new(flate2::read::MultiGzDecoder::new(counted(file)));
+                skip(&mut lines, position.offset).with_context(cannot)?;
+                Rows::Lines(Box::new(lines))
+            }
+            [0x28, 0xb5, 0x2f, 0xfd] => {
+                let mut lines =
+                    BufReader::new(zstd::Decoder::new(counted(file)).with_context(cannot)?);
+                skip(&mut lines, position.offset).with_context(cannot)?;
+                Rows::Lines(Box::new(lines))
+            }
+            _ => {
+                file.seek(SeekFrom::Start(position.offset))
+                    .with_context(cannot)?;
+                Rows::Lines(Box::new(BufReader::new(counted(file))))
+            }
+        };
+        Ok(opened)
+    }
+
+    /// Where the next event is.
+    pub fn position(&self) -> Position {
+        Position {
+            line: self.number,
+            offset: self.offset,
+        }
     }
 
     /// The file's path.
@@ -69,23 +138,34 @@ impl Iterator for EventFile {
         match &mut self.rows {
             Rows::Lines(lines) => loop {
                 let mut line = String::new();
+                let read = lines.read_line(&mut line);
                 self.number += 1;
-                match lines.read_line(&mut line) {
-                    Ok(0) => return None,
-                    Ok(_) if line.trim().is_empty() => continue,
-                    Ok(_) => {
-                        return Some(match serde_json::from_str::<Value>(&line) {
-                            Ok(value @ Value::Object(_)) => Ok((self.number, value)),
-                            Ok(_) => Err((self.number, "not a JSON object".into())),
-                            Err(e) => Err((self.number, format!("not JSON: {e}"))),
-                        });
+                match read {
+                    Ok(0) => {
+                        self.number -= 1;
+                        return None;
                     }
-                    // A damaged compressed stream ends the file.
-                    Err(e) => return Some(Err((self.number, format!("cannot read: {e}")))),
+                    Ok(n) => self.offset += n as u64,
+                    Err(e) => {
+                        // A damaged stream ends the file.
+                        self.rows = Rows::Lines(Box::new(std::io::empty()));
+                        return Some(Err((self.number, format!("cannot read: {e}"))));
+                    }
                 }
+                if line.trim().is_empty() {
+                    continue;
+                }
+                return Some(match serde_json::from_str::<Value>(&line) {
+                    Ok(value @ Value::Object(_)) => Ok((self.number, value)),
+                    Ok(_) => Err((self.number, "not a JSON object".into())),
+                    Err(e) => Err((self.number, format!("not JSON: {e}"))),
+                });
             },
-            Rows::Parquet(rows) => {
-                let row = rows.next()?;
+            Rows::Parquet(rows, size, bytes) => {
+                let Some(row) = rows.next() else {
+                    bytes.fetch_add(std::mem::take(size), Ordering::Relaxed);
+                    return None;
+                };
                 self.number += 1;
                 Some(
                     row.map_err(|e| e.to_string())
@@ -96,6 +176,52 @@ impl Iterator for EventFile {
             }
         }
     }
+}
+
+/// The rows of `reader` from row `from` on, skipping whole row groups before it.
+fn rows_from(
+    reader: SerializedFileReader<std::fs::File>,
+    from: usize,
+) -> anyhow::Result<Box<dyn Iterator<Item = parquet::errors::Result<Row>> + Send>> {
+    let reader = Arc::new(reader);
+    let mut skipped = 0usize;
+    let mut first_group = 0;
+    for group in reader.metadata().row_groups() {
+        let rows = group.num_rows() as usize;
+        if skipped + rows > from {
+            break;
+        }
+        skipped += rows;
+        first_group += 1;
+    }
+    let groups = reader.num_row_groups();
+    let within = from - skipped;
+    let rows = (first_group..groups)
+        .flat_map(
+            move |g| -> Box<dyn Iterator<Item = parquet::errors::Result<Row>> + Send> {
+                match reader.get_row_group(g).and_then(|group| {
+                    let rows: Vec<parquet::errors::Result<Row>> =
+                        group.get_row_iter(None)?.collect();
+                    Ok(rows)
+                }) {
+                    Ok(rows) => Box::new(rows.into_iter()),
+                    Err(e) => Box::new(std::iter::once(Err(e))),
+                }
+            },
+        )
+        .skip(within);
+    Ok(Box::new(rows))
+}
+
+/// Reads and forgets the first `bytes` bytes of `reader`.
+fn skip(reader: &mut impl Read, bytes: u64) -> std::io::Result<()> {
+    let skipped = std::io::copy(&mut reader.take(bytes), &mut std::io::sink())?;
+    if skipped < bytes {
+        return Err(std::io::Error::other(format!(
+            "the file is shorter than where the import was ({bytes} bytes)"
+        )));
+    }
+    Ok(())
 }
 
 /// A row of the S3 export's Parquet as a `/capture` object.

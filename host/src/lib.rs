@@ -29,6 +29,7 @@ pub mod effective;
 pub mod event_file;
 pub mod export;
 pub mod housekeeping;
+pub mod import;
 pub mod ingest;
 pub mod installations;
 pub mod kafka;

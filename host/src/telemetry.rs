@@ -247,6 +247,16 @@ const METRICS: &[(&str, Kind, &str)] = &[
         "Config reloads, by outcome (ok or refused).",
     ),
     (
+        "sluice_capture_historical_events_total",
+        Counter,
+        "Events captured with `historical_migration`, by team (kept out of sluice_capture_events_total).",
+    ),
+    (
+        "sluice_import_events_total",
+        Counter,
+        "Events read by `sluice import`, by team.",
+    ),
+    (
         "sluice_failure_bundles_total",
         Counter,
         "Failure bundles written, by installation.",

@@ -188,6 +188,13 @@ pub fn framed(body: &[u8]) -> Vec<u8> {
     encoded
 }
 
+/// Whether `encoded` (an event in the chain's form) is a session-recording event, which skips
+/// the chains.
+pub fn is_recording(encoded: &[u8]) -> bool {
+    sluice_abi::wire::parse_encoded(encoded)
+        .is_ok_and(|raw| raw.text(Field::Event).ok().flatten() == Some(SNAPSHOT_EVENT))
+}
+
 /// Runs every lane's events through their teams' chains in parallel. A lane that panics (a host
 /// bug) gets a fresh runner and its events run again on their own, split until the events it
 /// panics on are found; those are dead-lettered and the rest of the round goes on.
@@ -306,8 +313,9 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("(no message)")
 }
 
-/// A receipt that settles nothing: for storing parts of a round before the round is settled.
-struct Unsettled;
+/// A receipt that settles nothing: for storing parts of a round before the round is settled,
+/// and for what is stored without an ingest (imports).
+pub(crate) struct Unsettled;
 
 impl Receipt for Unsettled {}
 

@@ -497,3 +497,102 @@ fn a_store_the_export_may_not_use_or_a_bucket_that_does_not_exist_stops_the_star
         "{stderr}"
     );
 }
+
+#[test]
+fn a_backfill_killed_and_resumed_sends_every_event_of_its_range_exactly_once() {
+    let s3 = S3Server::start();
+    let config = s3.store_config("lake")
+        + &team(
+            &(s3_installation("s3", "jsonl", "events/")
+                + &s3_installation("archive", "jsonl", "archive/")),
+        );
+    let sluice = Sluice::start(&config);
+    // 3,000 events, a day apart in groups of 500: days 0 to 5 of November 2026.
+    let day = |d: usize| format!("2026-11-0{}T12:00:00.000Z", d + 1);
+    let events: Vec<Value> = (0..3_000)
+        .map(|n| {
+            json!({"event": "$pageview", "distinct_id": format!("u{}", n % 13), "uuid": uuid_of(100_000 + n),
+                   "timestamp": day(n / 500), "properties": {"n": n}})
+        })
+        .collect();
+    for chunk in events.chunks(500) {
+        let (status, body) =
+            sluice.post_json("/batch", &json!({"api_key": "phc_one", "batch": chunk}));
+        assert_eq!(status, 200, "{body}");
+    }
+    wait_exported(&sluice, &["team-1/s3", "team-1/archive"]);
+    // Days 2 and 3: 1,000 events.
+    let expected: BTreeSet<String> = (1_000..2_000).map(|n| uuid_of(100_000 + n)).collect();
+    let backfill = |extra: &[&str]| {
+        let mut command = std::process::Command::new(crate::support::sluice_bin());
+        command
+            .args(["exports", "backfill", "--config"])
+            .arg(sluice.config_path())
+            .args([
+                "--installation",
+                "team-1/archive",
+                "--from",
+                "2026-11-03",
+                "--to",
+                "2026-11-05",
+            ])
+            .args(extra);
+        command
+    };
+    let mut child = backfill(&["--rate", "300"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (ok, out, _) = sluice.run(&["exports", "backfills"]);
+        let exported = ok
+            .then(|| {
+                out.lines()
+                    .next()
+                    .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            })
+            .flatten()
+            .map_or(0, |b| b["exported"].as_u64().unwrap());
+        if exported >= 400 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the backfill made no progress");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let output = backfill(&[]).output().unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(out.contains("done: 1000 of 1000 events sent"), "{out}");
+    // The backfill's objects, named apart from the live ones, hold the range exactly once.
+    let mut backfilled = Vec::new();
+    for (key, body) in s3.objects() {
+        if key.starts_with("archive/") && key.contains("backfill-") {
+            let mut text = String::new();
+            GzDecoder::new(&body[..]).read_to_string(&mut text).unwrap();
+            for line in text.lines() {
+                let event: Value = serde_json::from_str(line).unwrap();
+                backfilled.push(event["uuid"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    assert_exactly_once("backfilled objects", &backfilled, &expected);
+    // The live export went on beside it, and a cancel of nothing running says so.
+    let statuses = wait_exported(&sluice, &["team-1/archive"]);
+    assert_eq!(statuses["team-1/archive"]["exported_events"], 3_000);
+    let (ok, _, err) = sluice.run(&[
+        "exports",
+        "backfill",
+        "cancel",
+        "--installation",
+        "team-1/archive",
+    ]);
+    assert!(!ok && err.contains("no running backfill"), "{err}");
+}

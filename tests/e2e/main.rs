@@ -23,6 +23,7 @@ mod export_fleet;
 mod exports;
 mod fleet;
 mod housekeeping_fleet;
+mod import;
 mod isolation;
 mod js_plugins;
 mod kafka;

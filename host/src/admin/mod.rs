@@ -184,6 +184,7 @@ pub fn routes(state: Arc<AdminState>) -> Router {
         .route("/admin/v1/versions", get(versions))
         .route("/admin/v1/rollback", post(rollback))
         .route("/admin/v1/rollbacks", get(rollbacks))
+        .route("/admin/v1/imports", get(imports))
         .route("/metrics", get(metrics_text))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .route("/admin/", get(page))
@@ -475,6 +476,7 @@ async fn replay_dead_letters(
         token,
         events: letters.len() as u64,
         payload: batch.finish(),
+        historical: false,
     };
     if let Err(e) = append.append(appended).await {
         return error(
@@ -758,6 +760,20 @@ async fn versions(
 /// `auto_rollback`), newest last.
 async fn rollbacks(State(state): State<Arc<AdminState>>) -> Response {
     Json(state.reloader.rollbacks()).into_response()
+}
+
+/// `GET /admin/v1/imports`: the imports and export backfills run on this node's data folder,
+/// with their progress, newest first.
+async fn imports(State(state): State<Arc<AdminState>>) -> Response {
+    let data_dir = state.reloader.config().server.data_dir;
+    blocking(move || {
+        let conn = crate::store::open(&data_dir)?;
+        Ok(json!({
+            "imports": crate::import::list(&conn)?,
+            "backfills": crate::export::backfill::list(&conn)?,
+        }))
+    })
+    .await
 }
 
 /// What `POST /admin/v1/rollback` takes.

@@ -12,7 +12,7 @@ mod decode;
 mod error;
 mod lzstring;
 pub mod normalize;
-mod time;
+pub mod time;
 mod v1;
 
 pub use decode::{Decoded, Input, decode};
@@ -156,9 +156,14 @@ impl CaptureState {
         let ((made, appended), held) = decoded?;
         if let Some(appended) = appended {
             let (team, events) = (appended.team_id, appended.events);
+            // History being migrated is kept out of the live rates.
+            let counter = if appended.historical {
+                "sluice_capture_historical_events_total"
+            } else {
+                "sluice_capture_events_total"
+            };
             self.queue.append(appended).await?;
-            metrics::counter!("sluice_capture_events_total", "team" => team.to_string())
-                .increment(events);
+            metrics::counter!(counter, "team" => team.to_string()).increment(events);
         }
         drop(held);
         metrics::gauge!("sluice_capture_in_flight_bytes").set(self.budget.in_flight() as f64);
@@ -176,13 +181,21 @@ impl CaptureState {
     }
 
     /// Encodes `events` for the team of `token`.
-    fn prepare(&self, token: &str, events: &[NewEvent]) -> Result<Appended, CaptureError> {
+    /// Encodes `events` for the team of `token`; `historical` if the request said
+    /// `historical_migration`.
+    fn prepare(
+        &self,
+        token: &str,
+        events: &[NewEvent],
+        historical: bool,
+    ) -> Result<Appended, CaptureError> {
         let team_id = self.team(token)?;
         Ok(Appended {
             team_id,
             token: token.to_owned(),
             events: events.len() as u64,
             payload: normalize::encode(events, team_id)?,
+            historical,
         })
     }
 }
@@ -300,7 +313,11 @@ async fn accept(
             let normalized = normalize(decoded.payload, &ctx)?;
             Ok((
                 (),
-                Some(state.prepare(&normalized.token, &normalized.events)?),
+                Some(state.prepare(
+                    &normalized.token,
+                    &normalized.events,
+                    normalized.historical,
+                )?),
             ))
         })
         .await

@@ -31,6 +31,8 @@ pub struct Normalized {
     pub token: String,
     /// The events.
     pub events: Vec<NewEvent>,
+    /// Whether the batch said `historical_migration: true` (history, not live traffic).
+    pub historical: bool,
 }
 
 /// One event as capture stores it.
@@ -124,13 +126,18 @@ pub fn normalize(payload: Value, ctx: &RequestContext) -> Result<Normalized, Cap
         .collect::<Result<_, _>>()?;
 
     let token = find_token(ctx, &envelope, &items)?;
+    let historical = envelope.get("historical_migration") == Some(&Value::Bool(true));
     let batch_sent_at = envelope.get("sent_at").and_then(time::parse_time);
     let events = items
         .into_iter()
         .enumerate()
         .map(|(i, item)| event(i, item, ctx, ctx.outer_sent_at.or(batch_sent_at)))
         .collect::<Result<_, _>>()?;
-    Ok(Normalized { token, events })
+    Ok(Normalized {
+        token,
+        events,
+        historical,
+    })
 }
 
 fn find_token(

@@ -111,6 +111,7 @@ fn events(
     if items.is_empty() {
         return Err(CaptureError::EmptyBatch);
     }
+    let historical = envelope.get("historical_migration") == Some(&Value::Bool(true));
 
     let mut results = Map::new();
     let mut accepted = Vec::with_capacity(items.len());
@@ -138,7 +139,7 @@ fn events(
     let prepared = if accepted.is_empty() {
         None
     } else {
-        Some(state.prepare(token, &accepted)?)
+        Some(state.prepare(token, &accepted, historical)?)
     };
     Ok((results, prepared))
 }

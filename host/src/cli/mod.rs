@@ -2,6 +2,7 @@
 
 mod change;
 mod exports;
+mod import;
 mod jobs;
 mod logs;
 mod plugin;
@@ -114,6 +115,16 @@ enum Command {
     /// Failure bundles: list them, run one again.
     #[command(subcommand)]
     Debug(change::Debug),
+    /// Bring history in: events from files (JSON lines plain, gzip or zstd; PostHog `/batch`
+    /// bodies; Parquet as the S3 export writes it) through the team's chain into its store,
+    /// idempotent on uuid, resumable where it stopped, with progress.
+    Import(#[command(flatten)] import::Import),
+    /// Print the imports of the data folder and their progress, as JSON lines, newest first.
+    Imports {
+        /// The sluice.toml whose data folder to read.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Print stored events as JSON lines, oldest first.
     Events(#[command(flatten)] Read),
     /// Print stored session-recording events (`$snapshot`), oldest first; with `--session`,
@@ -283,6 +294,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Tap(watch) => tap::run(&watch),
         Command::Replay(args) => replay::run(&args),
+        Command::Import(args) => import::run(&args),
+        Command::Imports { config } => import::list(&config),
         Command::Shadow(action) => change::shadow(action),
         Command::Rollback {
             config,

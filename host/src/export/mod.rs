@@ -13,6 +13,7 @@
 //! export dead letters, which `sluice exports replay` sends again. `events_to_ignore` is applied
 //! per event before the plugin sees the batch.
 
+pub mod backfill;
 mod runner;
 pub mod source;
 pub mod state;
@@ -55,6 +56,7 @@ pub fn start(
         .map(|installation| {
             let runner = runner::Runner::new(
                 installation.clone(),
+                None,
                 backends.export_state()?,
                 lock.clone(),
                 backends.export_source(stored.clone())?,
@@ -64,7 +66,9 @@ pub fn start(
                 format!("sluice-export-{}", installation.id),
                 installation.id.clone(),
                 Some(stored.clone()),
-                move |stop| runner.run(stop),
+                move |stop| {
+                    runner.run(stop);
+                },
             )?)
         })
         .collect()

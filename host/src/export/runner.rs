@@ -11,6 +11,11 @@
 //! fencing token before reading it, and writes under that token, so a holder paused past its
 //! lease cannot move the cursor or record anything once another took over.
 //!
+//! A runner may also run a [`Backfill`]: the installation's stored events of a time range sent
+//! again, as batches of their own (`backfill-<name>-...` ids, so objects do not collide with
+//! the live ones), with a cursor of their own in the export state (`<installation>#<name>`),
+//! beside the live cursor. It ends once it has read past the events stored before it began.
+//!
 //! The batch being filled ([`OpenBatch`]) is built incrementally: each wake-up reads only the
 //! events stored since the last read and encodes only those, so a runner woken on every store
 //! does work in proportion to the new events, not to the size of the batch. A recorded batch is
@@ -40,6 +45,8 @@ const LAG_EVERY: Duration = Duration::from_secs(1);
 enum Step {
     /// Something was sent or recorded; step again at once.
     Worked,
+    /// A backfill has sent its whole range.
+    Done,
     /// Nothing to do before this epoch-ms time (or a wake-up).
     WaitUntil(i64),
 }
@@ -78,6 +85,36 @@ enum StepError {
     Source(#[from] SourceError),
 }
 
+/// A backfill's range: events whose time is in `from_ms..to_ms` and that were stored before
+/// `stored_before_ms` (later ones are the live export's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backfill {
+    /// Its name, in its state key and its batches' ids.
+    pub name: String,
+    /// Events from this time, epoch ms (inclusive).
+    pub from_ms: i64,
+    /// Events before this time, epoch ms.
+    pub to_ms: i64,
+    /// Events stored before this, epoch ms.
+    pub stored_before_ms: i64,
+    /// At most this many events a second.
+    pub rate: Option<u64>,
+}
+
+impl Backfill {
+    /// Whether `event` is in the range.
+    fn covers(&self, event: &StoredEvent) -> bool {
+        event.stored_at_ms < self.stored_before_ms
+            && sluice_abi::wire::parse_encoded(&event.encoded)
+                .is_ok_and(|raw| (self.from_ms..self.to_ms).contains(&raw.timestamp_ms()))
+    }
+
+    /// The key of its state: the installation's, apart.
+    pub fn key(&self, installation: &str) -> String {
+        format!("{installation}#{}", self.name)
+    }
+}
+
 /// The batch being filled: the events of the team after `base` (the installation's cursor)
 /// read so far, encoded as they were read.
 struct OpenBatch {
@@ -106,10 +143,11 @@ impl OpenBatch {
         }
     }
 
-    fn push(&mut self, event: StoredEvent, ignored: &[String]) {
+    /// Adds `event`, to be sent if `sent`.
+    fn push(&mut self, event: StoredEvent, sent: bool) {
         self.events += 1;
         self.bytes += event.encoded.len();
-        if !ignored.contains(&event.event) {
+        if sent {
             self.writer.push_encoded(&event.encoded);
         }
         self.first
@@ -140,6 +178,10 @@ impl From<CallError> for Failure {
 
 pub(super) struct Runner {
     installation: Arc<ExportInstallation>,
+    /// Where its state is: the installation's id, or a backfill's key.
+    key: Arc<str>,
+    /// The backfill it runs, if it runs one.
+    backfill: Option<Backfill>,
     state: Box<dyn ExportState>,
     lock: Arc<dyn RunLock>,
     /// The node this runner is on.
@@ -151,19 +193,29 @@ pub(super) struct Runner {
     instance: Option<Instance>,
     metrics: Metrics,
     lag_updated: Option<Instant>,
+    /// Events sent since this runner started, and when it started (for a backfill's rate).
+    paced: (u64, Instant),
 }
 
 impl Runner {
+    /// The runner of `installation`, or of its `backfill`.
     pub(super) fn new(
         installation: Arc<ExportInstallation>,
+        backfill: Option<Backfill>,
         mut state: Box<dyn ExportState>,
         lock: Arc<dyn RunLock>,
         source: Box<dyn Source>,
         holder: &str,
     ) -> Result<Self, StateError> {
-        state.register(&installation.id, installation.team_id)?;
+        let key: Arc<str> = match &backfill {
+            Some(backfill) => Arc::from(backfill.key(&installation.id)),
+            None => installation.id.clone(),
+        };
+        state.register(&key, installation.team_id)?;
         Ok(Self {
-            metrics: Metrics::new(&installation.id),
+            metrics: Metrics::new(&key),
+            key,
+            backfill,
             installation,
             state,
             lock,
@@ -173,53 +225,58 @@ impl Runner {
             open: None,
             instance: None,
             lag_updated: None,
+            paced: (0, Instant::now()),
         })
     }
 
-    /// Until `stop` is set: holds the installation's lease and works, or stands by while
-    /// another node holds it.
-    pub(super) fn run(mut self, stop: &AtomicBool) {
-        let key = format!("export/{}", self.installation.id);
-        while !stop.load(Ordering::SeqCst) {
+    /// Until `stop` is set (or a backfill is done: then it returns `true`): holds the
+    /// installation's lease and works, or stands by while another node holds it.
+    pub(super) fn run(mut self, stop: &AtomicBool) -> bool {
+        let key = format!("export/{}", self.key);
+        let mut finished = false;
+        while !stop.load(Ordering::SeqCst) && !finished {
             match self.lock.acquire(&key, LEASE_TTL) {
                 Ok(Some(lease)) => {
                     let lock = self.lock.clone();
-                    heartbeat(&*lock, &lease, |lost| self.hold(&lease, stop, lost));
+                    finished = heartbeat(&*lock, &lease, |lost| self.hold(&lease, stop, lost));
                     lock.release(&lease);
                 }
                 Ok(None) => {}
                 Err(error) => {
-                    tracing::warn!(installation = %self.installation.id, %error, "export runner cannot ask for its lease; retrying")
+                    tracing::warn!(installation = %self.key, %error, "export runner cannot ask for its lease; retrying")
                 }
             }
-            if !stop.load(Ordering::SeqCst) {
+            if !stop.load(Ordering::SeqCst) && !finished {
                 self.source.wait(IDLE);
             }
         }
         if let Some(instance) = self.instance.take() {
             instance.teardown();
         }
+        finished
     }
 
     /// Works under `lease` until `stop` is set or the lease is `lost` (or taken over: a fenced
-    /// write), sleeping on the source (woken when events are stored).
-    fn hold(&mut self, lease: &Lease, stop: &AtomicBool, lost: &AtomicBool) {
-        let id = self.installation.id.clone();
+    /// write), sleeping on the source (woken when events are stored); whether a backfill is
+    /// done.
+    fn hold(&mut self, lease: &Lease, stop: &AtomicBool, lost: &AtomicBool) -> bool {
+        let id = self.key.clone();
         self.token = lease.fencing_token;
         // Another node may have moved the state since this one last held the lease.
         self.open = None;
         if let Err(error) = self.state.claim(&id, self.token, &self.holder) {
             tracing::warn!(installation = %id, %error, "export runner cannot take its installation over");
-            return;
+            return false;
         }
         tracing::info!(installation = %id, fencing_token = self.token, "export runner holds its installation");
         while !stop.load(Ordering::SeqCst) && !lost.load(Ordering::SeqCst) {
             let wait_until = match self.step() {
                 Ok(Step::Worked) => continue,
+                Ok(Step::Done) => return true,
                 Ok(Step::WaitUntil(at)) => at,
                 Err(StepError::State(error @ StateError::Fenced(_))) => {
                     tracing::warn!(installation = %id, %error, "export runner lost its installation to another node; its write was refused");
-                    return;
+                    return false;
                 }
                 Err(error) => {
                     tracing::error!(installation = %id, %error, "export runner cannot read its state or its events; retrying");
@@ -232,12 +289,13 @@ impl Runner {
             );
             self.source.wait(wait);
         }
+        false
     }
 
     fn step(&mut self) -> Result<Step, StepError> {
         let now = now_ms();
         self.update_lag()?;
-        let id = self.installation.id.clone();
+        let id = self.key.clone();
         if let Some(batch) = self.state.in_flight(&id)? {
             if batch.next_attempt_ms > now {
                 return Ok(Step::WaitUntil(batch.next_attempt_ms));
@@ -257,51 +315,82 @@ impl Runner {
         let config = &self.installation.config;
         let installation = self.installation.clone();
         let mut full = open.events >= config.max_events || open.bytes >= config.max_bytes;
+        // A backfill has read all it covers: the source has no more, or its events were stored
+        // after the backfill began.
+        let mut read_all = false;
         if !full {
+            let wanted = config.max_events - open.events;
             let read = self.source.after(
                 installation.team_id,
                 &open.next,
-                config.max_events - open.events,
+                wanted,
                 config.max_bytes - open.bytes,
             )?;
+            read_all = read.len() < wanted;
             for event in read {
                 // Only a batch's first event may exceed `max_bytes` on its own.
                 if open.events > 0 && open.bytes + event.encoded.len() > config.max_bytes {
                     full = true;
+                    read_all = false;
                     break;
                 }
-                open.push(event, &installation.config.events_to_ignore);
+                if let Some(backfill) = &self.backfill
+                    && event.stored_at_ms >= backfill.stored_before_ms
+                {
+                    read_all = true;
+                    break;
+                }
+                let sent = self.sent(&event);
+                open.push(event, sent);
             }
         }
+        let finishing = self.backfill.is_some() && read_all;
         let Some((first, first_stored_at)) = open.first.clone() else {
             self.open = Some(open);
+            if finishing {
+                return Ok(Step::Done);
+            }
             return Ok(Step::WaitUntil(now + IDLE.as_millis() as i64));
         };
         full |= open.events >= config.max_events || open.bytes >= config.max_bytes;
         let due = first_stored_at + (config.max_age_seconds * 1000) as i64;
-        if !full && due > now {
+        // A backfill does not wait for more: what it covers is all stored.
+        if !full && due > now && self.backfill.is_none() {
             self.open = Some(open);
             return Ok(Step::WaitUntil(due));
         }
         // The range is durable before the plugin sees it: after a crash, this same batch is
         // sent again first.
         let mut batch = Batch::new(installation.team_id, first, open.next.clone(), now);
+        if let Some(backfill) = &self.backfill {
+            batch.id = format!("backfill-{}-{}", backfill.name, batch.id);
+        }
         self.open = Some(OpenBatch::new(open.next.clone()));
         let count = open.writer.len() as u64;
         self.attempt(&mut batch, &open.writer.finish(), count)?;
         Ok(Step::Worked)
     }
 
-    /// The events of `batch` the installation does not ignore, read again from the source and
-    /// encoded as one batch, with their count.
+    /// Whether `event` is sent: not ignored by the installation, and in the backfill's range
+    /// if this is one.
+    fn sent(&self, event: &StoredEvent) -> bool {
+        !self
+            .installation
+            .config
+            .events_to_ignore
+            .contains(&event.event)
+            && self.backfill.as_ref().is_none_or(|b| b.covers(event))
+    }
+
+    /// The events of `batch` it sends, read again from the source and encoded as one batch,
+    /// with their count.
     fn reread(&mut self, batch: &Batch) -> Result<(Vec<u8>, u64), SourceError> {
-        let ignored = &self.installation.config.events_to_ignore;
         let mut writer = BatchWriter::default();
         for event in self
             .source
             .range(batch.team_id, &batch.first, &batch.last)?
         {
-            if !ignored.contains(&event.event) {
+            if self.sent(&event) {
                 writer.push_encoded(&event.encoded);
             }
         }
@@ -352,7 +441,7 @@ impl Runner {
     /// Records the next attempt of `batch` (its `count` events in `encoded`), calls the plugin
     /// (unless every event is ignored), and records what became of it.
     fn attempt(&mut self, batch: &mut Batch, encoded: &[u8], count: u64) -> Result<(), StepError> {
-        let id = self.installation.id.clone();
+        let id = self.key.clone();
         if count > 0 {
             batch.attempts += 1;
             self.state.record(&id, batch, self.token)?;
@@ -366,11 +455,24 @@ impl Runner {
         self.state.delivered(&id, batch, count, self.token)?;
         self.metrics.events.increment(count);
         self.metrics.batches.increment(1);
+        self.pace(count);
         Ok(())
     }
 
+    /// Holds a backfill to its rate, after `count` more events were sent.
+    fn pace(&mut self, count: u64) {
+        let Some(rate) = self.backfill.as_ref().and_then(|b| b.rate) else {
+            return;
+        };
+        self.paced.0 += count;
+        let due = Duration::from_secs_f64(self.paced.0 as f64 / rate.max(1) as f64);
+        if let Some(wait) = due.checked_sub(self.paced.1.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+
     fn failed(&mut self, mut batch: Batch, failure: Failure) -> Result<(), StateError> {
-        let id = self.installation.id.clone();
+        let id = self.key.clone();
         let config = &self.installation.config;
         tracing::warn!(installation = %id, batch = %batch.id, attempt = batch.attempts, retryable = failure.retryable, "export failed: {}", failure.message);
         let context = &self.installation.settings.context;
@@ -408,7 +510,7 @@ impl Runner {
 
     /// Sends a dead-lettered batch again, removing it once delivered.
     fn replay(&mut self, mut batch: Batch) -> Result<(), StepError> {
-        let id = self.installation.id.clone();
+        let id = self.key.clone();
         let (encoded, count) = self.reread(&batch)?;
         batch.attempts += 1;
         let result = if count == 0 {
@@ -447,7 +549,7 @@ impl Runner {
             return Ok(());
         }
         self.lag_updated = Some(Instant::now());
-        let cursor = self.state.cursor(&self.installation.id)?;
+        let cursor = self.state.cursor(&self.key)?;
         let lag = self.source.lag(self.installation.team_id, &cursor)?;
         self.metrics.lag_events.set(lag.events as f64);
         let seconds = lag.oldest_stored_at_ms.map_or(0, |t| (now_ms() - t).max(0));

@@ -296,6 +296,7 @@ mod tests {
             token: format!("phc_{team}"),
             events: events.len() as u64,
             payload: batch.finish(),
+            historical: false,
         }
     }
 

@@ -57,6 +57,9 @@ pub struct Appended {
     pub events: u64,
     /// A batch in the wire encoding.
     pub payload: Vec<u8>,
+    /// Whether it is history being migrated (PostHog's `historical_migration`), counted apart
+    /// from live traffic.
+    pub historical: bool,
 }
 
 /// The future [`Append::append`] returns.

@@ -178,6 +178,7 @@ mod tests {
             token: format!("phc_{team_id}"),
             events,
             payload,
+            historical: false,
         }
     }
 

@@ -10,6 +10,7 @@
 
 pub mod dead_letters;
 pub mod logs;
+pub mod progress;
 pub mod read;
 
 use rusqlite::{Connection, Transaction};
@@ -36,6 +37,16 @@ CREATE TABLE IF NOT EXISTS plugin_versions (
     last_at_ms INTEGER NOT NULL,
     bad TEXT,
     PRIMARY KEY (installation, sha256)
+);
+CREATE TABLE IF NOT EXISTS backfills (
+    key TEXT PRIMARY KEY,
+    progress TEXT NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS imports (
+    key TEXT PRIMARY KEY,
+    progress TEXT NOT NULL,
+    updated_at_ms INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS captured (
     id INTEGER PRIMARY KEY,
