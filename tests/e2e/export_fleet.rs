@@ -4,7 +4,7 @@
 //! installation is SIGKILLed mid-batch, and later another is paused (SIGSTOP) mid-batch past its
 //! lease; every stored event must still arrive exactly once, in objects named after their batch.
 
-use crate::exports::{assert_exactly_once, jsonl_uuids, s3_installation, team};
+use crate::exports::{assert_exactly_once, jsonl_uuids, jsonl_uuids_of, s3_installation, team};
 use crate::fleet::Engines;
 use crate::kafka::under_load;
 use crate::process::signal;
@@ -138,6 +138,28 @@ fn two_exporter_nodes_export_every_stored_event_once_when_the_holder_is_killed_o
     });
     let objects = s3.objects();
     assert_exactly_once("objects", &jsonl_uuids(s3, "events/"), &stored);
+    // A backfill of everything, read from ClickHouse with its state on Redis: each stored event
+    // once more, in objects named apart from the live ones.
+    let output = std::process::Command::new(crate::support::sluice_bin())
+        .args(["exports", "backfill", "--config"])
+        .arg(capture.config_path())
+        .args(["--installation", "team-1/s3", "--from", "2000-01-01"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        out.contains(&format!("done: {} of ? events sent", stored.len())),
+        "{out}"
+    );
+    let backfilled = jsonl_uuids_of(s3, "events/", |key| key.contains("backfill-"));
+    assert_exactly_once("backfilled objects", &backfilled, &stored);
+    let live = jsonl_uuids_of(s3, "events/", |key| !key.contains("backfill-"));
+    assert_exactly_once("live objects", &live, &stored);
     assert_eq!(done["exported_events"].as_u64(), Some(stored.len() as u64));
     eprintln!(
         "{report}; {} events stored, exported once each in {} objects",

@@ -101,9 +101,18 @@ pub(crate) fn wait_exported(sluice: &Sluice, installations: &[&str]) -> HashMap<
 
 /// The uuid of every event in every JSON-lines object under `prefix`, as often as it appears.
 pub(crate) fn jsonl_uuids(s3: &S3Server, prefix: &str) -> Vec<String> {
+    jsonl_uuids_of(s3, prefix, |_| true)
+}
+
+/// The uuid of every event in the JSON lines objects under `prefix` whose key `keep` accepts.
+pub(crate) fn jsonl_uuids_of(
+    s3: &S3Server,
+    prefix: &str,
+    keep: impl Fn(&str) -> bool,
+) -> Vec<String> {
     let mut uuids = Vec::new();
     for (key, body) in s3.objects() {
-        if !key.starts_with(prefix) {
+        if !key.starts_with(prefix) || !keep(&key) {
             continue;
         }
         assert!(key.ends_with(".jsonl.gz"), "{key}");
@@ -572,17 +581,7 @@ fn a_backfill_killed_and_resumed_sends_every_event_of_its_range_exactly_once() {
     );
     assert!(out.contains("done: 1000 of 1000 events sent"), "{out}");
     // The backfill's objects, named apart from the live ones, hold the range exactly once.
-    let mut backfilled = Vec::new();
-    for (key, body) in s3.objects() {
-        if key.starts_with("archive/") && key.contains("backfill-") {
-            let mut text = String::new();
-            GzDecoder::new(&body[..]).read_to_string(&mut text).unwrap();
-            for line in text.lines() {
-                let event: Value = serde_json::from_str(line).unwrap();
-                backfilled.push(event["uuid"].as_str().unwrap().to_owned());
-            }
-        }
-    }
+    let backfilled = jsonl_uuids_of(&s3, "archive/", |key| key.contains("backfill-"));
     assert_exactly_once("backfilled objects", &backfilled, &expected);
     // The live export went on beside it, and a cancel of nothing running says so.
     let statuses = wait_exported(&sluice, &["team-1/archive"]);

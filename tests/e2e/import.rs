@@ -165,6 +165,10 @@ fn bad_lines_are_rejected_with_their_line_and_the_chain_runs_unless_skipped() {
         })
         .collect();
     assert_eq!(lines, bad.iter().map(|&l| l as u64).collect::<Vec<_>>());
+    // The admin API (and page) show the same progress.
+    let (_, answer) = sluice.admin("GET", "/admin/v1/imports", None);
+    assert_eq!(answer["imports"][0]["rejected"], 10, "{answer}");
+    assert_eq!(answer["imports"][0]["status"], "done");
     // Team 2's chain samples at 50%: about half stored, none twice.
     let stored = listed["stored"].as_u64().unwrap();
     assert!((800..1200).contains(&stored), "{listed}");
