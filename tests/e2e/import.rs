@@ -60,13 +60,18 @@ fn mixed_file(path: &Path, count: usize, broken: usize, gzip: bool) -> Vec<usize
     bad
 }
 
-/// Runs `sluice import --config CONFIG ARGS`; exit code and stdout.
-fn import(config: &Path, args: &[&str]) -> (i32, String) {
-    let output = Command::new(sluice_bin())
+/// `sluice import --config CONFIG ARGS`, to run.
+fn import_command(config: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(sluice_bin());
+    command
         .args(["import", "--config", config.to_str().unwrap()])
-        .args(args)
-        .output()
-        .unwrap();
+        .args(args);
+    command
+}
+
+/// Runs `sluice import --config CONFIG ARGS`, which must succeed; exit code and stdout.
+fn import(config: &Path, args: &[&str]) -> (i32, String) {
+    let output = import_command(config, args).output().unwrap();
     let out = String::from_utf8(output.stdout).unwrap();
     assert!(
         output.status.code() == Some(0),
@@ -92,21 +97,14 @@ fn an_import_killed_twice_resumes_to_exactly_every_event_and_again_stores_nothin
     mixed_file(&file, 100_000, 0, true);
     let config = sluice.config_path();
     for kill in 1..=2 {
-        let mut child = Command::new(sluice_bin())
-            .args([
-                "import",
-                "--config",
-                config.to_str().unwrap(),
-                "--team",
-                "1",
-                "--rate",
-                "20000",
-            ])
-            .arg(&file)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = import_command(
+            &config,
+            &["--team", "1", "--rate", "20000", file.to_str().unwrap()],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let read = imports(&sluice)
@@ -174,18 +172,12 @@ fn bad_lines_are_rejected_with_their_line_and_the_chain_runs_unless_skipped() {
     assert!((800..1200).contains(&stored), "{listed}");
     assert_eq!(listed["dropped"].as_u64().unwrap() + stored, 2_000);
     // --strict stops at the first, naming it.
-    let output = Command::new(sluice_bin())
-        .args([
-            "import",
-            "--config",
-            config.to_str().unwrap(),
-            "--team",
-            "1",
-            "--strict",
-        ])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let output = import_command(
+        &config,
+        &["--team", "1", "--strict", file.to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
     assert!(!output.status.success());
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(err.contains(&format!("history.jsonl:{}", bad[0])), "{err}");
