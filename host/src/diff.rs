@@ -49,7 +49,7 @@ pub fn fates(out: &Output) -> HashMap<String, Fate> {
 }
 
 /// The fate of the events of `out` whose uuid is in `uuids`.
-pub fn fates_of(out: &Output, uuids: &HashSet<String>) -> HashMap<String, Fate> {
+pub fn fates_of(out: &Output, uuids: &HashSet<&str>) -> HashMap<String, Fate> {
     fates_where(out, |uuid| uuids.contains(uuid))
 }
 

@@ -451,7 +451,7 @@ fn encode(
         Some(_) => return Err("`batch` must be an array".into()),
         None => (vec![Value::Object(object)], None),
     };
-    let mut encoded = Vec::with_capacity(items.len());
+    let mut events = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
         let Value::Object(mut item) = item else {
             return Err(format!("event {}: not a JSON object", i + 1));
@@ -459,19 +459,13 @@ fn encode(
         if !matches!(item.get("uuid"), Some(Value::String(_))) {
             item.insert("uuid".into(), Value::from(content_uuid(team, &item)));
         }
-        let ip = match item.remove("ip") {
-            Some(Value::String(ip)) => Some(ip),
-            _ => None,
-        };
-        let mut event = crate::capture::normalize::event(i, item, context, sent_at)
-            .map_err(|e| e.to_string())?;
-        event.ip = ip;
-        let payload =
-            crate::capture::normalize::encode(&[event], team).map_err(|e| e.to_string())?;
-        for raw in sluice_abi::wire::BatchReader::new(&payload).map_err(|e| e.to_string())? {
-            let raw = raw.map_err(|e| e.to_string())?;
-            encoded.push(crate::worker::framed(raw.body()));
-        }
+        events.push(crate::trial::event_of(i, item, context, sent_at)?);
+    }
+    let payload = crate::capture::normalize::encode(&events, team).map_err(|e| e.to_string())?;
+    let mut encoded = Vec::with_capacity(events.len());
+    for raw in sluice_abi::wire::BatchReader::new(&payload).map_err(|e| e.to_string())? {
+        let raw = raw.map_err(|e| e.to_string())?;
+        encoded.push(crate::worker::framed(raw.body()));
     }
     Ok(encoded)
 }

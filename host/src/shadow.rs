@@ -30,14 +30,22 @@ use std::sync::{Arc, Mutex, PoisonError};
 /// Rounds waiting for the shadow thread before samples are skipped.
 const QUEUE: usize = 16;
 
-/// Sampled events of one team and what the live chain made of them.
+/// Sampled events of one team.
 pub struct Sampled {
     team: u64,
     events: Vec<Vec<u8>>,
 }
 
+/// Sampled events of one team, with their uuids and names.
+struct Compared {
+    team: u64,
+    events: Vec<Vec<u8>>,
+    inputs: Vec<(String, String)>,
+}
+
+/// What the shadow thread compares: sampled events, and what the live chain made of them.
 struct Work {
-    samples: Vec<Sampled>,
+    samples: Vec<Compared>,
     live: HashMap<String, Fate>,
 }
 
@@ -140,8 +148,6 @@ impl Shadows {
                 let mut runner = ChainRunner::new(capacity);
                 while let Ok(work) = receiver.recv() {
                     for sampled in work.samples {
-                        let inputs: Vec<(String, String)> =
-                            sampled.events.iter().map(|e| diff::identity(e)).collect();
                         let mut out = Output::default();
                         runner.run(run.chains.of(sampled.team), sampled.events, &mut out);
                         let candidate = diff::fates(&out);
@@ -150,7 +156,7 @@ impl Shadows {
                             .unwrap_or_else(PoisonError::into_inner)
                             .entry(sampled.team)
                             .or_default()
-                            .add_all(&inputs, &work.live, &candidate);
+                            .add_all(&sampled.inputs, &work.live, &candidate);
                     }
                 }
                 runner.teardown();
@@ -184,9 +190,17 @@ impl Shadows {
         if samples.is_empty() {
             return;
         }
-        let uuids: HashSet<String> = samples
+        let samples: Vec<Compared> = samples
+            .into_iter()
+            .map(|s| Compared {
+                inputs: s.events.iter().map(|e| diff::identity(e)).collect(),
+                team: s.team,
+                events: s.events,
+            })
+            .collect();
+        let uuids: HashSet<&str> = samples
             .iter()
-            .flat_map(|s| s.events.iter().map(|e| diff::identity(e).0))
+            .flat_map(|s| s.inputs.iter().map(|(uuid, _)| uuid.as_str()))
             .collect();
         let live = diff::fates_of(out, &uuids);
         match self.sender.try_send(Work { samples, live }) {

@@ -379,21 +379,31 @@ pub fn captured(events: Vec<Value>) -> anyhow::Result<Vec<NewEvent>> {
         .into_iter()
         .enumerate()
         .map(|(i, item)| {
-            let Value::Object(mut item) = item else {
+            let Value::Object(item) = item else {
                 bail!("event {}: not a JSON object", i + 1);
             };
-            // The client's address, which capture takes from the request.
-            let ip = match item.remove("ip") {
-                Some(Value::String(ip)) => Some(ip),
-                None | Some(Value::Null) => None,
-                Some(_) => bail!("event {}: `ip` must be text", i + 1),
-            };
-            let mut event = normalize::event(i, item, &context, None)
-                .map_err(|e| anyhow::anyhow!("event {}: {e}", i + 1))?;
-            event.ip = ip;
-            Ok(event)
+            event_of(i, item, &context, None).map_err(anyhow::Error::msg)
         })
         .collect()
+}
+
+/// Event `i` of a file or a run (an object as sent to `/capture`, plus the client's address as
+/// `ip`, which capture takes from the request) as capture makes it; or why not.
+pub fn event_of(
+    i: usize,
+    mut item: Map<String, Value>,
+    context: &RequestContext,
+    sent_at: Option<i64>,
+) -> Result<NewEvent, String> {
+    let ip = match item.remove("ip") {
+        Some(Value::String(ip)) => Some(ip),
+        None | Some(Value::Null) => None,
+        Some(_) => return Err(format!("event {}: `ip` must be text", i + 1)),
+    };
+    let mut event =
+        normalize::event(i, item, context, sent_at).map_err(|e| format!("event {}: {e}", i + 1))?;
+    event.ip = ip;
+    Ok(event)
 }
 
 /// Where commands keep compiled components between runs: `~/.cache/sluice/compiled` (or

@@ -298,7 +298,13 @@ impl Host for View<'_, &mut HttpState> {
     fn fetch(&mut self, request: Request) -> Result<Response, types::HostError> {
         let (state, ctx, journal) = (&mut *self.state, self.ctx, self.journal);
         super::note(ctx, "http.fetch", &request);
-        let args = serde_json::to_value(&request).unwrap_or_default();
+        // The request itself goes to the call, so the journal gets a copy, and only if it
+        // records.
+        let args = if journal.is_on() {
+            serde_json::to_value(&request).unwrap_or_default()
+        } else {
+            serde_json::Value::Null
+        };
         journal.call("http.fetch", args, move || {
             if let Some(sandbox) = super::sandbox::intercepts_http(&ctx.services) {
                 return ctx
