@@ -2,7 +2,7 @@
 //! posthog-js tests do), against the real binary under traffic.
 
 use crate::sdk::node;
-use crate::support::{Sluice, plugin};
+use crate::support::{Sluice, plugin, with_load};
 use serde_json::{Value, json};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -34,19 +34,18 @@ fn the_operator_page_flags_a_failing_installation_taps_and_reloads_a_new_chain_i
     std::fs::write(&next, text.replace(&failing, &stamper)).unwrap();
     let (admin, token) = sluice.admin_settings();
 
-    let stop = AtomicBool::new(false);
-    let report: Value = std::thread::scope(|scope| {
-        scope.spawn(|| {
-            while !stop.load(Ordering::SeqCst) {
-                sluice.post_json(
-                    "/batch",
-                    &json!({"api_key": "phc_one", "batch": [{"event": "e", "distinct_id": "u"}]}),
-                );
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-        });
-        let shots = std::env::var("SLUICE_SCREENSHOTS").unwrap_or_default();
-        let output = node(
+    let traffic = |stop: &AtomicBool| {
+        while !stop.load(Ordering::SeqCst) {
+            sluice.post_json(
+                "/batch",
+                &json!({"api_key": "phc_one", "batch": [{"event": "e", "distinct_id": "u"}]}),
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    let shots = std::env::var("SLUICE_SCREENSHOTS").unwrap_or_default();
+    let ((), output) = with_load(traffic, || {
+        node(
             "admin_page.cjs",
             &[
                 &admin,
@@ -56,10 +55,9 @@ fn the_operator_page_flags_a_failing_installation_taps_and_reloads_a_new_chain_i
                 "team-1/new",
                 &shots,
             ],
-        );
-        stop.store(true, Ordering::SeqCst);
-        serde_json::from_str(output.trim()).unwrap()
+        )
     });
+    let report: Value = serde_json::from_str(output.trim()).unwrap();
     assert_eq!(report["consoleErrors"], json!([]), "{report}");
     assert_eq!(report["wrongTokenRefused"], true, "{report}");
     assert!(

@@ -2,7 +2,7 @@
 //! a diff (`sluice replay`), shadow installations on live traffic, failure bundles (`sluice
 //! debug replay`), versions and rollback (by hand and by the breaker).
 
-use crate::support::{Sluice, plugin, sluice_bin};
+use crate::support::{Sluice, output, plugin, sluice_bin};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::process::Command;
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 /// Runs `sluice` with `args`; (exit code, stdout, stderr).
 fn sluice(args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(sluice_bin()).args(args).output().unwrap();
+    let output = output(Command::new(sluice_bin()).args(args));
     (
         output.status.code().unwrap_or(-1),
         String::from_utf8(output.stdout).unwrap(),

@@ -1,10 +1,10 @@
 //! The command line: help texts and config errors.
 
-use crate::support::sluice_bin;
+use crate::support::{output, sluice_bin};
 use std::process::Command;
 
 fn run(args: &[&str]) -> (Option<i32>, String, String) {
-    let output = Command::new(sluice_bin()).args(args).output().unwrap();
+    let output = output(Command::new(sluice_bin()).args(args));
     let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
     (
         output.status.code(),

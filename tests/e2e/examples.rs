@@ -185,11 +185,11 @@ fn the_examples_tests_pass_and_the_candidate_replays_against_the_quickstart() {
     assert!(out.contains("test result: ok. 2 passed"), "{out}");
     let candidate = sluice.dir.path().join("candidate.toml");
     let scenarios = sluice.dir.path().join("tests/candidate.toml");
-    let output = std::process::Command::new(crate::support::sluice_bin())
-        .args(["test", "--config"])
-        .args([&candidate, &scenarios])
-        .output()
-        .unwrap();
+    let output = crate::support::output(
+        std::process::Command::new(crate::support::sluice_bin())
+            .args(["test", "--config"])
+            .args([&candidate, &scenarios]),
+    );
     let out = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{out}");
     assert!(out.contains("test result: ok. 3 passed"), "{out}");

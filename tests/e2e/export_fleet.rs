@@ -140,12 +140,12 @@ fn two_exporter_nodes_export_every_stored_event_once_when_the_holder_is_killed_o
     assert_exactly_once("objects", &jsonl_uuids(s3, "events/"), &stored);
     // A backfill of everything, read from ClickHouse with its state on Redis: each stored event
     // once more, in objects named apart from the live ones.
-    let output = std::process::Command::new(crate::support::sluice_bin())
-        .args(["exports", "backfill", "--config"])
-        .arg(capture.config_path())
-        .args(["--installation", "team-1/s3", "--from", "2000-01-01"])
-        .output()
-        .unwrap();
+    let output = crate::support::output(
+        std::process::Command::new(crate::support::sluice_bin())
+            .args(["exports", "backfill", "--config"])
+            .arg(capture.config_path())
+            .args(["--installation", "team-1/s3", "--from", "2000-01-01"]),
+    );
     let out = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashMap};
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Quick batches and retries for tests.
@@ -242,43 +242,39 @@ fn exports_survive_being_killed_again_and_again_under_load() {
     let config = s3.store_config("lake")
         + &team(&(s3_installation("s3", "jsonl", "events/") + &bigquery_installation(&bq)));
     let mut sluice = Sluice::start(&config);
-    let url = Arc::new(Mutex::new(sluice.url.clone()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = {
-        let (url, stop) = (url.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let client = reqwest::blocking::Client::new();
-            let mut acknowledged = BTreeSet::new();
-            let mut n = 0;
-            while !stop.load(Ordering::SeqCst) {
-                let events: Vec<Value> = (n..n + 20)
-                    .map(|i| json!({"event": "e", "distinct_id": format!("u{}", i % 7), "uuid": uuid_of(i)}))
-                    .collect();
-                let target = format!("{}/batch", url.lock().unwrap());
-                let body = json!({"api_key": "phc_one", "batch": events});
-                let request = client
-                    .post(target)
-                    .header("content-type", "application/json")
-                    .body(body.to_string());
-                match request.send() {
-                    Ok(response) if response.status() == 200 => {
-                        acknowledged.extend((n..n + 20).map(uuid_of));
-                        n += 20;
-                    }
-                    _ => std::thread::sleep(Duration::from_millis(50)),
+    let url = Mutex::new(sluice.url.clone());
+    let load = |stop: &AtomicBool| {
+        let client = reqwest::blocking::Client::new();
+        let mut acknowledged = BTreeSet::new();
+        let mut n = 0;
+        while !stop.load(Ordering::SeqCst) {
+            let events: Vec<Value> = (n..n + 20)
+                .map(|i| json!({"event": "e", "distinct_id": format!("u{}", i % 7), "uuid": uuid_of(i)}))
+                .collect();
+            let target = format!("{}/batch", url.lock().unwrap());
+            let body = json!({"api_key": "phc_one", "batch": events});
+            let request = client
+                .post(target)
+                .header("content-type", "application/json")
+                .body(body.to_string());
+            match request.send() {
+                Ok(response) if response.status() == 200 => {
+                    acknowledged.extend((n..n + 20).map(uuid_of));
+                    n += 20;
                 }
-                std::thread::sleep(Duration::from_millis(10));
+                _ => std::thread::sleep(Duration::from_millis(50)),
             }
-            acknowledged
-        })
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        acknowledged
     };
-    for kill in 0..6 {
-        std::thread::sleep(Duration::from_millis(700 + 150 * kill));
-        sluice.restart();
-        *url.lock().unwrap() = sluice.url.clone();
-    }
-    stop.store(true, Ordering::SeqCst);
-    let acknowledged = load.join().unwrap();
+    let (acknowledged, ()) = crate::support::with_load(load, || {
+        for kill in 0..6 {
+            std::thread::sleep(Duration::from_millis(700 + 150 * kill));
+            sluice.restart();
+            *url.lock().unwrap() = sluice.url.clone();
+        }
+    });
     assert!(
         acknowledged.len() > 500,
         "too little load: {}",
@@ -572,7 +568,7 @@ fn a_backfill_killed_and_resumed_sends_every_event_of_its_range_exactly_once() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    let output = backfill(&[]).output().unwrap();
+    let output = crate::support::output(&mut backfill(&[]));
     let out = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),

@@ -1,7 +1,7 @@
 //! `sluice import` with the real binary: killed and resumed, run again, bad lines, and an export
 //! imported back into another team.
 
-use crate::support::{Sluice, plugin, sluice_bin};
+use crate::support::{Sluice, output, plugin, sluice_bin};
 use serde_json::{Value, json};
 use std::io::Write;
 use std::path::Path;
@@ -71,7 +71,7 @@ fn import_command(config: &Path, args: &[&str]) -> Command {
 
 /// Runs `sluice import --config CONFIG ARGS`, which must succeed; exit code and stdout.
 fn import(config: &Path, args: &[&str]) -> (i32, String) {
-    let output = import_command(config, args).output().unwrap();
+    let output = output(&mut import_command(config, args));
     let out = String::from_utf8(output.stdout).unwrap();
     assert!(
         output.status.code() == Some(0),
@@ -172,12 +172,10 @@ fn bad_lines_are_rejected_with_their_line_and_the_chain_runs_unless_skipped() {
     assert!((800..1200).contains(&stored), "{listed}");
     assert_eq!(listed["dropped"].as_u64().unwrap() + stored, 2_000);
     // --strict stops at the first, naming it.
-    let output = import_command(
+    let output = output(&mut import_command(
         &config,
         &["--team", "1", "--strict", file.to_str().unwrap()],
-    )
-    .output()
-    .unwrap();
+    ));
     assert!(!output.status.success());
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(err.contains(&format!("history.jsonl:{}", bad[0])), "{err}");

@@ -117,13 +117,13 @@ fn stored(component: &std::path::Path, config: &str, events: &str) -> Vec<Value>
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("events.jsonl");
     std::fs::write(&file, events).unwrap();
-    let out = Command::new(sluice_bin())
-        .args(["plugin", "run"])
-        .arg(component)
-        .args(["--config", config, "--json", "--events"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = crate::support::output(
+        Command::new(sluice_bin())
+            .args(["plugin", "run"])
+            .arg(component)
+            .args(["--config", config, "--json", "--events"])
+            .arg(&file),
+    );
     assert!(
         out.status.success(),
         "{}",

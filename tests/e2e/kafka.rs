@@ -196,14 +196,13 @@ pub(crate) fn under_load(
     urls: &std::sync::Mutex<Vec<String>>,
     meanwhile: impl FnOnce(),
 ) -> Vec<usize> {
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let acknowledged = std::thread::scope(|scope| {
-        let sender = scope.spawn(|| load(urls, &stop));
-        meanwhile();
-        std::thread::sleep(Duration::from_millis(1_000));
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        sender.join().unwrap()
-    });
+    let (acknowledged, ()) = crate::support::with_load(
+        |stop| load(urls, stop),
+        || {
+            meanwhile();
+            std::thread::sleep(Duration::from_millis(1_000));
+        },
+    );
     assert!(
         acknowledged.len() > 20,
         "only {} rounds acknowledged",
@@ -304,11 +303,11 @@ fn capture_and_worker_apart_without_a_shared_ingest_is_refused_with_the_reason()
         ),
     )
     .unwrap();
-    let output = Command::new(crate::support::sluice_bin())
-        .args(["serve", "--role", "capture", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let output = crate::support::output(
+        Command::new(crate::support::sluice_bin())
+            .args(["serve", "--role", "capture", "--config"])
+            .arg(&config),
+    );
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

@@ -3,7 +3,7 @@
 //! with its native harness, and `sluice plugin new` writing a crate, outside this repository,
 //! that tests and builds for wasm at once.
 
-use crate::support::{plugin, sluice_bin};
+use crate::support::{output, plugin, sluice_bin};
 use serde_json::{Value, json};
 use sluice_plugin_downsample::Downsample;
 use sluice_sdk::testing::{Harness, TestEvent};
@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn sluice(args: &[&str]) -> Output {
-    Command::new(sluice_bin()).args(args).output().unwrap()
+    output(Command::new(sluice_bin()).args(args))
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -212,11 +212,7 @@ fn run_runs_one_task_or_one_job_and_prints_what_it_logged() {
 
 /// Runs `cargo args` in `dir`; fails the test with its output if it fails.
 fn cargo(dir: &Path, args: &[&str]) {
-    let out = Command::new(env!("CARGO"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
+    let out = output(Command::new(env!("CARGO")).args(args).current_dir(dir));
     assert!(
         out.status.success(),
         "cargo {args:?} failed in the new crate:\n{}{}",

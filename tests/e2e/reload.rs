@@ -32,11 +32,11 @@ fn uuid_of(n: usize) -> String {
 
 /// `sluice reload --config path`: whether it succeeded, stdout and stderr.
 fn reload(sluice: &Sluice, path: &Path) -> (bool, String, String) {
-    let output = std::process::Command::new(crate::support::sluice_bin())
-        .args(["reload", "--config"])
-        .arg(path)
-        .output()
-        .unwrap();
+    let output = crate::support::output(
+        std::process::Command::new(crate::support::sluice_bin())
+            .args(["reload", "--config"])
+            .arg(path),
+    );
     (
         output.status.success(),
         String::from_utf8(output.stdout).unwrap(),
@@ -122,32 +122,31 @@ fn twenty_reloads_under_load_store_every_event_once_through_one_version_of_the_c
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
 
-    let stop = AtomicBool::new(false);
     let mut reloads = (0, 0);
-    let (acknowledged, failures) = std::thread::scope(|scope| {
-        let load = scope.spawn(|| {
-            let client = reqwest::blocking::Client::new();
-            let (mut acknowledged, mut failures) = (Vec::new(), Vec::new());
-            let mut n = 0;
-            while !stop.load(Ordering::SeqCst) {
-                let events: Vec<Value> = (n..n + 20)
-                    .map(|i| json!({"event": "e", "distinct_id": format!("u{}", i % 7), "uuid": uuid_of(i)}))
-                    .collect();
-                let response = client
-                    .post(format!("{}/batch", sluice.url))
-                    .header("content-type", "application/json")
-                    .body(json!({"api_key": "phc_one", "batch": events}).to_string())
-                    .send()
-                    .unwrap();
-                if response.status() == 200 {
-                    acknowledged.extend((n..n + 20).map(uuid_of));
-                } else {
-                    failures.push(response.status().as_u16());
-                }
-                n += 20;
+    let load = |stop: &AtomicBool| {
+        let client = reqwest::blocking::Client::new();
+        let (mut acknowledged, mut failures) = (Vec::new(), Vec::new());
+        let mut n = 0;
+        while !stop.load(Ordering::SeqCst) {
+            let events: Vec<Value> = (n..n + 20)
+                .map(|i| json!({"event": "e", "distinct_id": format!("u{}", i % 7), "uuid": uuid_of(i)}))
+                .collect();
+            let response = client
+                .post(format!("{}/batch", sluice.url))
+                .header("content-type", "application/json")
+                .body(json!({"api_key": "phc_one", "batch": events}).to_string())
+                .send()
+                .unwrap();
+            if response.status() == 200 {
+                acknowledged.extend((n..n + 20).map(uuid_of));
+            } else {
+                failures.push(response.status().as_u16());
             }
-            (acknowledged, failures)
-        });
+            n += 20;
+        }
+        (acknowledged, failures)
+    };
+    let ((acknowledged, failures), ()) = crate::support::with_load(load, || {
         std::thread::sleep(Duration::from_millis(300));
         let started = keep_started(&sluice);
         reloads.0 = chrono::Utc::now().timestamp_millis();
@@ -171,8 +170,6 @@ fn twenty_reloads_under_load_store_every_event_once_through_one_version_of_the_c
             "the unchanged installation kept its instance"
         );
         std::thread::sleep(Duration::from_millis(500));
-        stop.store(true, Ordering::SeqCst);
-        load.join().unwrap()
     });
     assert!(
         failures.is_empty(),

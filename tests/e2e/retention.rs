@@ -378,7 +378,6 @@ fn events_arriving_while_retention_runs_are_still_stored_or_archived() {
     let base = Utc::now().timestamp_millis() - 60 * DAY;
     let sessions: Vec<String> = (0..40).map(|i| format!("s{i:02}")).collect();
     let sent = std::sync::Mutex::new(BTreeMap::<String, Vec<String>>::new());
-    let stop = std::sync::atomic::AtomicBool::new(false);
     let next = std::sync::atomic::AtomicI64::new(0);
     // One event for every session per request, each with its own time and uuid.
     let send_round = || {
@@ -411,18 +410,21 @@ fn events_arriving_while_retention_runs_are_still_stored_or_archived() {
         send_round();
     }
     sluice.drain();
-    std::thread::scope(|scope| {
-        for _ in 0..2 {
-            scope.spawn(|| {
-                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    send_round();
-                }
-            });
-        }
+    let senders = |stop: &std::sync::atomic::AtomicBool| {
+        std::thread::scope(|scope| {
+            for _ in 0..2 {
+                scope.spawn(|| {
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        send_round();
+                    }
+                });
+            }
+        })
+    };
+    crate::support::with_load(senders, || {
         for _ in 0..4 {
             retain_now(&sluice, 1);
         }
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
     });
     sluice.drain();
     let sent = sent.into_inner().unwrap();

@@ -22,7 +22,7 @@ fn script(name: &str) -> PathBuf {
 }
 
 fn run(mut command: Command) -> String {
-    let output = command.output().unwrap();
+    let output = crate::support::output(&mut command);
     let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
     assert!(
         output.status.success(),

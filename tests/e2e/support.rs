@@ -4,15 +4,89 @@
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// The sluice binary cargo built for these tests.
 pub fn sluice_bin() -> &'static str {
     env!("CARGO_BIN_EXE_sluice")
+}
+
+/// How long a command a test runs may take before it is killed and the test fails.
+const COMMAND_DEADLINE: Duration = Duration::from_secs(600);
+
+/// Runs `command` to its end like [`Command::output`]; one still running after
+/// [`COMMAND_DEADLINE`] is killed and fails the test with what it printed, so that a hang is a
+/// failure that names itself instead of a test run that never ends.
+pub fn output(command: &mut Command) -> Output {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + COMMAND_DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+    let Some(status) = status else {
+        panic!(
+            "{command:?} was still running after {COMMAND_DEADLINE:?} and was killed:\n{}\n{}",
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr)
+        );
+    };
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+/// Runs `load` on a thread of its own while `meanwhile` runs, then returns what both returned.
+/// `load` runs until the flag it is given is raised, which happens when `meanwhile` returns or
+/// panics, so that a failing test ends instead of waiting on its load forever.
+pub fn with_load<L: Send, M>(
+    load: impl FnOnce(&AtomicBool) -> L + Send,
+    meanwhile: impl FnOnce() -> M,
+) -> (L, M) {
+    struct Raise<'a>(&'a AtomicBool);
+    impl Drop for Raise<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let loader = scope.spawn(|| load(&stop));
+        let result = {
+            let _raise = Raise(&stop);
+            meanwhile()
+        };
+        (loader.join().unwrap(), result)
+    })
 }
 
 /// Path of a wasm plugin built by `plugins/build.sh` (e.g. `downsample`, `adversary`).
@@ -359,12 +433,12 @@ impl Sluice {
     /// Runs `sluice <args> --config <this config>`; returns whether it succeeded and its
     /// stdout and stderr.
     pub fn run(&self, args: &[&str]) -> (bool, String, String) {
-        let output = Command::new(sluice_bin())
-            .args(args)
-            .arg("--config")
-            .arg(self.config_path())
-            .output()
-            .unwrap();
+        let output = output(
+            Command::new(sluice_bin())
+                .args(args)
+                .arg("--config")
+                .arg(self.config_path()),
+        );
         (
             output.status.success(),
             String::from_utf8(output.stdout).unwrap(),
@@ -373,12 +447,12 @@ impl Sluice {
     }
 
     fn cli(&self, args: &[&str]) -> Vec<Value> {
-        let output = Command::new(sluice_bin())
-            .args(args)
-            .arg("--config")
-            .arg(self.config_path())
-            .output()
-            .unwrap();
+        let output = output(
+            Command::new(sluice_bin())
+                .args(args)
+                .arg("--config")
+                .arg(self.config_path()),
+        );
         assert!(
             output.status.success(),
             "sluice {args:?} failed: {}",
@@ -446,11 +520,11 @@ pub fn serve_fails(config: &str) -> String {
         format!("[admin]\nlisten = \"127.0.0.1:0\"\n[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n{config}"),
     )
     .unwrap();
-    let output = Command::new(sluice_bin())
-        .args(["serve", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let output = output(
+        Command::new(sluice_bin())
+            .args(["serve", "--config"])
+            .arg(&path),
+    );
     assert_eq!(
         output.status.code(),
         Some(2),
