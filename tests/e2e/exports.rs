@@ -11,8 +11,8 @@ use parquet::record::RowAccessor;
 use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashMap};
 use std::io::Read;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Quick batches and retries for tests.

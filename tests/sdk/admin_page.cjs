@@ -48,10 +48,13 @@ async function main() {
   report.installations = await tab.$$eval('[data-installation]', (boxes) => boxes.map((b) => b.dataset.installation))
   await shot('reloaded')
 
-  // A dead letter of the removed installation, replayed through the new chain.
-  const replay = await tab.waitForSelector('#dead-letters button[data-action="replay"]', { timeout: 30000 })
-  const uuid = await replay.getAttribute('data-uuid')
-  await replay.click()
+  // A dead letter of the removed installation, replayed through the new chain. The page redraws
+  // its tables every 2 s, so the button is clicked by a selector (found again if redrawn), never
+  // by a handle to an element that may have been replaced.
+  const replay = '#dead-letters button[data-action="replay"]'
+  await tab.waitForSelector(replay, { timeout: 30000 })
+  const uuid = await tab.getAttribute(replay, 'data-uuid')
+  await tab.click(`${replay}[data-uuid="${uuid}"]`)
   await tab.waitForFunction((u) => document.getElementById('dead-letters-result').textContent === `replayed ${u}`, uuid, { timeout: 30000 })
   report.replayed = uuid
 
